@@ -1,0 +1,63 @@
+"""The one exception hierarchy of tierd.
+
+Every error a user can trigger is a `TierdError`; its message names the offending key or value
+and says what to do. Errors raised inside the daemon travel to clients by `code` (the class
+name) and are re-raised there as the same class.
+"""
+from __future__ import annotations
+
+
+class TierdError(Exception):
+    """Base class of all tierd errors."""
+
+    @property
+    def code(self) -> str:
+        return type(self).__name__
+
+
+class ConfigError(TierdError):
+    """An invalid configuration value (file, environment, flag or connector config)."""
+
+
+class ProtocolError(TierdError):
+    """A malformed frame or request: wrong types, unknown op, oversized frame."""
+
+
+class UnknownLayoutError(TierdError):
+    """A request names a layout id that was never registered with this daemon."""
+
+
+class LayoutMismatchError(TierdError):
+    """A chunk or layout does not match the registered layout (size, dtype, shape)."""
+
+
+class NotReservedError(TierdError):
+    """Commit or abort of a key that this connection has not reserved."""
+
+
+class AlreadyStoredError(TierdError):
+    """A second commit of a key that is already stored."""
+
+
+class CapacityError(TierdError):
+    """A tier has no room and nothing can be evicted to make some."""
+
+
+class NotFoundError(TierdError):
+    """A key, lease or reservation that does not exist."""
+
+
+class DaemonUnavailableError(TierdError):
+    """No daemon answers at the socket path."""
+
+
+def error_class(code: str) -> type[TierdError]:
+    """The exception class for a wire error code; unknown codes map to TierdError."""
+    cls = globals().get(code)
+    if isinstance(cls, type) and issubclass(cls, TierdError):
+        return cls
+    return TierdError
+
+
+class InvalidArgumentError(TierdError):
+    """A request argument has the right type but a value that cannot be used."""

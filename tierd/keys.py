@@ -1,0 +1,60 @@
+"""Chunk keys: content addresses of token prefixes.
+
+A prompt's tokens are cut into chunks of `layout.chunk_tokens`. Chunk i's key is
+blake2b-128(key_{i-1} || token ids of chunk i as little-endian int64), and key_{-1} is a seed
+derived from the namespace and the layout identity. A key therefore names the whole prefix up to
+and including its chunk, in one model/shard/dtype and one namespace, and is the same in every
+process, on every machine and after every restart (no random seed, no Python `hash()`).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from tierd.errors import InvalidArgumentError
+from tierd.layout import Layout
+
+KEY_BYTES = 16
+_SEED_TAG = b"tierd-keys-v1\x00"
+
+
+def seed_key(layout: Layout, namespace: str = "default") -> bytes:
+    """The chain's starting value for a namespace and layout."""
+    if not isinstance(namespace, str) or not namespace or "\x00" in namespace:
+        raise InvalidArgumentError(f"namespace {namespace!r}: use a non-empty string without NUL")
+    material = _SEED_TAG + namespace.encode() + b"\x00" + layout.identity()
+    return hashlib.blake2b(material, digest_size=KEY_BYTES).digest()
+
+
+def _as_int64(token_ids: Sequence[int] | np.ndarray | Any) -> np.ndarray:
+    if hasattr(token_ids, "detach"):  # a torch tensor, without importing torch
+        token_ids = token_ids.detach().cpu().numpy()
+    arr = np.asarray(token_ids)
+    if arr.ndim != 1:
+        raise InvalidArgumentError(f"token ids must be one-dimensional, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidArgumentError(f"token ids must be integers, got dtype {arr.dtype}")
+    return arr.astype("<i8", copy=False)
+
+
+def chunk_keys(
+    layout: Layout,
+    token_ids: Sequence[int] | np.ndarray | Any,
+    namespace: str = "default",
+    *,
+    include_partial: bool = False,
+) -> list[bytes]:
+    """Keys of the chunks of `token_ids`; the trailing partial chunk only if `include_partial`."""
+    tokens = _as_int64(token_ids)
+    n = layout.chunk_tokens
+    count = len(tokens) // n + (1 if include_partial and len(tokens) % n else 0)
+    prev = seed_key(layout, namespace)
+    keys: list[bytes] = []
+    for i in range(count):
+        h = hashlib.blake2b(prev, digest_size=KEY_BYTES)
+        h.update(tokens[i * n : (i + 1) * n].tobytes())
+        prev = h.digest()
+        keys.append(prev)
+    return keys

@@ -1,0 +1,106 @@
+"""Layout descriptor: what one stored chunk of KV is, byte for byte.
+
+A layout pins down everything that makes two chunks interchangeable: the model, the dtype,
+the attention shape and the tensor-parallel shard. Its identity seeds every chunk key, so KV
+of one layout can never be served for another. The canonical in-store order of a chunk is
+
+    [num_layers, kv_factor (K, V), chunk_tokens, num_kv_heads * head_dim]
+
+independent of how any engine pages its cache; connectors gather into and scatter out of it.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+from tierd.errors import InvalidArgumentError
+
+#: Bytes per element of the dtypes a KV cache can have. Named as torch names them.
+DTYPE_SIZES: dict[str, int] = {
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "int8": 1,
+    "uint8": 1,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The identity and shape of a chunk. Frozen: a layout never changes once registered."""
+
+    model: str
+    dtype: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    tp_rank: int = 0
+    tp_size: int = 1
+    chunk_tokens: int = 256
+    kv_factor: int = 2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise InvalidArgumentError(f"layout.model {self.model!r}: give the model name as a non-empty string")
+        if self.dtype not in DTYPE_SIZES:
+            raise InvalidArgumentError(
+                f"layout.dtype {self.dtype!r}: use one of {', '.join(sorted(DTYPE_SIZES))}"
+            )
+        for name in ("num_layers", "num_kv_heads", "head_dim", "tp_size", "chunk_tokens", "kv_factor"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InvalidArgumentError(f"layout.{name} {value!r}: must be a positive integer")
+        if not isinstance(self.tp_rank, int) or isinstance(self.tp_rank, bool) or not 0 <= self.tp_rank < self.tp_size:
+            raise InvalidArgumentError(
+                f"layout.tp_rank {self.tp_rank!r}: must be an integer in [0, tp_size={self.tp_size})"
+            )
+        if self.kv_factor not in (1, 2):
+            raise InvalidArgumentError(f"layout.kv_factor {self.kv_factor!r}: use 2 (K and V) or 1 (MLA latent)")
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPE_SIZES[self.dtype]
+
+    @property
+    def bytes_per_token(self) -> int:
+        """KV bytes one token occupies across all layers of this shard."""
+        return self.num_layers * self.kv_factor * self.num_kv_heads * self.head_dim * self.itemsize
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.bytes_per_token * self.chunk_tokens
+
+    @property
+    def chunk_shape(self) -> tuple[int, int, int, int]:
+        """Canonical shape of one chunk: [layers, kv_factor, tokens, kv_heads * head_dim]."""
+        return (self.num_layers, self.kv_factor, self.chunk_tokens, self.num_kv_heads * self.head_dim)
+
+    def identity(self) -> bytes:
+        """Canonical bytes of every field; the same on every machine and Python version."""
+        parts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)]
+        return ("tierd-layout-v1;" + ";".join(parts)).encode()
+
+    @property
+    def layout_id(self) -> str:
+        """Short stable name of the layout (hex), used on the wire and on disk."""
+        return hashlib.blake2b(self.identity(), digest_size=8).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Layout":
+        """Build from a wire/config mapping; unknown or missing fields are a clear error."""
+        if not isinstance(data, Mapping):
+            raise InvalidArgumentError(f"layout {data!r}: must be a mapping of layout fields")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidArgumentError(f"layout has unknown field(s) {unknown}: known fields are {sorted(known)}")
+        try:
+            return cls(**dict(data))
+        except TypeError as exc:
+            raise InvalidArgumentError(f"layout {dict(data)!r}: {exc}") from None
