@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from tierd.client import Client
 
 
 def add_client_args(parser: argparse.ArgumentParser) -> None:
@@ -31,3 +34,29 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def connect(args: argparse.Namespace) -> "Client":
+    from tierd.client import Client
+
+    return Client.connect(args.socket, name="tierd-cli")
+
+
+def parse_key(text: str) -> bytes:
+    """A chunk key given on the command line as 32 hex digits."""
+    from tierd.errors import InvalidArgumentError
+    from tierd.keys import KEY_BYTES
+
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise InvalidArgumentError(f"key {text!r}: give a chunk key as {2 * KEY_BYTES} hex digits (see `tierd ls`)")
+    return key
+
+
+def format_bytes(n: int) -> str:
+    from tierd.sizes import format_size
+
+    return format_size(n)

@@ -1,0 +1,25 @@
+"""`tierd inspect KEY`: everything the daemon knows about one chunk."""
+from __future__ import annotations
+
+import argparse
+
+from tierd.cli.common import add_client_args, connect, parse_key, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="metadata of one chunk")
+    add_client_args(p)
+    p.add_argument("key", help="chunk key (32 hex digits)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    key = parse_key(args.key)
+    with connect(args) as client:
+        info = client.inspect(key)
+    if args.json:
+        print_json(info)
+    else:
+        for name, value in info.items():
+            print(f"{name:12} {','.join(value) if isinstance(value, list) else value}")
+    return 0

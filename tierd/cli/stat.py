@@ -1,0 +1,29 @@
+"""`tierd stat`: capacity, use and hit ratio of each tier."""
+from __future__ import annotations
+
+import argparse
+
+from tierd.cli.common import add_client_args, connect, format_bytes, print_json, print_table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stat", help="tiers: capacity, used, chunks, hit ratio")
+    add_client_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        stat = client.stat()
+    if args.json:
+        print_json(stat)
+        return 0
+    rows = [
+        [t["name"], format_bytes(t["capacity_bytes"]), format_bytes(t["used_bytes"]), t["chunks"], t["hits"],
+         t["misses"], f"{t['hit_ratio']:.3f}", t["evictions"], t["corrupt"]]
+        for t in stat["tiers"]
+    ]
+    print_table(["tier", "capacity", "used", "chunks", "hits", "misses", "hit ratio", "evictions", "corrupt"], rows)
+    print(f"\n{stat['chunks']} chunks, {stat['sessions']} clients, {stat['leases']} leases, "
+          f"{stat['reservations']} reservations, {stat['lookups']} lookups")
+    return 0

@@ -1,0 +1,353 @@
+"""Clients of the store: `Client` (blocking), `AsyncClient` (asyncio) and embedded mode.
+
+The control plane is msgpack frames on the daemon's Unix socket; the data plane is the shared
+arena, which the client maps once at `hello`. A put reserves slots, the caller copies KV into
+them (numpy/torch views of the mapping, no intermediate buffer), and the commit makes them
+visible. A get acquires a lease, the caller copies out of the views, and the release lets the
+daemon move or evict the chunks again. Both are context managers, so an exception aborts the
+put or releases the lease.
+
+`Client.embedded(config)` runs the same store and the same dispatcher inside this process (on a
+background event-loop thread) for tests, notebooks and single-engine setups without a daemon.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from tierd.errors import DaemonUnavailableError, ProtocolError, error_class
+from tierd.layout import Layout
+from tierd.rpc import frames
+from tierd.tiers.arena import map_file
+
+if TYPE_CHECKING:
+    from tierd.config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    prefix: int  # leading chunks present
+    tiers: list[str | None]  # top tier of each key, None if absent
+
+
+def default_socket() -> str:
+    from tierd.config import default_socket_path
+
+    return os.environ.get("TIERD_SOCKET") or default_socket_path()
+
+
+def _raise_for(reply: dict[str, Any]) -> Any:
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise ProtocolError(f"malformed reply from daemon: {reply!r}")
+    if reply["ok"]:
+        return reply["result"]
+    err = reply.get("error") or {}
+    raise error_class(err.get("code", ""))(err.get("message", "unknown error"))
+
+
+class _ArenaViews:
+    """The client's mapping of the daemon's arena, and views of slots in it."""
+
+    def __init__(self, path: str, size: int, *, populate: bool = True) -> None:
+        self.mm = map_file(path, size, populate=populate)
+        self.array = np.frombuffer(self.mm, dtype=np.uint8)
+
+    def view(self, offset: int, nbytes: int) -> np.ndarray:
+        return self.array[offset : offset + nbytes]
+
+    def close(self) -> None:
+        del self.array
+        try:
+            self.mm.close()
+        except BufferError:  # a caller still holds a view; the mapping goes with the last one
+            pass
+
+
+class PutBatch:
+    """Slots reserved for a put. Write each chunk into `view(i)` (or `tensor(i)`), then leave the
+    `with` block (or call `commit()`); on an exception the reservation is aborted instead."""
+
+    def __init__(self, client: "Client", layout: Layout, keys: Sequence[bytes], slots: list[int | None]) -> None:
+        self.client, self.layout, self.keys, self.slots = client, layout, list(keys), slots
+        self.done = False
+
+    @property
+    def reserved(self) -> list[int]:
+        """Indexes (into keys) that got a slot: the chunks this put must write."""
+        return [i for i, s in enumerate(self.slots) if s is not None]
+
+    def view(self, i: int) -> np.ndarray:
+        slot = self.slots[i]
+        if slot is None:
+            raise IndexError(f"chunk {i} has no reserved slot (already stored or no room)")
+        return self.client.view(slot, self.layout.chunk_bytes)
+
+    def tensor(self, i: int) -> Any:
+        return _as_tensor(self.view(i), self.layout)
+
+    def commit(self) -> int:
+        self.done = True
+        keys = [self.keys[i] for i in self.reserved]
+        return self.client._call("commit", keys=keys)["committed"] if keys else 0
+
+    def abort(self) -> None:
+        self.done = True
+        keys = [self.keys[i] for i in self.reserved]
+        if keys:
+            self.client._call("abort", keys=keys)
+
+    def __enter__(self) -> "PutBatch":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.done:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class GetLease:
+    """A lease on the leading present chunks of a get; `count` of them are readable."""
+
+    def __init__(self, client: "Client", layout: Layout, lease: int, slots: list[int | None]) -> None:
+        self.client, self.layout, self.lease, self.slots = client, layout, lease, slots
+        self.count = next((i for i, s in enumerate(slots) if s is None), len(slots))
+        self.released = False
+
+    def view(self, i: int) -> np.ndarray:
+        slot = self.slots[i]
+        if slot is None:
+            raise IndexError(f"chunk {i} is not available in this lease")
+        return self.client.view(slot, self.layout.chunk_bytes)
+
+    def tensor(self, i: int) -> Any:
+        return _as_tensor(self.view(i), self.layout)
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.client._call("release", lease=self.lease)
+
+    def __enter__(self) -> "GetLease":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _as_tensor(view: np.ndarray, layout: Layout) -> Any:
+    import torch
+
+    return torch.frombuffer(memoryview(view), dtype=getattr(torch, layout.dtype)).view(layout.chunk_shape)
+
+
+class Client:
+    """Blocking client. Thread-safe: calls from several threads are serialised on one connection."""
+
+    def __init__(self, call: Callable[[dict[str, Any]], dict[str, Any]], closer: Callable[[], None], name: str = "") -> None:
+        self._send = call
+        self._closer = closer
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.layouts: dict[str, Layout] = {}
+        info = self._call("hello", client=name or f"pid{os.getpid()}")
+        self.info = info
+        self.arena = _ArenaViews(info["arena_path"], info["arena_bytes"])
+
+    # -------------------------------------------------------------- constructors
+
+    @classmethod
+    def connect(cls, socket_path: str | None = None, *, timeout: float | None = 30.0, name: str = "") -> "Client":
+        path = socket_path or default_socket()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise DaemonUnavailableError(
+                f"no tierd daemon at {path} ({exc.strerror}); start one with `tierd serve --socket {path}`"
+            ) from None
+        except OSError as exc:
+            sock.close()
+            raise DaemonUnavailableError(f"cannot connect to tierd at {path}: {exc}") from None
+
+        def call(request: dict[str, Any]) -> dict[str, Any]:
+            sock.sendall(frames.pack(request))
+            return frames.recv_frame(sock)
+
+        return cls(call, sock.close, name)
+
+    @classmethod
+    def embedded(cls, config: "Config", *, name: str = "embedded") -> "Client":
+        """A client of an in-process store built from `config` (no daemon, no socket)."""
+        from tierd.assembly import build_store
+        from tierd.rpc.dispatch import Dispatcher
+
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="tierd-embedded", daemon=True)
+        thread.start()
+
+        def run(coro: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+        async def setup() -> tuple[Any, Any]:
+            store = build_store(config)
+            await store.start()
+            return store, store.open_session(name)
+
+        store, session = run(setup())
+        dispatcher = Dispatcher(store)
+
+        def call(request: dict[str, Any]) -> dict[str, Any]:
+            return run(dispatcher.handle(session, request))
+
+        def close() -> None:
+            run(store.close())
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+
+        client = cls(call, close, name)
+        client.store = store  # for tests and notebooks that want to look inside
+        return client
+
+    # -------------------------------------------------------------- plumbing
+
+    def _call(self, op: str, **args: Any) -> dict[str, Any]:
+        with self._lock:
+            try:
+                reply = self._send({"id": next(self._ids), "op": op, **args})
+            except (ConnectionError, OSError) as exc:
+                raise DaemonUnavailableError(f"lost the connection to tierd during {op}: {exc}") from None
+        return _raise_for(reply)
+
+    def view(self, offset: int, nbytes: int) -> np.ndarray:
+        return self.arena.view(offset, nbytes)
+
+    def close(self) -> None:
+        self.arena.close()
+        self._closer()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -------------------------------------------------------------- operations
+
+    def register_layout(self, layout: Layout) -> str:
+        layout_id = self._call("register_layout", layout=layout.to_dict())["layout_id"]
+        self.layouts[layout_id] = layout
+        return layout_id
+
+    def _ensure_layout(self, layout: Layout) -> str:
+        if layout.layout_id not in self.layouts:
+            self.register_layout(layout)
+        return layout.layout_id
+
+    def lookup(self, keys: Sequence[bytes]) -> LookupResult:
+        r = self._call("lookup", keys=list(keys))
+        return LookupResult(r["prefix"], r["tiers"])
+
+    def put(self, layout: Layout, keys: Sequence[bytes], namespace: str = "default") -> PutBatch:
+        layout_id = self._ensure_layout(layout)
+        r = self._call("reserve", layout_id=layout_id, namespace=namespace, keys=list(keys), nbytes=layout.chunk_bytes)
+        return PutBatch(self, layout, keys, r["slots"])
+
+    def get(self, layout: Layout, keys: Sequence[bytes], *, prefix_only: bool = True) -> GetLease:
+        layout_id = self._ensure_layout(layout)
+        r = self._call("acquire", layout_id=layout_id, keys=list(keys), prefix_only=prefix_only)
+        return GetLease(self, layout, r["lease"], r["slots"])
+
+    def put_chunks(self, layout: Layout, keys: Sequence[bytes], payloads: Sequence[Any], namespace: str = "default") -> int:
+        """Copy whole chunks (bytes-like or arrays of `chunk_bytes`) in and commit them."""
+        with self.put(layout, keys, namespace) as batch:
+            for i in batch.reserved:
+                src = np.frombuffer(memoryview(payloads[i]).cast("B"), dtype=np.uint8)
+                if src.size != layout.chunk_bytes:
+                    raise ValueError(f"payload {i} has {src.size} bytes, layout needs {layout.chunk_bytes}")
+                np.copyto(batch.view(i), src)
+            return batch.commit()
+
+    def get_chunks(self, layout: Layout, keys: Sequence[bytes]) -> list[bytes]:
+        """Copies of the leading present chunks."""
+        with self.get(layout, keys) as lease:
+            return [lease.view(i).tobytes() for i in range(lease.count)]
+
+    def evict(self, *, keys: Sequence[bytes] | None = None, namespace: str | None = None,
+              tier: str | None = None, everything: bool = False) -> dict[str, int]:
+        return self._call("evict", keys=list(keys) if keys is not None else None, namespace=namespace,
+                          tier=tier, all=everything)
+
+    def pin(self, keys: Sequence[bytes]) -> int:
+        return self._call("pin", keys=list(keys))["pinned"]
+
+    def unpin(self, keys: Sequence[bytes]) -> int:
+        return self._call("unpin", keys=list(keys))["unpinned"]
+
+    def stat(self) -> dict[str, Any]:
+        return self._call("stat")
+
+    def ls(self, **filters: Any) -> list[dict[str, Any]]:
+        return self._call("ls", **filters)["chunks"]
+
+    def inspect(self, key: bytes) -> dict[str, Any]:
+        return self._call("inspect", key=key)
+
+
+class AsyncClient:
+    """asyncio client for engines that run an event loop. Control-plane calls are awaited; the
+    arena views are the same plain memory as in `Client`."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+        self._lock = asyncio.Lock()
+        self._ids = itertools.count(1)
+        self.arena: _ArenaViews | None = None
+        self.info: dict[str, Any] = {}
+
+    @classmethod
+    async def connect(cls, socket_path: str | None = None, *, name: str = "") -> "AsyncClient":
+        path = socket_path or default_socket()
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise DaemonUnavailableError(f"no tierd daemon at {path} ({exc.strerror})") from None
+        client = cls(reader, writer)
+        client.info = await client.call("hello", client=name or f"pid{os.getpid()}")
+        client.arena = _ArenaViews(client.info["arena_path"], client.info["arena_bytes"])
+        return client
+
+    async def call(self, op: str, **args: Any) -> Any:
+        async with self._lock:
+            self._writer.write(frames.pack({"id": next(self._ids), "op": op, **args}))
+            await self._writer.drain()
+            reply = await frames.read_frame(self._reader)
+        if reply is None:
+            raise DaemonUnavailableError(f"tierd closed the connection during {op}")
+        return _raise_for(reply)
+
+    def view(self, offset: int, nbytes: int) -> np.ndarray:
+        assert self.arena is not None
+        return self.arena.view(offset, nbytes)
+
+    async def lookup(self, keys: Sequence[bytes]) -> LookupResult:
+        r = await self.call("lookup", keys=list(keys))
+        return LookupResult(r["prefix"], r["tiers"])
+
+    async def close(self) -> None:
+        if self.arena is not None:
+            self.arena.close()
+        self._writer.close()
+        await self._writer.wait_closed()

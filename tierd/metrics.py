@@ -1,0 +1,74 @@
+"""Prometheus metrics of a running daemon, served over HTTP on `--metrics-port`.
+
+Store counters are read at scrape time from the store itself (on the event loop, so the
+numbers are consistent), never kept twice; only RPC latencies are recorded here.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from tierd.server import Daemon
+
+_GAUGES = {"capacity_bytes": "Capacity of the tier", "used_bytes": "Bytes in use", "chunks": "Chunks stored"}
+_COUNTERS = {
+    "hits": "Chunk lookups answered by this tier",
+    "misses": "Chunk lookups this tier could not answer",
+    "bytes_in": "Bytes written into the tier",
+    "bytes_out": "Bytes read out of the tier",
+    "evictions": "Chunks removed from the tier to make room",
+    "demotions": "Chunks written down to the next tier",
+    "promotions": "Chunks read up into this tier",
+    "corrupt": "Chunks dropped because they failed verification",
+}
+RPC_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.2, 1.0, 5.0)
+
+
+class _StoreCollector:
+    def __init__(self, daemon: "Daemon", loop: asyncio.AbstractEventLoop) -> None:
+        self.daemon = daemon
+        self.loop = loop
+
+    def collect(self) -> Iterator[Metric]:
+        store = self.daemon.store
+        if store is None:
+            return
+
+        async def snapshot() -> dict[str, Any]:
+            return store.stat()
+
+        stat = asyncio.run_coroutine_threadsafe(snapshot(), self.loop).result(timeout=5)
+        for name, doc in _GAUGES.items():
+            g = GaugeMetricFamily(f"tierd_tier_{name}", doc, labels=["tier"])
+            for t in stat["tiers"]:
+                g.add_metric([t["name"]], t[name])
+            yield g
+        for name, doc in _COUNTERS.items():
+            c = CounterMetricFamily(f"tierd_tier_{name}", doc, labels=["tier"])
+            for t in stat["tiers"]:
+                c.add_metric([t["name"]], t[name])
+            yield c
+        yield GaugeMetricFamily("tierd_leases", "Leases held by clients", value=stat["leases"])
+        yield GaugeMetricFamily("tierd_sessions", "Connected clients", value=stat["sessions"])
+
+
+def start_metrics(daemon: "Daemon", host: str, port: int) -> int:
+    """Start the HTTP exporter in a thread; returns the bound port (useful when `port` is 0)."""
+    registry = CollectorRegistry()
+    registry.register(_StoreCollector(daemon, asyncio.get_running_loop()))
+    latency = Histogram("tierd_rpc_seconds", "RPC handling time by op", ["op"], registry=registry, buckets=RPC_BUCKETS)
+    errors = Counter("tierd_rpc_errors", "RPCs answered with an error, by op", ["op"], registry=registry)
+
+    def observe(op: str, seconds: float, ok: bool) -> None:
+        latency.labels(op).observe(seconds)
+        if not ok:
+            errors.labels(op).inc()
+
+    assert daemon.dispatcher is not None
+    daemon.dispatcher.observe = observe
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_port)

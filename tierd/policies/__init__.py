@@ -1,0 +1,1 @@
+"""Eviction policies: which chunk of a tier goes first."""

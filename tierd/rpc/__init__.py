@@ -1,0 +1,1 @@
+"""The control plane: msgpack frames and the operations they carry."""

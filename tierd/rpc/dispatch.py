@@ -1,0 +1,167 @@
+"""Operations of the control plane: validate a request, call the store, shape the reply.
+
+One dispatcher serves both the daemon (requests decoded from socket frames) and embedded mode
+(requests handed over in-process), so the two can never disagree. A request is a map
+`{"id": int, "op": str, ...args}`; the reply is `{"id", "ok": true, "result"}` or
+`{"id", "ok": false, "error": {"code", "message"}}`. Argument types are checked here, values by
+the store; either way a bad request changes nothing and the connection keeps working.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping
+
+import tierd
+from tierd.errors import InvalidArgumentError, ProtocolError, TierdError
+from tierd.layout import Layout
+from tierd.store import Session, TieredStore
+
+Handler = Callable[[Session, dict[str, Any]], Awaitable[Any] | Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    types: tuple[type, ...]
+    required: bool = True
+    list_of: type | None = None  # element type when `types` is (list,)
+
+
+_KEYS = Arg((list,), list_of=bytes)
+_OPT_KEYS = Arg((list,), required=False, list_of=bytes)
+_STR = Arg((str,))
+_OPT_STR = Arg((str,), required=False)
+_INT = Arg((int,))
+
+
+class Dispatcher:
+    """Maps op names to store calls. `observe(op, seconds, ok)` lets the server record latency."""
+
+    def __init__(self, store: TieredStore, *, extra_info: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        self.store = store
+        self.extra_info = extra_info
+        self.observe: Callable[[str, float, bool], None] | None = None
+        self._ops: dict[str, tuple[dict[str, Arg], Handler]] = {
+            "hello": ({"client": _OPT_STR}, self._hello),
+            "ping": ({}, lambda s, a: {"pong": True}),
+            "register_layout": ({"layout": Arg((dict,))}, self._register_layout),
+            "lookup": ({"keys": _KEYS}, self._lookup),
+            "reserve": (
+                {"layout_id": _STR, "namespace": _STR, "keys": _KEYS, "nbytes": _INT},
+                self._reserve,
+            ),
+            "commit": ({"keys": _KEYS}, lambda s, a: {"committed": store.commit(s, a["keys"])}),
+            "abort": ({"keys": _KEYS}, lambda s, a: {"aborted": store.abort(s, a["keys"])}),
+            "acquire": (
+                {"layout_id": _STR, "keys": _KEYS, "prefix_only": Arg((bool,), required=False)},
+                self._acquire,
+            ),
+            "release": ({"lease": _INT}, lambda s, a: {"released": store.release(s, a["lease"])}),
+            "evict": (
+                {"keys": _OPT_KEYS, "namespace": _OPT_STR, "tier": _OPT_STR, "all": Arg((bool,), required=False)},
+                self._evict,
+            ),
+            "pin": ({"keys": _KEYS}, lambda s, a: {"pinned": store.pin(a["keys"], True)}),
+            "unpin": ({"keys": _KEYS}, lambda s, a: {"unpinned": store.pin(a["keys"], False)}),
+            "stat": ({}, self._stat),
+            "ls": (
+                {"tier": _OPT_STR, "namespace": _OPT_STR, "key_prefix": _OPT_STR, "sort": _OPT_STR,
+                 "limit": Arg((int,), required=False)},
+                lambda s, a: {"chunks": store.ls(**{k: v for k, v in a.items()})},
+            ),
+            "inspect": ({"key": Arg((bytes,))}, lambda s, a: store.inspect(a["key"])),
+        }
+
+    @property
+    def ops(self) -> list[str]:
+        return sorted(self._ops)
+
+    async def handle(self, session: Session, request: Any) -> dict[str, Any]:
+        """Reply to one request; never raises for a bad request."""
+        rid = request.get("id") if isinstance(request, dict) else None
+        op = request.get("op") if isinstance(request, dict) else None
+        start = time.perf_counter()
+        try:
+            if not isinstance(request, dict):
+                raise ProtocolError(f"a request must be a map with 'id' and 'op', got {type(request).__name__}")
+            if not isinstance(rid, int) or isinstance(rid, bool):
+                raise ProtocolError(f"request id {rid!r}: must be an integer")
+            if not isinstance(op, str) or op not in self._ops:
+                raise ProtocolError(f"unknown op {op!r}: known ops are {', '.join(self.ops)}")
+            schema, handler = self._ops[op]
+            args = _validate(op, schema, request)
+            result = handler(session, args)
+            if inspect.isawaitable(result):
+                result = await result
+            reply = {"id": rid, "ok": True, "result": result}
+        except TierdError as exc:
+            reply = {"id": rid, "ok": False, "error": {"code": exc.code, "message": str(exc)}}
+        if self.observe is not None and isinstance(op, str) and op in self._ops:
+            self.observe(op, time.perf_counter() - start, reply["ok"])
+        return reply
+
+    # ---------------------------------------------------------------- handlers
+
+    def _hello(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("client"):
+            session.name = args["client"]
+        return {
+            "version": tierd.__version__,
+            "pid": os.getpid(),
+            "session": session.id,
+            "arena_path": str(self.store.arena.path),
+            "arena_bytes": self.store.arena.size,
+            "tiers": [t["name"] for t in self.store.stat()["tiers"]],
+        }
+
+    def _register_layout(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        layout = Layout.from_dict(args["layout"])
+        return {"layout_id": self.store.register_layout(layout), "chunk_bytes": layout.chunk_bytes}
+
+    def _lookup(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        prefix, tiers = self.store.lookup(args["keys"])
+        return {"prefix": prefix, "tiers": tiers}
+
+    async def _reserve(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        slots = await self.store.reserve(session, args["layout_id"], args["namespace"], args["keys"], args["nbytes"])
+        return {"slots": slots}
+
+    async def _acquire(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        lease, slots = await self.store.acquire(
+            session, args["layout_id"], args["keys"], prefix_only=args.get("prefix_only", True)
+        )
+        return {"lease": lease, "slots": slots}
+
+    async def _evict(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.store.evict(
+            keys=args.get("keys"), namespace=args.get("namespace"), tier=args.get("tier"),
+            everything=args.get("all", False),
+        )
+
+    def _stat(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        stat = self.store.stat()
+        if self.extra_info is not None:
+            stat.update(self.extra_info())
+        return stat
+
+
+def _validate(op: str, schema: dict[str, Arg], request: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(request) - set(schema) - {"id", "op"})
+    if unknown:
+        raise InvalidArgumentError(f"{op}: unknown argument(s) {unknown}; expected {sorted(schema)}")
+    args: dict[str, Any] = {}
+    for name, spec in schema.items():
+        if name not in request or request[name] is None:
+            if spec.required:
+                raise InvalidArgumentError(f"{op}: missing argument {name!r}")
+            continue
+        value = request[name]
+        if not isinstance(value, spec.types) or (isinstance(value, bool) and bool not in spec.types):
+            want = "/".join(t.__name__ for t in spec.types)
+            raise InvalidArgumentError(f"{op}: argument {name!r} must be {want}, got {type(value).__name__}")
+        if spec.list_of is not None and not all(isinstance(v, spec.list_of) for v in value):
+            raise InvalidArgumentError(f"{op}: argument {name!r} must be a list of {spec.list_of.__name__}")
+        args[name] = value
+    return args

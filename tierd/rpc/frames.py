@@ -1,0 +1,71 @@
+"""Length-prefixed msgpack frames: a 4-byte big-endian body length, then the msgpack body.
+
+Binary values (keys) travel as msgpack bin, text as str. A frame larger than the receiver's
+limit is refused before its body is read, so a hostile length cannot make anyone allocate it.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from typing import Any
+
+import msgpack
+
+from tierd.errors import ProtocolError
+
+HEADER = struct.Struct(">I")
+DEFAULT_MAX_FRAME = 16 << 20
+
+
+def pack(obj: Any) -> bytes:
+    body = msgpack.packb(obj, use_bin_type=True)
+    return HEADER.pack(len(body)) + body
+
+
+def unpack(body: bytes) -> Any:
+    try:
+        return msgpack.unpackb(body, raw=False)
+    except Exception as exc:
+        raise ProtocolError(f"frame body is not valid msgpack ({exc})") from None
+
+
+def _check_length(length: int, max_bytes: int) -> None:
+    if length > max_bytes:
+        raise ProtocolError(f"frame of {length} bytes exceeds the limit of {max_bytes} bytes")
+
+
+async def read_frame(reader: asyncio.StreamReader, max_bytes: int = DEFAULT_MAX_FRAME) -> Any | None:
+    """Next frame's object, or None at a clean end of stream. A truncated frame is an error."""
+    try:
+        head = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ProtocolError("connection closed inside a frame header") from None
+        return None
+    (length,) = HEADER.unpack(head)
+    _check_length(length, max_bytes)
+    try:
+        body = await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise ProtocolError(f"connection closed after part of a {length}-byte frame") from None
+    return unpack(body)
+
+
+def recv_frame(sock: socket.socket, max_bytes: int = DEFAULT_MAX_FRAME) -> Any:
+    """Blocking read of one frame from a socket (the sync client's side)."""
+    (length,) = HEADER.unpack(_recv_exact(sock, HEADER.size))
+    _check_length(length, max_bytes)
+    return unpack(_recv_exact(sock, length))
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise ConnectionError("daemon closed the connection")
+        got += k
+    return bytes(buf)

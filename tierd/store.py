@@ -1,0 +1,794 @@
+"""The tiered store: one index over a shared-memory DRAM arena and the tiers below it.
+
+This is the whole cache. The daemon serves it over a socket; embedded mode calls it in-process.
+
+Ownership rules (the invariants everything else relies on):
+
+- A DRAM slot belongs to exactly one of: the allocator's free list, a reservation (a put in
+  progress, invisible to lookups), or a committed chunk in the index.
+- A chunk is in the index once committed, and stays there while at least one tier holds a
+  durable copy of it. `Chunk.slot` is its DRAM copy; `Chunk.lower` maps lower-tier names to the
+  bytes its durable copy occupies there.
+- A chunk with leases, a pin, or a move in flight (`moving`) is never evicted or moved.
+- Every reservation and lease belongs to a `Session` (a client connection); closing the session
+  returns all of them.
+- Eviction from DRAM demotes to the first lower tier in the background (write-back): the DRAM
+  slot is freed only after the lower copy is durable. A hit on a lower tier promotes into DRAM.
+- Each tier's used bytes (including writes in flight) never exceed its capacity.
+
+All methods run on one asyncio loop; blocking I/O of lower tiers runs in a thread pool.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import msgpack
+
+from tierd.errors import (
+    AlreadyStoredError,
+    InvalidArgumentError,
+    LayoutMismatchError,
+    NotFoundError,
+    NotReservedError,
+    UnknownLayoutError,
+)
+from tierd.keys import KEY_BYTES
+from tierd.layout import Layout
+from tierd.policies.lru import LRUPolicy
+from tierd.tiers.allocator import ExtentAllocator
+from tierd.tiers.arena import SharedArena
+from tierd.tiers.base import LowerTier
+
+log = logging.getLogger(__name__)
+
+DRAM = "dram"
+_META_FILE = "tierd-index.msgpack"
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Metadata of one committed chunk."""
+
+    key: bytes
+    layout_id: str
+    namespace: str
+    size: int
+    created: float
+    last_access: float
+    hits: int = 0
+    pinned: bool = False
+    slot: int | None = None
+    lower: dict[str, int] = field(default_factory=dict)
+    leases: int = 0
+    moving: asyncio.Future[bool] | None = None
+
+    @property
+    def tiers(self) -> list[str]:
+        return ([DRAM] if self.slot is not None else []) + list(self.lower)
+
+    @property
+    def top_tier(self) -> str | None:
+        if self.slot is not None:
+            return DRAM
+        return next(iter(self.lower), None)
+
+    def evictable(self) -> bool:
+        return not self.pinned and self.leases == 0 and self.moving is None
+
+
+@dataclass(slots=True)
+class TierStats:
+    """Counters of one tier; exported by `stat` and as Prometheus metrics."""
+
+    name: str
+    capacity_bytes: int
+    used_bytes: int = 0
+    chunks: int = 0
+    hits: int = 0
+    misses: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    evictions: int = 0
+    demotions: int = 0
+    promotions: int = 0
+    corrupt: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        total = self.hits + self.misses
+        d = {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
+        d["hit_ratio"] = self.hits / total if total else 0.0
+        return d
+
+
+@dataclass(slots=True)
+class Reservation:
+    key: bytes
+    layout_id: str
+    namespace: str
+    slot: int
+    size: int
+
+
+@dataclass(slots=True)
+class Lease:
+    id: int
+    chunks: list[Chunk]
+
+
+@dataclass(slots=True)
+class Session:
+    """What one client connection holds; all of it is returned when the connection closes."""
+
+    id: int
+    name: str
+    reservations: dict[bytes, Reservation] = field(default_factory=dict)
+    leases: dict[int, Lease] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Lower:
+    tier: LowerTier
+    stats: TierStats
+    lru: LRUPolicy = field(default_factory=LRUPolicy)
+
+
+#: Called after every lookup with (namespace-less) keys and the tier each was found in.
+LookupObserver = Callable[[Sequence[bytes], Sequence["str | None"]], None]
+
+
+class TieredStore:
+    """The cache: DRAM arena + lower tiers, with leases, reservations, pins and LRU eviction."""
+
+    def __init__(
+        self,
+        *,
+        dram_bytes: int,
+        lower_tiers: Sequence[tuple[LowerTier, int]] = (),
+        io_threads: int = 4,
+        high_watermark: float = 0.95,
+        low_watermark: float = 0.85,
+        meta_dir: str | os.PathLike[str] | None = None,
+        arena_dir: Path | None = None,
+    ) -> None:
+        self.arena = SharedArena(dram_bytes, **({"directory": arena_dir} if arena_dir else {}))
+        self.alloc = ExtentAllocator(self.arena.size)
+        self.dram = TierStats(DRAM, self.alloc.size)
+        self.dram_lru = LRUPolicy()
+        self.lower = [_Lower(t, TierStats(t.name, cap)) for t, cap in lower_tiers if cap > 0]
+        self.layouts: dict[str, Layout] = {}
+        self.index: dict[bytes, Chunk] = {}
+        self.reserved: dict[bytes, Reservation] = {}
+        self.high_watermark = high_watermark
+        self.low_watermark = low_watermark
+        self.meta_dir = Path(meta_dir) if meta_dir else None
+        self.observers: list[LookupObserver] = []
+        self._executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="tierd-io")
+        self._io_threads = io_threads
+        self._session_ids = itertools.count(1)
+        self._lease_ids = itertools.count(1)
+        self._sessions: dict[int, Session] = {}
+        self._deleting: dict[bytes, asyncio.Future[Any]] = {}
+        self._pressure = asyncio.Event()
+        self._space_freed = asyncio.Event()
+        self._room_waiters = 0
+        self._demoter: asyncio.Task[None] | None = None
+        self._closing = False
+        self.lookups = 0
+        self.lookup_hits = 0
+        self.lookup_misses = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Rebuild lower-tier indexes from their media and start the background demoter."""
+        loop = asyncio.get_running_loop()
+        meta = self._load_meta()
+        for lower in self.lower:
+            records = await loop.run_in_executor(self._executor, lambda t=lower.tier: list(t.scan()))
+            records.sort(key=lambda r: meta.get(r.key, {}).get("last_access", r.mtime))
+            for r in records:
+                if lower.stats.used_bytes + r.stored_bytes > lower.stats.capacity_bytes:
+                    await loop.run_in_executor(self._executor, lower.tier.delete, r.key)
+                    lower.stats.evictions += 1
+                    continue
+                c = self.index.get(r.key)
+                if c is None:
+                    m = meta.get(r.key, {})
+                    c = Chunk(r.key, r.layout_id, r.namespace, r.payload_len, r.created,
+                              m.get("last_access", r.mtime), hits=m.get("hits", 0), pinned=m.get("pinned", False))
+                    self.index[r.key] = c
+                c.lower[lower.tier.name] = r.stored_bytes
+                lower.lru.touch(r.key)
+                lower.stats.used_bytes += r.stored_bytes
+                lower.stats.chunks += 1
+            log.info("tier %s: %d chunks, %d bytes recovered", lower.tier.name, lower.stats.chunks, lower.stats.used_bytes)
+        self._demoter = asyncio.create_task(self._demote_loop(), name="tierd-demoter")
+
+    async def close(self, *, flush: bool = True, flush_timeout: float = 60.0) -> None:
+        """Stop: optionally write DRAM-only chunks down, persist metadata, free the arena."""
+        for session in list(self._sessions.values()):
+            self.close_session(session)
+        if flush and self.lower:
+            try:
+                await asyncio.wait_for(self._flush_dram(), flush_timeout)
+            except asyncio.TimeoutError:
+                log.warning("flush of DRAM to %s timed out after %.0fs", self.lower[0].tier.name, flush_timeout)
+        self._closing = True
+        self._pressure.set()
+        if self._demoter is not None:
+            await self._demoter
+        pending = [c.moving for c in self.index.values() if c.moving is not None]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._deleting:
+            await asyncio.gather(*self._deleting.values(), return_exceptions=True)
+        self._save_meta()
+        self._executor.shutdown(wait=True)
+        self.index.clear()
+        self.arena.close()
+
+    # ----------------------------------------------------------------- sessions and layouts
+
+    def open_session(self, name: str = "") -> Session:
+        session = Session(next(self._session_ids), name)
+        self._sessions[session.id] = session
+        return session
+
+    def close_session(self, session: Session) -> None:
+        """Return every reservation and lease of a connection (clean close or crash alike)."""
+        self.abort(session, list(session.reservations))
+        for lease_id in list(session.leases):
+            self.release(session, lease_id)
+        self._sessions.pop(session.id, None)
+
+    def register_layout(self, layout: Layout) -> str:
+        if layout.chunk_bytes > self.alloc.size:
+            raise InvalidArgumentError(
+                f"layout {layout.layout_id}: a chunk of {layout.chunk_bytes} bytes does not fit in the "
+                f"{self.alloc.size}-byte DRAM arena; use smaller chunks or a larger --dram"
+            )
+        self.layouts[layout.layout_id] = layout
+        return layout.layout_id
+
+    def layout(self, layout_id: str) -> Layout:
+        try:
+            return self.layouts[layout_id]
+        except (KeyError, TypeError):
+            raise UnknownLayoutError(
+                f"layout {layout_id!r} is not registered with this daemon; register it first (hello/register_layout)"
+            ) from None
+
+    # ----------------------------------------------------------------- lookup
+
+    def lookup(self, keys: Sequence[bytes]) -> tuple[int, list[str | None]]:
+        """How many leading chunks are present, and the top tier of each key (None = absent)."""
+        _check_keys(keys)
+        tiers: list[str | None] = []
+        prefix = -1
+        for i, key in enumerate(keys):
+            c = self.index.get(key)
+            tier = c.top_tier if c is not None else None
+            tiers.append(tier)
+            if tier is None and prefix < 0:
+                prefix = i
+        prefix = len(keys) if prefix < 0 else prefix
+        self._count_lookup(tiers, prefix)
+        for observer in self.observers:
+            observer(keys, tiers)
+        return prefix, tiers
+
+    def _count_lookup(self, tiers: list[str | None], prefix: int) -> None:
+        self.lookups += 1
+        self.lookup_hits += prefix
+        self.lookup_misses += 1 if prefix < len(tiers) else 0
+        # Per-tier counts cover the chunks a get would read: the leading run and the first miss.
+        for tier in tiers[: prefix + 1]:
+            if tier == DRAM:
+                self.dram.hits += 1
+                continue
+            self.dram.misses += 1
+            for lower in self.lower:
+                if tier == lower.tier.name:
+                    lower.stats.hits += 1
+                    break
+                lower.stats.misses += 1
+
+    # ----------------------------------------------------------------- put: reserve + commit
+
+    async def reserve(
+        self, session: Session, layout_id: str, namespace: str, keys: Sequence[bytes], nbytes: int,
+        *, timeout: float = 5.0,
+    ) -> list[int | None]:
+        """Slots to write the missing keys into; None for a key already stored or being written,
+        or for which no room could be made in time (that chunk is simply not cached)."""
+        layout = self.layout(layout_id)
+        _check_keys(keys)
+        _check_namespace(namespace)
+        if nbytes != layout.chunk_bytes:
+            raise LayoutMismatchError(
+                f"chunk size {nbytes} does not match layout {layout_id} ({layout.chunk_bytes} bytes per chunk)"
+            )
+        deadline = time.monotonic() + timeout
+        slots: list[int | None] = []
+        for key in keys:
+            if key in self.index or key in self.reserved:
+                slots.append(None)
+                continue
+            slot = await self._alloc_slot(nbytes, deadline)
+            if slot is None or key in self.index or key in self.reserved:  # raced while waiting
+                if slot is not None:
+                    self._free_slot(slot, nbytes)
+                slots.append(None)
+                continue
+            r = Reservation(key, layout_id, namespace, slot, nbytes)
+            session.reservations[key] = r
+            self.reserved[key] = r
+            slots.append(slot)
+        return slots
+
+    def commit(self, session: Session, keys: Sequence[bytes]) -> int:
+        """Make reserved chunks visible. All-or-nothing: any bad key fails the whole batch."""
+        _check_keys(keys)
+        seen: set[bytes] = set()
+        for key in keys:
+            if key in seen:
+                raise InvalidArgumentError(f"key {key.hex()} appears twice in one commit")
+            seen.add(key)
+            if key not in session.reservations:
+                if key in self.index:
+                    raise AlreadyStoredError(f"key {key.hex()} is already stored; a chunk is committed once")
+                raise NotReservedError(f"key {key.hex()} was not reserved by this connection; reserve it first")
+        now = time.time()
+        for key in keys:
+            r = session.reservations.pop(key)
+            del self.reserved[key]
+            self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, slot=r.slot)
+            self.dram_lru.touch(key)
+            self.dram.chunks += 1
+            self.dram.bytes_in += r.size
+        self._check_pressure()
+        return len(keys)
+
+    def abort(self, session: Session, keys: Sequence[bytes]) -> int:
+        """Drop reservations (a put that failed or a client that went away); frees their slots."""
+        n = 0
+        for key in keys:
+            r = session.reservations.pop(key, None)
+            if r is None:
+                continue
+            del self.reserved[key]
+            self._free_slot(r.slot, r.size)
+            n += 1
+        return n
+
+    # ----------------------------------------------------------------- get: acquire + release
+
+    async def acquire(
+        self, session: Session, layout_id: str, keys: Sequence[bytes], *, prefix_only: bool = True
+    ) -> tuple[int, list[int | None]]:
+        """Lease the keys' DRAM slots, promoting from lower tiers first. Returns (lease id, slot per
+        key); a key that is absent, of another layout, or fails verification gets None, and with
+        `prefix_only` so does every key after it."""
+        self.layout(layout_id)
+        _check_keys(keys)
+        lease = Lease(next(self._lease_ids), [])
+        session.leases[lease.id] = lease
+        wanted: list[Chunk | None] = []
+        for key in keys:
+            c = self.index.get(key)
+            if c is None or c.layout_id != layout_id:
+                wanted.append(None)
+                if prefix_only:
+                    break
+                continue
+            wanted.append(c)
+            c.leases += 1  # hold it now so nothing moves it while others are promoted
+            lease.chunks.append(c)
+        results = await asyncio.gather(*(self._ensure_in_dram(c) for c in wanted if c is not None))
+        ok = iter(results)
+        slots: list[int | None] = []
+        now = time.time()
+        failed = False
+        for c in wanted:
+            good = c is not None and next(ok) and not (prefix_only and failed)
+            if not good:
+                failed = True
+                slots.append(None)
+                continue
+            assert c is not None and c.slot is not None
+            c.hits += 1
+            c.last_access = now
+            self.dram_lru.touch(c.key)
+            self.dram.bytes_out += c.size
+            slots.append(c.slot)
+        slots.extend([None] * (len(keys) - len(slots)))
+        return lease.id, slots
+
+    def release(self, session: Session, lease_id: int) -> int:
+        lease = session.leases.pop(lease_id, None)
+        if lease is None:
+            raise NotFoundError(f"lease {lease_id} is not held by this connection")
+        for c in lease.chunks:
+            c.leases -= 1
+        self._check_pressure()
+        return len(lease.chunks)
+
+    async def _ensure_in_dram(self, c: Chunk) -> bool:
+        """Promote a leased chunk into DRAM if it is only on a lower tier."""
+        while c.slot is None and c.moving is not None:
+            await asyncio.shield(c.moving)
+        if c.slot is not None:
+            return True
+        if c.key not in self.index:
+            return False
+        for lower in self.lower:
+            if lower.tier.name not in c.lower:
+                continue
+            slot = await self._alloc_slot(c.size, time.monotonic() + 5.0)
+            if slot is None:
+                return False
+            c.moving = asyncio.get_running_loop().create_future()
+            try:
+                ok = await asyncio.get_running_loop().run_in_executor(
+                    self._executor,
+                    lambda: lower.tier.read_into(c.key, self.arena.view(slot, c.size), layout_id=c.layout_id, payload_len=c.size),
+                )
+            except Exception:  # an I/O error is a miss, never data
+                log.exception("reading chunk %s from %s failed", c.key.hex(), lower.tier.name)
+                ok = False
+            finally:
+                fut, c.moving = c.moving, None
+            if ok:
+                c.slot = slot
+                self.dram.chunks += 1
+                self.dram.bytes_in += c.size
+                self.dram.promotions += 1
+                lower.stats.bytes_out += c.size
+                lower.lru.touch(c.key)
+                fut.set_result(True)
+                self._check_pressure()
+                return True
+            self._free_slot(slot, c.size)
+            lower.stats.corrupt += 1
+            self._forget_lower_copy(c, lower)  # the tier already removed the bad copy
+            fut.set_result(False)
+        return False
+
+    # ----------------------------------------------------------------- pin, evict, inspect
+
+    def pin(self, keys: Sequence[bytes], pinned: bool = True) -> int:
+        _check_keys(keys)
+        n = 0
+        for key in keys:
+            c = self.index.get(key)
+            if c is not None:
+                c.pinned = pinned
+                n += 1
+        return n
+
+    async def evict(
+        self, *, keys: Sequence[bytes] | None = None, namespace: str | None = None,
+        tier: str | None = None, everything: bool = False,
+    ) -> dict[str, int]:
+        """Remove chunks from one tier (`tier`) or from all. Evicting from DRAM writes a chunk
+        down first when no lower copy exists. Pinned and leased chunks are skipped and counted."""
+        if keys is None and namespace is None and not everything:
+            raise InvalidArgumentError("evict needs keys, a namespace, or all=true")
+        if tier is not None and tier != DRAM and tier not in {l.tier.name for l in self.lower}:
+            raise InvalidArgumentError(f"tier {tier!r}: use one of {[DRAM] + [l.tier.name for l in self.lower]}")
+        if keys is not None:
+            _check_keys(keys)
+            chunks = [self.index[k] for k in keys if k in self.index]
+        else:
+            chunks = [c for c in self.index.values() if namespace is None or c.namespace == namespace]
+        result = {"evicted": 0, "pinned": 0, "busy": 0}
+        for c in chunks:
+            if c.pinned:
+                result["pinned"] += 1
+                continue
+            if not c.evictable():
+                result["busy"] += 1
+                continue
+            if tier == DRAM:
+                if c.slot is None:
+                    continue
+                if not c.lower and self.lower:
+                    await self._demote(c)
+                    if c.slot is None:
+                        result["evicted"] += 1
+                        continue
+                self._drop_dram_copy(c)
+            elif tier is not None:
+                lower = next(l for l in self.lower if l.tier.name == tier)
+                if tier not in c.lower:
+                    continue
+                self._delete_lower_copy(c, lower)
+            else:
+                if c.slot is not None:
+                    self._drop_dram_copy(c)
+                for lower in self.lower:
+                    if lower.tier.name in c.lower:
+                        self._delete_lower_copy(c, lower)
+            result["evicted"] += 1
+        return result
+
+    def inspect(self, key: bytes) -> dict[str, Any]:
+        _check_keys([key])
+        c = self.index.get(key)
+        if c is None:
+            raise NotFoundError(f"key {key.hex()} is not stored")
+        return self._describe(c)
+
+    def ls(
+        self, *, tier: str | None = None, namespace: str | None = None, key_prefix: str | None = None,
+        sort: str = "last_access", limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        if sort not in ("last_access", "size", "created", "hits"):
+            raise InvalidArgumentError(f"sort {sort!r}: use last_access, size, created or hits")
+        rows = [
+            c for c in self.index.values()
+            if (tier is None or tier in c.tiers)
+            and (namespace is None or c.namespace == namespace)
+            and (key_prefix is None or c.key.hex().startswith(key_prefix.lower()))
+        ]
+        rows.sort(key=lambda c: getattr(c, sort), reverse=True)
+        return [self._describe(c) for c in rows[: limit if limit is not None else len(rows)]]
+
+    def stat(self) -> dict[str, Any]:
+        self.dram.used_bytes = self.alloc.used
+        tiers = [self.dram.to_dict()] + [l.stats.to_dict() for l in self.lower]
+        total = self.lookup_hits + self.lookup_misses
+        return {
+            "tiers": tiers,
+            "chunks": len(self.index),
+            "layouts": sorted(self.layouts),
+            "sessions": len(self._sessions),
+            "reservations": len(self.reserved),
+            "leases": sum(len(s.leases) for s in self._sessions.values()),
+            "lookups": self.lookups,
+            "arena_path": str(self.arena.path),
+            "arena_bytes": self.arena.size,
+        }
+
+    def _describe(self, c: Chunk) -> dict[str, Any]:
+        return {
+            "key": c.key.hex(), "tiers": c.tiers, "size": c.size, "namespace": c.namespace,
+            "layout_id": c.layout_id, "created": c.created, "last_access": c.last_access,
+            "hits": c.hits, "pinned": c.pinned, "leases": c.leases,
+        }
+
+    # ----------------------------------------------------------------- DRAM space
+
+    async def _alloc_slot(self, nbytes: int, deadline: float) -> int | None:
+        """A free slot, making room if needed: drop clean copies at once, else wait for the
+        demoter to write dirty ones down. None if no room appears before the deadline."""
+        while True:
+            slot = self.alloc.alloc(nbytes)
+            if slot is not None:
+                self._check_pressure()
+                return slot
+            if self._drop_clean(nbytes):
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closing or not self._has_demotable():
+                return None
+            self._room_waiters += 1
+            self._space_freed.clear()
+            self._pressure.set()
+            try:
+                await asyncio.wait_for(self._space_freed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return None
+            finally:
+                self._room_waiters -= 1
+
+    def _drop_clean(self, nbytes: int) -> bool:
+        """Free DRAM copies that also live on a lower tier (or any copy when there is no lower
+        tier), oldest first, until `nbytes` fit. True if anything was freed."""
+        freed = False
+        for key in list(self.dram_lru.oldest_first()):
+            c = self.index[key]
+            if not c.evictable() or (self.lower and not c.lower):
+                continue
+            self._drop_dram_copy(c)
+            self.dram.evictions += 1
+            freed = True
+            if self.alloc.largest_free >= self.alloc.rounded(nbytes):
+                break
+        return freed
+
+    def _has_demotable(self) -> bool:
+        return bool(self.lower) and any(
+            self.index[k].evictable() or self.index[k].moving is not None for k in self.dram_lru.oldest_first()
+        )
+
+    def _free_slot(self, slot: int, nbytes: int) -> None:
+        self.alloc.free(slot, nbytes)
+        self._space_freed.set()
+
+    def _drop_dram_copy(self, c: Chunk) -> None:
+        assert c.slot is not None
+        self._free_slot(c.slot, c.size)
+        c.slot = None
+        self.dram_lru.remove(c.key)
+        self.dram.chunks -= 1
+        self._unindex_if_gone(c)
+
+    def _check_pressure(self) -> None:
+        if self.alloc.used > self.high_watermark * self.alloc.size:
+            self._pressure.set()
+
+    # ----------------------------------------------------------------- demotion (write-back)
+
+    async def _demote_loop(self) -> None:
+        while True:
+            await self._pressure.wait()
+            self._pressure.clear()
+            if self._closing:
+                return
+            while not self._closing and (
+                self._room_waiters > 0 or self.alloc.used > self.low_watermark * self.alloc.size
+            ):
+                batch = self._pick_demotions(self._io_threads)
+                if not batch:
+                    break
+                await asyncio.gather(*(self._demote(c) for c in batch))
+
+    def _pick_demotions(self, limit: int) -> list[Chunk]:
+        batch: list[Chunk] = []
+        for key in list(self.dram_lru.oldest_first()):
+            if self._room_waiters == 0 and self.alloc.used <= self.low_watermark * self.alloc.size:
+                break
+            c = self.index[key]
+            if not c.evictable():
+                continue
+            if c.lower or not self.lower:  # clean, or nowhere to go: just drop it
+                self._drop_dram_copy(c)
+                self.dram.evictions += 1
+                continue
+            batch.append(c)
+            if len(batch) >= limit:
+                break
+        return batch
+
+    async def _demote(self, c: Chunk) -> None:
+        """Write a DRAM chunk to the first lower tier; free its slot once the copy is durable."""
+        if not self.lower or c.slot is None:
+            return
+        lower = self.lower[0]
+        c.moving = asyncio.get_running_loop().create_future()
+        ok = False
+        try:
+            ok = await self._write_lower(c, lower, self.arena.view(c.slot, c.size))
+        finally:
+            fut, c.moving = c.moving, None
+            fut.set_result(ok)
+        if not ok:
+            return
+        self.dram.demotions += 1
+        self.dram.evictions += 1
+        if c.leases == 0 and not c.pinned and c.slot is not None:
+            self._drop_dram_copy(c)
+
+    async def _write_lower(self, c: Chunk, lower: _Lower, payload: memoryview) -> bool:
+        need = lower.tier.stored_bytes(c.size)
+        if not await self._make_room_lower(lower, need):
+            return False
+        lower.stats.used_bytes += need  # count the write in flight against capacity
+        pending = self._deleting.get(c.key)
+        if pending is not None:
+            await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        try:
+            stored = await loop.run_in_executor(
+                self._executor, lower.tier.write, c.key, c.layout_id, c.namespace, payload
+            )
+        except Exception:
+            log.exception("writing chunk %s to %s failed", c.key.hex(), lower.tier.name)
+            lower.stats.used_bytes -= need
+            return False
+        lower.stats.used_bytes += stored - need
+        c.lower[lower.tier.name] = stored
+        lower.lru.touch(c.key)
+        lower.stats.chunks += 1
+        lower.stats.bytes_in += c.size
+        return True
+
+    async def _make_room_lower(self, lower: _Lower, need: int) -> bool:
+        cap = lower.stats.capacity_bytes
+        if need > cap:
+            return False
+        while lower.stats.used_bytes + need > cap:
+            victim = next(
+                (self.index[k] for k in lower.lru.oldest_first() if self.index[k].evictable()), None
+            )
+            if victim is None:
+                return False
+            self._delete_lower_copy(victim, lower)
+            lower.stats.evictions += 1
+        return True
+
+    def _delete_lower_copy(self, c: Chunk, lower: _Lower) -> None:
+        """Forget the copy now (so nobody reads it) and delete it in the background."""
+        self._forget_lower_copy(c, lower)
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._executor, lower.tier.delete, c.key)
+        self._deleting[c.key] = fut
+        fut.add_done_callback(lambda f, k=c.key: self._deleting.pop(k, None) if self._deleting.get(k) is f else None)
+
+    def _forget_lower_copy(self, c: Chunk, lower: _Lower) -> None:
+        stored = c.lower.pop(lower.tier.name, None)
+        if stored is None:
+            return
+        lower.lru.remove(c.key)
+        lower.stats.used_bytes -= stored
+        lower.stats.chunks -= 1
+        self._unindex_if_gone(c)
+
+    def _unindex_if_gone(self, c: Chunk) -> None:
+        """A chunk whose last copy went is no longer stored (a lease may still hold the object)."""
+        if c.slot is None and not c.lower and self.index.get(c.key) is c:
+            del self.index[c.key]
+
+    async def _flush_dram(self) -> None:
+        """Write every DRAM-only chunk down (graceful shutdown), so a restart serves it."""
+        dirty = [self.index[k] for k in self.dram_lru.oldest_first() if not self.index[k].lower]
+        for i in range(0, len(dirty), self._io_threads):
+            batch = [c for c in dirty[i : i + self._io_threads] if c.moving is None and c.slot is not None]
+            await asyncio.gather(*(self._flush_one(c) for c in batch))
+
+    async def _flush_one(self, c: Chunk) -> None:
+        assert c.slot is not None
+        await self._write_lower(c, self.lower[0], self.arena.view(c.slot, c.size))
+
+    # ----------------------------------------------------------------- metadata persistence
+
+    def _meta_path(self) -> Path | None:
+        return self.meta_dir / _META_FILE if self.meta_dir else None
+
+    def _load_meta(self) -> dict[bytes, dict[str, Any]]:
+        path = self._meta_path()
+        if path is None or not path.exists():
+            return {}
+        try:
+            raw = msgpack.unpackb(path.read_bytes(), raw=False)
+            return {bytes(k): v for k, v in raw.items() if isinstance(v, dict)}
+        except Exception:  # metadata is advisory: LRU order and hit counts only
+            log.warning("ignoring unreadable %s", path)
+            return {}
+
+    def _save_meta(self) -> None:
+        path = self._meta_path()
+        if path is None or not self.lower:
+            return
+        data = {
+            c.key: {"last_access": c.last_access, "hits": c.hits, "pinned": c.pinned}
+            for c in self.index.values() if c.lower
+        }
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(msgpack.packb(data, use_bin_type=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def _check_keys(keys: Iterable[Any]) -> None:
+    for key in keys:
+        if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+            raise InvalidArgumentError(
+                f"key {key!r}: keys are {KEY_BYTES}-byte binary values (tierd.keys.chunk_keys makes them)"
+            )
+
+
+def _check_namespace(namespace: Any) -> None:
+    if not isinstance(namespace, str) or not namespace or len(namespace) > 255:
+        raise InvalidArgumentError(f"namespace {namespace!r}: use a non-empty string of at most 255 characters")

@@ -1,0 +1,1 @@
+"""Tiers of the store: the shared-memory DRAM arena and the lower tiers (NVMe directory, object store)."""
