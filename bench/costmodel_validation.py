@@ -89,22 +89,29 @@ class TinyLlama(torch.nn.Module):
         return self._rms(x[-1]) @ self.lm_head.T
 
 
-def measure(model: TinyLlama, length: int, repeats: int) -> float:
-    """Best-of-`repeats` wall seconds of one prefill (min: timing noise only ever adds)."""
-    tokens = torch.randint(0, model.shape.vocab_size, (length,), generator=torch.Generator().manual_seed(length))
-    model.prefill(tokens[: min(length, 64)])  # warm-up: allocator, kernels
-    best = math.inf
+def measure(model: TinyLlama, lengths: tuple[int, ...], repeats: int) -> dict[int, float]:
+    """Best-of-`repeats` wall seconds of one prefill per length.
+
+    Rounds go over all lengths in turn, so a burst of load from other processes on this shared
+    machine hits every length rather than skewing one; the minimum is kept because timing noise
+    only ever adds.
+    """
+    gen = torch.Generator().manual_seed(0)
+    prompts = {p: torch.randint(0, model.shape.vocab_size, (p,), generator=gen) for p in lengths}
+    model.prefill(prompts[lengths[0]])  # warm-up: allocator, kernels
+    best = {p: math.inf for p in lengths}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.prefill(tokens)
-        best = min(best, time.perf_counter() - t0)
+        for p in lengths:
+            t0 = time.perf_counter()
+            model.prefill(prompts[p])
+            best[p] = min(best[p], time.perf_counter() - t0)
     return best
 
 
 def validate(cfg: BenchConfig) -> dict:
     """Measure every length, fit on `fit_lengths`, return predictions and ratios."""
     model = TinyLlama(cfg.shape)
-    measured = {p: measure(model, p, cfg.repeats) for p in cfg.lengths}
+    measured = measure(model, cfg.lengths, cfg.repeats)
     device = DeviceThroughput.fit((cfg.shape.prefill_flops(p), measured[p]) for p in cfg.fit_lengths)
     rows = []
     for p in cfg.lengths:
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller model (runs in seconds)")
     parser.add_argument("--lengths", default="512,1024,2048,3072,4096")
     parser.add_argument("--fit", default="1024,4096", help="the two lengths the throughput is fitted on")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:

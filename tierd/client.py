@@ -271,14 +271,19 @@ class Client:
         return GetLease(self, layout, r["lease"], r["slots"])
 
     def put_chunks(self, layout: Layout, keys: Sequence[bytes], payloads: Sequence[Any], namespace: str = "default") -> int:
-        """Copy whole chunks (bytes-like or arrays of `chunk_bytes`) in and commit them."""
-        with self.put(layout, keys, namespace) as batch:
-            for i in batch.reserved:
-                src = np.frombuffer(memoryview(payloads[i]).cast("B"), dtype=np.uint8)
-                if src.size != layout.chunk_bytes:
-                    raise ValueError(f"payload {i} has {src.size} bytes, layout needs {layout.chunk_bytes}")
-                np.copyto(batch.view(i), src)
-            return batch.commit()
+        """Copy whole chunks (bytes-like or arrays of `chunk_bytes`) in and commit them, in
+        batches of at most a quarter of the arena so a long prompt never needs it all at once."""
+        batch_len = max(1, self.info["arena_bytes"] // 4 // layout.chunk_bytes)
+        stored = 0
+        for start in range(0, len(keys), batch_len):
+            with self.put(layout, keys[start : start + batch_len], namespace) as batch:
+                for i in batch.reserved:
+                    src = np.frombuffer(memoryview(payloads[start + i]).cast("B"), dtype=np.uint8)
+                    if src.size != layout.chunk_bytes:
+                        raise ValueError(f"payload {start + i} has {src.size} bytes, layout needs {layout.chunk_bytes}")
+                    np.copyto(batch.view(i), src)
+                stored += batch.commit()
+        return stored
 
     def get_chunks(self, layout: Layout, keys: Sequence[bytes]) -> list[bytes]:
         """Copies of the leading present chunks."""

@@ -22,8 +22,15 @@ in a config file is relative to the file's directory (so the file means the same
 any working directory); one from the environment or a flag is relative to the working
 directory, as the shell would read it. Sizes follow `tierd.sizes` (8GiB, 8000MB, bytes).
 
+Switching things off: metrics_port takes "off"/"none"/"" (or YAML/TOML false/null), and
+record_trace takes "" (or false/null), so the environment or a flag can turn off what a file
+turned on. For every other option an empty value is an error; unset the variable instead.
+socket_mode strings are always octal ("0600", "600", "0o600"); an integer in a file is the
+mode itself (TOML `0o600`, YAML `0600`), and must leave the owner read and write.
+
 Machine-dependent defaults (socket path, DRAM and NVMe capacities) are computed only when no
 source sets the option, and the NVMe default looks at the filesystem of the *final* nvme_dir.
+Loading has no side effects: it creates no directory and no socket.
 """
 from __future__ import annotations
 
@@ -112,11 +119,12 @@ def _parse_max_frame(value: object, where: str, base: str | None) -> int:
 
 
 def _parse_int(value: object, where: str, lo: int, hi: int, hint: str) -> int:
+    number = value
     if isinstance(value, str) and re.fullmatch(r"\s*\+?[0-9]+\s*", value, re.ASCII):
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        number = int(value)
+    if not isinstance(number, int) or isinstance(number, bool) or not lo <= number <= hi:
         raise ConfigError(f"{where}={value!r}: {hint}")
-    return value
+    return number
 
 
 def _parse_port(value: object, where: str, base: str | None) -> int | None:
