@@ -306,3 +306,18 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tierd mrc: "), out.stderr
     assert message in err[0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 60), min_size=1, max_size=5), min_size=1, max_size=40),
+       st.lists(st.integers(1, 9), min_size=61, max_size=61), st.sampled_from([0.3, 0.6, 1.0]))
+def test_offline_and_online_shards_agree_in_byte_mode(requests, size_of, rate):
+    sizes = [[size_of[k] for k in r] for r in requests]
+    refs = mrc.flatten_requests(_Req(r, s) for r, s in zip(requests, sizes))
+    est = mrc.ShardsMRC.fixed_rate(rate, unit="bytes")
+    for r, s in zip(requests, sizes):
+        est.access_request(r, s)
+    grid = list(range(1, 200, 3))
+    offline, offline_prefix = mrc.shards_fixed_rate_curves(refs, grid, rate, unit="bytes")
+    assert est.curve(grid) == offline
+    assert est.prefix_curve(grid) == offline_prefix

@@ -140,6 +140,15 @@ def _tail(path: Path, n: int = 6000) -> str:
 # --------------------------------------------------------------------- subprocess side
 
 
+def _checkpoint_dtype(model_dir: str) -> str:
+    """The dtype recorded in ``config.json`` (``dtype`` or ``torch_dtype``), else 'auto'."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "auto"
+    return str(config.get("dtype") or config.get("torch_dtype") or "auto")
+
+
 def _engine_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="run vLLM on token-id prompts, write JSON")
     ap.add_argument("--model", required=True)
@@ -153,6 +162,11 @@ def _engine_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block-size", type=int, default=None)
     ap.add_argument("--max-model-len", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="use torch.compile (slow start); default eager")
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        help="model dtype; default: the checkpoint's own (vLLM's 'auto' would downcast float32 to bf16)",
+    )
     args = ap.parse_args(argv)
     for k, v in DEFAULT_ENV.items():
         os.environ.setdefault(k, v)
@@ -171,7 +185,7 @@ def _engine_main(argv: list[str] | None = None) -> int:
     engine_kwargs: dict[str, Any] = dict(
         model=args.model,
         tokenizer=args.model,
-        dtype="auto",
+        dtype=args.dtype or _checkpoint_dtype(args.model),
         seed=0,
         enable_prefix_caching=not args.no_prefix_caching,
         enforce_eager=not args.compile,

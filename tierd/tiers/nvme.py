@@ -392,7 +392,7 @@ class NvmeChunkFiles:
         while done < n:
             m = min(len(bounce), n - done)
             padded = _round_up(m)
-            pass
+            bounce[:m] = view[done : done + m]
             bounce[m:padded] = bytes(padded - m)
             _transfer_all(os.pwritev, fd, [bounce[:padded]], HEADER_BYTES + done)
             done += m
