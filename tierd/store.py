@@ -269,17 +269,16 @@ class TieredStore:
     # ----------------------------------------------------------------- lookup
 
     def lookup(self, keys: Sequence[bytes]) -> tuple[int, list[str | None]]:
-        """How many leading chunks are present, and the top tier of each key (None = absent)."""
+        """How many leading chunks are present, and the top tier of each key (None = absent).
+
+        This runs on every request, so the per-key work is kept to C-level loops."""
         _check_keys(keys)
-        tiers: list[str | None] = []
-        prefix = -1
-        for i, key in enumerate(keys):
-            c = self.index.get(key)
-            tier = c.top_tier if c is not None else None
-            tiers.append(tier)
-            if tier is None and prefix < 0:
-                prefix = i
-        prefix = len(keys) if prefix < 0 else prefix
+        chunks = list(map(self.index.get, keys))
+        try:
+            prefix = chunks.index(None)
+        except ValueError:
+            prefix = len(chunks)
+        tiers = [None if c is None else DRAM if c.slot is not None else c.top_tier for c in chunks]
         self._count_lookup(tiers, prefix)
         for observer in self.observers:
             observer(keys, tiers)
@@ -290,16 +289,13 @@ class TieredStore:
         self.lookup_hits += prefix
         self.lookup_misses += 1 if prefix < len(tiers) else 0
         # Per-tier counts cover the chunks a get would read: the leading run and the first miss.
-        for tier in tiers[: prefix + 1]:
-            if tier == DRAM:
-                self.dram.hits += 1
-                continue
-            self.dram.misses += 1
-            for lower in self.lower:
-                if tier == lower.tier.name:
-                    lower.stats.hits += 1
-                    break
-                lower.stats.misses += 1
+        read = tiers[: prefix + 1]
+        below = len(read)  # chunks that reached this tier
+        for stats, name in [(self.dram, DRAM)] + [(l.stats, l.tier.name) for l in self.lower]:
+            hits = read.count(name)
+            stats.hits += hits
+            stats.misses += below - hits
+            below -= hits
 
     # ----------------------------------------------------------------- put: reserve + commit
 
@@ -781,12 +777,12 @@ class TieredStore:
         os.replace(tmp, path)
 
 
-def _check_keys(keys: Iterable[Any]) -> None:
-    for key in keys:
-        if not isinstance(key, bytes) or len(key) != KEY_BYTES:
-            raise InvalidArgumentError(
-                f"key {key!r}: keys are {KEY_BYTES}-byte binary values (tierd.keys.chunk_keys makes them)"
-            )
+def _check_keys(keys: Sequence[Any]) -> None:
+    if set(map(type, keys)) - {bytes} or set(map(len, keys)) - {KEY_BYTES}:
+        bad = next(k for k in keys if not isinstance(k, bytes) or len(k) != KEY_BYTES)
+        raise InvalidArgumentError(
+            f"key {bad!r}: keys are {KEY_BYTES}-byte binary values (tierd.keys.chunk_keys makes them)"
+        )
 
 
 def _check_namespace(namespace: Any) -> None:

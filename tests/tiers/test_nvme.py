@@ -6,6 +6,7 @@ disk, and `tmpfs` runs on /dev/shm with the automatic probe.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import mmap
@@ -20,7 +21,7 @@ from typing import Iterator
 import pytest
 import xxhash
 
-from tierd.errors import ConfigError, InvalidArgumentError
+from tierd.errors import CapacityError, ConfigError, InvalidArgumentError, TierdError
 from tierd.tiers.base import StoredRecord
 from tierd.tiers.nvme import BLOCK, HEADER_BYTES, MAX_NAMESPACE_BYTES, NvmeChunkFiles, StoredChunk
 
@@ -328,6 +329,21 @@ def test_bad_arguments_are_rejected_and_write_nothing(store: NvmeChunkFiles) -> 
     assert all_files(store.root) == []
     store.write(key, LAYOUT, "n" * MAX_NAMESPACE_BYTES, b"data")  # the bound itself is fine
     assert store.scan()[0].namespace == "n" * MAX_NAMESPACE_BYTES
+
+
+@pytest.mark.parametrize("failing", ["fdatasync", "fsync"])
+def test_a_failed_write_leaves_no_file(store: NvmeChunkFiles, failing: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Disk full during the data sync, or an I/O error syncing the directory after the rename."""
+    error = errno.ENOSPC if failing == "fdatasync" else errno.EIO
+
+    def fail(fd: int) -> None:
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, failing, fail)
+    with pytest.raises(CapacityError if error == errno.ENOSPC else TierdError, match=key_of(16).hex()):
+        store.write(key_of(16), LAYOUT, "d", b"z" * 5000)
+    monkeypatch.undo()
+    assert all_files(store.root) == []
 
 
 # -- concurrency ------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_live(args: argparse.Namespace) -> int:
     """Live mode hook: fetch the daemon's online ShardsMRC curves over --socket and print them
     with `_output`. Not built yet."""
-    raise ConfigError("tierd mrc needs --trace FILE: live curves from a running daemon (--socket) are not available yet")
+    raise ConfigError("--trace FILE is required: live curves from a running daemon (--socket) are not available yet")
 
 
 def _offline_report(args: argparse.Namespace) -> dict[str, Any]:

@@ -161,7 +161,7 @@ def _validate(op: str, schema: dict[str, Arg], request: dict[str, Any]) -> dict[
         if not isinstance(value, spec.types) or (isinstance(value, bool) and bool not in spec.types):
             want = "/".join(t.__name__ for t in spec.types)
             raise InvalidArgumentError(f"{op}: argument {name!r} must be {want}, got {type(value).__name__}")
-        if spec.list_of is not None and not all(isinstance(v, spec.list_of) for v in value):
+        if spec.list_of is not None and set(map(type, value)) - {spec.list_of}:
             raise InvalidArgumentError(f"{op}: argument {name!r} must be a list of {spec.list_of.__name__}")
         args[name] = value
     return args

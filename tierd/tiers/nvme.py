@@ -262,8 +262,9 @@ class NvmeChunkFiles:
     payload checksum; anything else deletes the file and is a miss (`corrupt` counts them).
 
     `direct_io`: None probes O_DIRECT on the directory's filesystem and uses it where it works
-    (it is ~5x faster than buffered writes + fsync on this class of machine and keeps the page
-    cache for the DRAM tier); True insists (ConfigError if unsupported); False forces buffered.
+    (durable writes run several times faster than buffered writes + fdatasync on the machines
+    measured by `bench/nvme_tier.py`, and chunk bytes do not crowd the page cache that the DRAM
+    tier needs); True insists (ConfigError if unsupported); False forces buffered I/O.
     """
 
     name = "nvme"
@@ -344,6 +345,7 @@ class NvmeChunkFiles:
         final = self.path_for(key)
         tmp = final.with_name(f".{key.hex()}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | (os.O_DIRECT if self.direct_io else 0)
+        renamed = False
         try:
             fd = os.open(tmp, flags, 0o600)
             try:
@@ -352,10 +354,13 @@ class NvmeChunkFiles:
             finally:
                 os.close(fd)
             os.rename(tmp, final)
+            renamed = True
             self._fsync_dir(final.parent)
         except BaseException as exc:
+            # A failed write leaves nothing behind, not even a renamed but unsynced file, so
+            # the store's accounting (which will not count this chunk) stays true.
             try:
-                os.unlink(tmp)
+                os.unlink(final if renamed else tmp)
             except OSError:
                 pass
             if not isinstance(exc, OSError):

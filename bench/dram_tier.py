@@ -1,0 +1,124 @@
+"""DRAM tier through the daemon: put/get GB/s against single-threaded memcpy, and lookup latency.
+
+    python -m bench.dram_tier [--quick]
+
+A put is reserve RPC + copy into the shared arena + commit RPC; a get is acquire RPC + copy
+out of the arena + release RPC. Both are measured with one chunk per RPC pair (the worst case)
+and with 16 chunks per RPC pair (how a connector issues a request). The baseline is
+`np.copyto` of the same bytes between two private buffers, in the same process and run.
+Lookup latency is one RPC for a 512-chunk prompt (a 128k-token prompt at 256 tokens/chunk).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.figures import best_seconds, figure
+from tierd.client import Client
+from tierd.keys import chunk_keys
+from tierd.launch import DaemonProcess
+from tierd.layout import Layout
+
+MiB = 1 << 20
+
+
+def layout_of(chunk_mib: int) -> Layout:
+    """A bf16 layout whose chunks are exactly `chunk_mib` MiB (1 layer = 1 MiB at 256 tokens)."""
+    return Layout(f"bench-{chunk_mib}m", "bfloat16", chunk_mib, 8, 128, chunk_tokens=256)
+
+
+def bench_chunk_size(client: Client, chunk_mib: int, per_rpc: int, total_mib: int, repeats: int) -> None:
+    layout = layout_of(chunk_mib)
+    assert layout.chunk_bytes == chunk_mib * MiB
+    n = max(per_rpc, total_mib // chunk_mib)
+    n -= n % per_rpc
+    src = [np.random.default_rng(i).integers(0, 256, layout.chunk_bytes, dtype=np.uint8) for i in range(per_rpc)]
+    dst = [np.empty(layout.chunk_bytes, dtype=np.uint8) for _ in range(per_rpc)]
+    nbytes = n * layout.chunk_bytes
+
+    def memcpy() -> None:
+        for i in range(n):
+            np.copyto(dst[i % per_rpc], src[i % per_rpc])
+
+    counter = iter(range(10**9))
+
+    def put() -> None:
+        base = next(counter) * n * 256
+        for start in range(0, n, per_rpc):
+            keys = chunk_keys(layout, np.arange(base + start * 256, base + (start + per_rpc) * 256))
+            with client.put(layout, keys) as batch:
+                for i in batch.reserved:
+                    np.copyto(batch.view(i), src[i])
+
+    stored = chunk_keys(layout, np.arange(per_rpc * 256) + 10**12)
+    client.put_chunks(layout, stored, src)
+
+    def get() -> None:
+        for _ in range(0, n, per_rpc):
+            with client.get(layout, stored) as lease:
+                for i in range(lease.count):
+                    np.copyto(dst[i], lease.view(i))
+
+    t_mem = best_seconds(memcpy, repeats=repeats)
+    t_put = best_seconds(put, repeats=repeats)
+    t_get = best_seconds(get, repeats=repeats)
+    mem_gbs = nbytes / t_mem / 1e9
+    tag = f"{chunk_mib}MiB_x{per_rpc}"
+    figure(f"dram_put_{tag}", nbytes / t_put / 1e9, "GB/s", "memcpy", mem_gbs)
+    figure(f"dram_get_{tag}", nbytes / t_get / 1e9, "GB/s", "memcpy", mem_gbs)
+    client.evict(everything=True)
+
+
+def bench_lookup(client: Client, iterations: int) -> None:
+    layout = layout_of(1)
+    small = Layout("bench-lookup", "bfloat16", 1, 1, 8, chunk_tokens=256)  # tiny chunks: only the index matters
+    keys = chunk_keys(small, np.arange(512 * 256))
+    client.put_chunks(small, keys, [np.zeros(small.chunk_bytes, np.uint8)] * len(keys))
+    assert client.lookup(keys).prefix == 512
+    lat = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        client.lookup(keys)
+        lat.append(time.perf_counter() - t0)
+    ping = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        client._call("ping")
+        ping.append(time.perf_counter() - t0)
+    lat.sort()
+    ping.sort()
+    p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
+    ping50 = ping[len(ping) // 2]
+    figure("lookup_512_chunks_p50", p50 * 1e6, "us", "empty ping RPC p50", ping50 * 1e6, higher_is_better=False)
+    figure("lookup_512_chunks_p99", p99 * 1e6, "us", "empty ping RPC p50", ping50 * 1e6, higher_is_better=False)
+    del layout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a run under a minute")
+    ap.add_argument("--dram", default="2GiB")
+    args = ap.parse_args()
+    total_mib = 128 if args.quick else 512
+    repeats = 3 if args.quick else 7
+    tmp = Path(tempfile.mkdtemp(prefix="tdb-", dir="/tmp"))
+    try:
+        with DaemonProcess(tmp / "s.sock", ["--dram", args.dram, "--nvme", "0", "--nvme-dir", str(tmp / "n")]) as d:
+            with Client.connect(d.socket) as client:
+                for chunk_mib in (1, 4, 32):
+                    for per_rpc in (1, 16):
+                        if chunk_mib * per_rpc <= 512:
+                            bench_chunk_size(client, chunk_mib, per_rpc, total_mib, repeats)
+                bench_lookup(client, 300 if args.quick else 3000)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
