@@ -34,17 +34,19 @@ def layout_of(chunk_mib: int) -> Layout:
 
 
 def bench_chunk_size(client: Client, chunk_mib: int, per_rpc: int, total_mib: int, repeats: int) -> None:
+    """Put and get `total_mib` of distinct chunks, `per_rpc` chunks per RPC pair. The memcpy
+    baseline copies the same number of distinct buffers, so neither side runs from cache."""
     layout = layout_of(chunk_mib)
     assert layout.chunk_bytes == chunk_mib * MiB
     n = max(per_rpc, total_mib // chunk_mib)
     n -= n % per_rpc
-    src = [np.random.default_rng(i).integers(0, 256, layout.chunk_bytes, dtype=np.uint8) for i in range(per_rpc)]
-    dst = [np.empty(layout.chunk_bytes, dtype=np.uint8) for _ in range(per_rpc)]
+    src = [np.full(layout.chunk_bytes, i % 251, dtype=np.uint8) for i in range(n)]
+    dst = [np.ones(layout.chunk_bytes, dtype=np.uint8) for _ in range(n)]
     nbytes = n * layout.chunk_bytes
 
     def memcpy() -> None:
         for i in range(n):
-            np.copyto(dst[i % per_rpc], src[i % per_rpc])
+            np.copyto(dst[i], src[i])
 
     counter = iter(range(10**9))
 
@@ -53,30 +55,32 @@ def bench_chunk_size(client: Client, chunk_mib: int, per_rpc: int, total_mib: in
         for start in range(0, n, per_rpc):
             keys = chunk_keys(layout, np.arange(base + start * 256, base + (start + per_rpc) * 256))
             with client.put(layout, keys) as batch:
+                assert len(batch.reserved) == per_rpc
                 for i in batch.reserved:
-                    np.copyto(batch.view(i), src[i])
-
-    stored = chunk_keys(layout, np.arange(per_rpc * 256) + 10**12)
-    client.put_chunks(layout, stored, src)
-
-    def get() -> None:
-        for _ in range(0, n, per_rpc):
-            with client.get(layout, stored) as lease:
-                for i in range(lease.count):
-                    np.copyto(dst[i], lease.view(i))
+                    np.copyto(batch.view(i), src[start + i])
 
     t_mem = best_seconds(memcpy, repeats=repeats)
     t_put = best_seconds(put, repeats=repeats)
+    stored = chunk_keys(layout, np.arange(n * 256) + 10**12)
+    assert client.put_chunks(layout, stored, src) == n
+
+    def get() -> None:
+        for start in range(0, n, per_rpc):
+            with client.get(layout, stored[start : start + per_rpc]) as lease:
+                assert lease.count == per_rpc
+                for i in range(per_rpc):
+                    np.copyto(dst[start + i], lease.view(i))
+
     t_get = best_seconds(get, repeats=repeats)
     mem_gbs = nbytes / t_mem / 1e9
     tag = f"{chunk_mib}MiB_x{per_rpc}"
     figure(f"dram_put_{tag}", nbytes / t_put / 1e9, "GB/s", "memcpy", mem_gbs)
     figure(f"dram_get_{tag}", nbytes / t_get / 1e9, "GB/s", "memcpy", mem_gbs)
+    assert bytes(dst[n - 1][:8]) == bytes([(n - 1) % 251] * 8)
     client.evict(everything=True)
 
 
 def bench_lookup(client: Client, iterations: int) -> None:
-    layout = layout_of(1)
     small = Layout("bench-lookup", "bfloat16", 1, 1, 8, chunk_tokens=256)  # tiny chunks: only the index matters
     keys = chunk_keys(small, np.arange(512 * 256))
     client.put_chunks(small, keys, [np.zeros(small.chunk_bytes, np.uint8)] * len(keys))
@@ -97,7 +101,6 @@ def bench_lookup(client: Client, iterations: int) -> None:
     ping50 = ping[len(ping) // 2]
     figure("lookup_512_chunks_p50", p50 * 1e6, "us", "empty ping RPC p50", ping50 * 1e6, higher_is_better=False)
     figure("lookup_512_chunks_p99", p99 * 1e6, "us", "empty ping RPC p50", ping50 * 1e6, higher_is_better=False)
-    del layout
 
 
 def main() -> None:

@@ -33,8 +33,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class LookupResult:
-    prefix: int  # leading chunks present
-    tiers: list[str | None]  # top tier of each key, None if absent
+    """Answer to a lookup: `prefix` leading chunks are present; `codes` has one byte per key,
+    the index into `tier_names` of the fastest tier holding it, or 255 if it is absent."""
+
+    prefix: int
+    codes: bytes
+    tier_names: Sequence[str]
+
+    @property
+    def tiers(self) -> list[str | None]:
+        """The fastest tier holding each key, None where absent."""
+        names = self.tier_names
+        return [names[c] if c < len(names) else None for c in self.codes]
 
 
 def default_socket() -> str:
@@ -258,7 +268,7 @@ class Client:
 
     def lookup(self, keys: Sequence[bytes]) -> LookupResult:
         r = self._call("lookup", keys=list(keys))
-        return LookupResult(r["prefix"], r["tiers"])
+        return LookupResult(r["prefix"], r["codes"], self.info["tiers"])
 
     def put(self, layout: Layout, keys: Sequence[bytes], namespace: str = "default") -> PutBatch:
         layout_id = self._ensure_layout(layout)
@@ -349,7 +359,7 @@ class AsyncClient:
 
     async def lookup(self, keys: Sequence[bytes]) -> LookupResult:
         r = await self.call("lookup", keys=list(keys))
-        return LookupResult(r["prefix"], r["tiers"])
+        return LookupResult(r["prefix"], r["codes"], self.info["tiers"])
 
     async def close(self) -> None:
         if self.arena is not None:

@@ -253,6 +253,10 @@ def _config_int(key: str, value: Any) -> int:
 # Online fit shared by tiers and the device
 
 
+#: Observations a prior-less fit takes before it starts clipping outliers against itself.
+_CLIP_AFTER = 8
+
+
 class _ForgettingLinearFit:
     """y ≈ a + b·x, a >= 0, b > 0, by exponentially forgetting, relatively weighted least squares.
 
@@ -273,7 +277,8 @@ class _ForgettingLinearFit:
       size per layout): the line then goes through the observed point, tilted as the prior was.
     - Clipping: an observation more than `clip` times off the current prediction is clipped to
       that factor, so one stalled transfer cannot wreck the estimate (a true step change is
-      still followed, geometrically).
+      still followed, geometrically). Only once the prediction is worth trusting: with a prior,
+      or after `_CLIP_AFTER` observations.
 
     State is O(1) (weighted Welford moments), so `observe` is constant time. Not thread-safe;
     the owners lock.
@@ -284,7 +289,7 @@ class _ForgettingLinearFit:
 
     def __init__(self, *, alpha: float, b_min: float, a: float | None = None, b: float | None = None,
                  prior_xs: tuple[float, float] | None = None, prior_count: float = 0.0,
-                 prior_floor: float = 1e-3, clip: float = 8.0) -> None:
+                 prior_floor: float = 1e-3, clip: float = 4.0) -> None:
         if not 0.0 <= alpha < 1.0:
             raise InvalidArgumentError(f"alpha {alpha!r}: the forgetting factor must be in [0, 1)")
         self.alpha = alpha
@@ -311,7 +316,7 @@ class _ForgettingLinearFit:
     def observe(self, x: float, y: float) -> None:
         if self.b is not None:
             yhat = self.a + self.b * x
-            if yhat > 0:
+            if yhat > 0 and (self._prior is not None or self.count >= _CLIP_AFTER):
                 y = min(max(y, yhat / self.clip), yhat * self.clip)
             weight_base = yhat if yhat > 0 else y
         else:
@@ -507,8 +512,12 @@ class DeviceThroughput:
 
     @classmethod
     def fit(cls, samples: Iterable[tuple[float, float]], *, alpha: float = 0.0) -> "DeviceThroughput":
-        """Fit from (flops, seconds) samples with no prior; alpha=0 weighs them all alike."""
+        """Fit from (flops, seconds) samples with no prior; alpha=0 weighs them all alike.
+
+        No outlier clipping: a batch is taken as given, so the result does not depend on order.
+        """
         device = cls(alpha=alpha)
+        device._fit.clip = math.inf
         for flops, seconds in samples:
             device.observe(flops, seconds)
         return device
@@ -707,8 +716,16 @@ class CostModel:
             return Plan(prompt_tokens, chunk_tokens, run, run, run * chunk_tokens, min(run * chunk_tokens, last),
                         sum(t.seconds for t in loads), None, None, None, loads, "load-all: device throughput unknown")
 
+        # recompute(s) = overhead + (FLOPs(s → prompt) + LM head) · s/FLOP, the closed form of
+        # `recompute_seconds` with the constants hoisted: O(1) per candidate, no calls.
+        overhead, spf = self.device.params()
+        shape = self.shape
+        per_token = shape.num_layers * shape.linear_flops_per_token * spf
+        per_pair = shape.num_layers * shape.attention_flops_per_pair * spf
+        fixed = overhead + 2.0 * shape.hidden_size * shape.vocab_size * spf
+        end = prompt_tokens * (prompt_tokens + 1)
+        full = fixed + per_token * prompt_tokens + per_pair * end
         params: dict[str, tuple[float, float]] = {}
-        full = self.recompute_seconds(prompt_tokens, 0)
         best_k, best_ttft, best_load, best_rec = 0, full, 0.0, full
         load = 0.0
         for k in range(1, run + 1):
@@ -719,20 +736,30 @@ class CostModel:
                 params[name] = p  # type: ignore[index]
                 load += p[0]  # first chunk from this tier: its latency, once
             load += chunk_bytes * p[1]
-            rec = self.recompute_seconds(prompt_tokens, min(k * chunk_tokens, last))
+            s = k * chunk_tokens
+            if s > last:
+                s = last
+            rec = fixed + per_token * (prompt_tokens - s) + per_pair * (end - s * (s + 1))
             if load + rec < best_ttft:
                 best_k, best_ttft, best_load, best_rec = k, load + rec, load, rec
-        loads = self._tier_loads(chunk_tiers, best_k, chunk_bytes)
+        loads = self._tier_loads(chunk_tiers, best_k, chunk_bytes, params)
         return Plan(prompt_tokens, chunk_tokens, run, best_k, best_k * chunk_tokens,
                     min(best_k * chunk_tokens, last) if best_k else 0,
                     best_load, best_rec, best_ttft, full, loads)
 
-    def _tier_loads(self, chunk_tiers: Sequence[str | None], k: int, chunk_bytes: int) -> tuple[TierLoad, ...]:
+    def _tier_loads(self, chunk_tiers: Sequence[str | None], k: int, chunk_bytes: int,
+                    params: dict[str, tuple[float, float]] | None = None) -> tuple[TierLoad, ...]:
+        """Per-tier breakdown of loading chunks [0, k); `params` caches tier snapshots already read."""
+        params = {} if params is None else params
         counts: dict[str, int] = {}
         for i in range(k):
-            counts[chunk_tiers[i]] = counts.get(chunk_tiers[i], 0) + 1  # type: ignore[index]
-        return tuple(TierLoad(name, c, c * chunk_bytes, self.tier(name).predict(c * chunk_bytes))
-                     for name, c in counts.items())
+            name = chunk_tiers[i]
+            counts[name] = counts.get(name, 0) + 1  # type: ignore[index]
+        out = []
+        for name, c in counts.items():
+            lat, spb = params.get(name) or self.tier(name).params()
+            out.append(TierLoad(name, c, c * chunk_bytes, lat + c * chunk_bytes * spb))
+        return tuple(out)
 
     def break_even_tokens(self, tier: str, bytes_per_token: float, max_tokens: int | None = None) -> int | None:
         """Smallest prefix length p (tokens) whose load from `tier` beats recomputing it.
@@ -815,8 +842,6 @@ class CostModel:
     def from_dict(cls, data: Mapping[str, Any]) -> "CostModel":
         if not isinstance(data, Mapping) or "shape" not in data:
             raise InvalidArgumentError(f"cost model {data!r}: needs 'shape', 'device' and 'tiers'")
-        device = data.get("device")
-        dev = DeviceThroughput.from_dict(device) if device and device.get("flops_per_s") else DeviceThroughput(
-            overhead_s=(device or {}).get("overhead_s", 0.0) or 0.0)
+        dev = DeviceThroughput.from_dict(data.get("device"))
         return cls(ModelShape.from_dict(data["shape"]), dev,
                    [TierCost.from_dict(t) for t in (data.get("tiers") or {}).values()])

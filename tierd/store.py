@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import operator
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,9 +54,14 @@ DRAM = "dram"
 _META_FILE = "tierd-index.msgpack"
 
 
-@dataclass(slots=True)
+ABSENT = 255  # tier code of a key that is not stored
+
+
+@dataclass(slots=True, eq=False)
 class Chunk:
-    """Metadata of one committed chunk."""
+    """Metadata of one committed chunk. `tier_code` is the index of its fastest tier (0 = DRAM,
+    then the lower tiers in order); the store updates it whenever a copy comes or goes, so a
+    lookup reads one attribute per key."""
 
     key: bytes
     layout_id: str
@@ -69,6 +75,7 @@ class Chunk:
     lower: dict[str, int] = field(default_factory=dict)
     leases: int = 0
     moving: asyncio.Future[bool] | None = None
+    tier_code: int = ABSENT
 
     @property
     def tiers(self) -> list[str]:
@@ -140,8 +147,8 @@ class _Lower:
     lru: LRUPolicy = field(default_factory=LRUPolicy)
 
 
-#: Called after every lookup with (namespace-less) keys and the tier each was found in.
-LookupObserver = Callable[[Sequence[bytes], Sequence["str | None"]], None]
+#: Called after every lookup with the keys, their tier codes and the leading-hit count.
+LookupObserver = Callable[[Sequence[bytes], bytes, int], None]
 
 
 class TieredStore:
@@ -206,6 +213,7 @@ class TieredStore:
                               m.get("last_access", r.mtime), hits=m.get("hits", 0), pinned=m.get("pinned", False))
                     self.index[r.key] = c
                 c.lower[lower.tier.name] = r.stored_bytes
+                self._retier(c)
                 lower.lru.touch(r.key)
                 lower.stats.used_bytes += r.stored_bytes
                 lower.stats.chunks += 1
@@ -268,31 +276,47 @@ class TieredStore:
 
     # ----------------------------------------------------------------- lookup
 
-    def lookup(self, keys: Sequence[bytes]) -> tuple[int, list[str | None]]:
-        """How many leading chunks are present, and the top tier of each key (None = absent).
+    @property
+    def tier_names(self) -> list[str]:
+        """Tier names by tier code."""
+        return [DRAM] + [l.tier.name for l in self.lower]
 
-        This runs on every request, so the per-key work is kept to C-level loops."""
+    def _retier(self, c: Chunk) -> None:
+        if c.slot is not None:
+            c.tier_code = 0
+            return
+        c.tier_code = next((i for i, l in enumerate(self.lower, 1) if l.tier.name in c.lower), ABSENT)
+
+    def lookup(self, keys: Sequence[bytes]) -> tuple[int, bytes]:
+        """How many leading chunks are present, and the tier code of each key (`tier_names`
+        maps codes to names; ABSENT = not stored).
+
+        This runs on every request, so the per-key work is C-level loops over one attribute."""
         _check_keys(keys)
-        chunks = list(map(self.index.get, keys))
-        try:
-            prefix = chunks.index(None)
-        except ValueError:
-            prefix = len(chunks)
-        tiers = [None if c is None else DRAM if c.slot is not None else c.top_tier for c in chunks]
-        self._count_lookup(tiers, prefix)
+        chunks = map(self.index.get, keys, itertools.repeat(_ABSENT_CHUNK))
+        codes = bytes(map(_tier_code, chunks))
+        prefix = codes.find(ABSENT)
+        prefix = len(codes) if prefix < 0 else prefix
+        self._count_lookup(codes, prefix)
         for observer in self.observers:
-            observer(keys, tiers)
-        return prefix, tiers
+            observer(keys, codes, prefix)
+        return prefix, codes
 
-    def _count_lookup(self, tiers: list[str | None], prefix: int) -> None:
+    def lookup_names(self, keys: Sequence[bytes]) -> tuple[int, list[str | None]]:
+        """`lookup` with tier names instead of codes (for people and tests, not the hot path)."""
+        prefix, codes = self.lookup(keys)
+        names = self.tier_names
+        return prefix, [None if code == ABSENT else names[code] for code in codes]
+
+    def _count_lookup(self, codes: bytes, prefix: int) -> None:
         self.lookups += 1
         self.lookup_hits += prefix
-        self.lookup_misses += 1 if prefix < len(tiers) else 0
+        self.lookup_misses += 1 if prefix < len(codes) else 0
         # Per-tier counts cover the chunks a get would read: the leading run and the first miss.
-        read = tiers[: prefix + 1]
+        read = codes[: prefix + 1]
         below = len(read)  # chunks that reached this tier
-        for stats, name in [(self.dram, DRAM)] + [(l.stats, l.tier.name) for l in self.lower]:
-            hits = read.count(name)
+        for code, stats in enumerate([self.dram] + [l.stats for l in self.lower]):
+            hits = read.count(code)
             stats.hits += hits
             stats.misses += below - hits
             below -= hits
@@ -346,7 +370,7 @@ class TieredStore:
         for key in keys:
             r = session.reservations.pop(key)
             del self.reserved[key]
-            self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, slot=r.slot)
+            self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, slot=r.slot, tier_code=0)
             self.dram_lru.touch(key)
             self.dram.chunks += 1
             self.dram.bytes_in += r.size
@@ -444,6 +468,7 @@ class TieredStore:
                 fut, c.moving = c.moving, None
             if ok:
                 c.slot = slot
+                c.tier_code = 0
                 self.dram.chunks += 1
                 self.dram.bytes_in += c.size
                 self.dram.promotions += 1
@@ -614,6 +639,7 @@ class TieredStore:
         assert c.slot is not None
         self._free_slot(c.slot, c.size)
         c.slot = None
+        self._retier(c)
         self.dram_lru.remove(c.key)
         self.dram.chunks -= 1
         self._unindex_if_gone(c)
@@ -693,6 +719,7 @@ class TieredStore:
             return False
         lower.stats.used_bytes += stored - need
         c.lower[lower.tier.name] = stored
+        self._retier(c)
         lower.lru.touch(c.key)
         lower.stats.chunks += 1
         lower.stats.bytes_in += c.size
@@ -724,6 +751,7 @@ class TieredStore:
         stored = c.lower.pop(lower.tier.name, None)
         if stored is None:
             return
+        self._retier(c)
         lower.lru.remove(c.key)
         lower.stats.used_bytes -= stored
         lower.stats.chunks -= 1
@@ -775,6 +803,10 @@ class TieredStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+
+_ABSENT_CHUNK = Chunk(b"", "", "", 0, 0.0, 0.0)
+_tier_code = operator.attrgetter("tier_code")
 
 
 def _check_keys(keys: Sequence[Any]) -> None:

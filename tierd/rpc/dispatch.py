@@ -121,8 +121,8 @@ class Dispatcher:
         return {"layout_id": self.store.register_layout(layout), "chunk_bytes": layout.chunk_bytes}
 
     def _lookup(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        prefix, tiers = self.store.lookup(args["keys"])
-        return {"prefix": prefix, "tiers": tiers}
+        prefix, codes = self.store.lookup(args["keys"])
+        return {"prefix": prefix, "codes": codes}
 
     async def _reserve(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         slots = await self.store.reserve(session, args["layout_id"], args["namespace"], args["keys"], args["nbytes"])
