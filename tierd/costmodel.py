@@ -310,9 +310,6 @@ class _ForgettingLinearFit:
             self._prior = (moments.w, moments.mx, moments.my, moments.cxx, moments.cxy)
             self._prior_scale = prior_count
 
-    def predict(self, x: float) -> float:
-        return self.a + (self.b or 0.0) * x
-
     def observe(self, x: float, y: float) -> None:
         if self.b is not None:
             yhat = self.a + self.b * x

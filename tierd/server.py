@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tierd.access_observer import AccessObserver
 from tierd.assembly import build_store
 from tierd.config import Config
 from tierd.errors import ConfigError, ProtocolError
@@ -42,7 +43,14 @@ class Daemon:
         _claim_socket_path(path)
         self.store = build_store(self.config)
         await self.store.start()
-        self.dispatcher = Dispatcher(self.store, extra_info=self._info)
+        recorder = None
+        if self.config.record_trace:
+            from tierd.trace_recorder import TraceRecorder
+
+            recorder = TraceRecorder(self.config.record_trace)
+        observer = AccessObserver(self.store, recorder=recorder)
+        observer.start()
+        self.dispatcher = Dispatcher(self.store, extra_info=self._info, observer=observer)
         if self.config.metrics_port is not None:
             from tierd.metrics import start_metrics
 
@@ -65,6 +73,7 @@ class Daemon:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        await observer.stop()
         await self.store.close()
         try:
             path.unlink()

@@ -56,9 +56,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_live(args: argparse.Namespace) -> int:
-    """Live mode hook: fetch the daemon's online ShardsMRC curves over --socket and print them
-    with `_output`. Not built yet."""
-    raise ConfigError("--trace FILE is required: live curves from a running daemon (--socket) are not available yet")
+    """Live mode: the daemon's online SHARDS curves (fixed size, over its real lookups), with
+    its tier capacities marked and each tier's predicted and measured hit ratio."""
+    from tierd.cli.common import connect
+
+    request: dict[str, Any] = {}
+    if args.grid is not None:
+        request["grid"] = [int(c) for c in _parse_grid(args.grid)]
+    if args.gain_per_gib is not None:
+        request["gain_per_gib"] = _number(args.gain_per_gib, "--gain-per-gib", "a positive number, e.g. 0.001")
+    with connect(args) as client:
+        report = client._call("mrc", **request)
+    _output(report, args)
+    return 0
 
 
 def _offline_report(args: argparse.Namespace) -> dict[str, Any]:

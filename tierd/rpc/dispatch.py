@@ -12,12 +12,15 @@ import inspect
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 import tierd
 from tierd.errors import InvalidArgumentError, ProtocolError, TierdError
 from tierd.layout import Layout
 from tierd.store import Session, TieredStore
+
+if TYPE_CHECKING:
+    from tierd.access_observer import AccessObserver
 
 Handler = Callable[[Session, dict[str, Any]], Awaitable[Any] | Any]
 
@@ -39,9 +42,11 @@ _INT = Arg((int,))
 class Dispatcher:
     """Maps op names to store calls. `observe(op, seconds, ok)` lets the server record latency."""
 
-    def __init__(self, store: TieredStore, *, extra_info: Callable[[], Mapping[str, Any]] | None = None) -> None:
+    def __init__(self, store: TieredStore, *, extra_info: Callable[[], Mapping[str, Any]] | None = None,
+                 observer: "AccessObserver | None" = None) -> None:
         self.store = store
         self.extra_info = extra_info
+        self.observer = observer
         self.observe: Callable[[str, float, bool], None] | None = None
         self._ops: dict[str, tuple[dict[str, Arg], Handler]] = {
             "hello": ({"client": _OPT_STR}, self._hello),
@@ -72,6 +77,8 @@ class Dispatcher:
                 lambda s, a: {"chunks": store.ls(**{k: v for k, v in a.items()})},
             ),
             "inspect": ({"key": Arg((bytes,))}, lambda s, a: store.inspect(a["key"])),
+            "mrc": ({"grid": Arg((list,), required=False, list_of=int), "gain_per_gib": Arg((float, int), required=False)},
+                    self._mrc),
         }
 
     @property
@@ -139,6 +146,17 @@ class Dispatcher:
             keys=args.get("keys"), namespace=args.get("namespace"), tier=args.get("tier"),
             everything=args.get("all", False),
         )
+
+    def _mrc(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        if self.observer is None:
+            raise InvalidArgumentError("this store keeps no hit-rate curve (embedded mode); ask a running daemon")
+        grid = args.get("grid")
+        if grid is not None and (not grid or min(grid) <= 0):
+            raise InvalidArgumentError(f"grid {grid!r}: use positive capacities in chunks")
+        gain = args.get("gain_per_gib", 0.001)
+        if not gain > 0:
+            raise InvalidArgumentError(f"gain_per_gib {gain!r}: use a positive hit-ratio gain per GiB, e.g. 0.001")
+        return self.observer.report(grid, float(gain))
 
     def _stat(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         stat = self.store.stat()

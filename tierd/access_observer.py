@@ -1,0 +1,124 @@
+"""What the daemon learns from its own access stream: the online hit-rate curve, and an
+optional Parquet access trace for offline analysis (`tierd mrc --trace`).
+
+The store calls the observer after every lookup; the observer only appends to a bounded
+queue (O(1), nothing on the request path waits for it), and a background task feeds the
+queued lookups to a fixed-size SHARDS estimator (bounded memory) and the trace recorder. If
+lookups arrive faster than the task drains them, whole lookups are dropped from the estimate
+and counted, so the curve stays an unbiased sample of requests and the daemon never slows down.
+
+Tiers are stacked: DRAM demotes its least recently used chunks to NVMe, so DRAM + NVMe behave
+like one LRU of their summed capacity, and each tier's predicted hit ratio is the curve's
+rise between the cumulative capacities above and below it.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from tierd.mrc import ShardsMRC, default_grid, make_curve, recommend_capacity
+
+if TYPE_CHECKING:
+    from tierd.store import TieredStore
+    from tierd.trace_recorder import TraceRecorder
+
+log = logging.getLogger(__name__)
+
+
+class AccessObserver:
+    def __init__(self, store: "TieredStore", *, max_keys: int = 8192, queue_limit: int = 4096,
+                 recorder: "TraceRecorder | None" = None) -> None:
+        self.store = store
+        self.mrc = ShardsMRC.fixed_size(max_keys)
+        self.recorder = recorder
+        self.requests = 0
+        self.dropped = 0
+        self._queue: collections.deque[tuple[Sequence[bytes], bytes]] = collections.deque()
+        self._limit = queue_limit
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def __call__(self, keys: Sequence[bytes], codes: bytes, prefix: int) -> None:
+        """The store's lookup hook: enqueue and return."""
+        if len(self._queue) >= self._limit:
+            self.dropped += 1
+            return
+        self._queue.append((keys, codes))
+        self._ready.set()
+
+    def start(self) -> None:
+        self.store.observers.append(self)
+        self._task = asyncio.create_task(self._drain_loop(), name="tierd-access-observer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.drain()
+        if self.recorder is not None:
+            self.recorder.close()
+
+    async def _drain_loop(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            self.drain()
+
+    def drain(self) -> None:
+        names = self.store.tier_names
+        while self._queue:
+            keys, codes = self._queue.popleft()
+            self.requests += 1
+            if keys:
+                # Chunk keys are blake2b outputs: their first four bytes are already a uniform hash.
+                hashes = np.frombuffer(b"".join(keys), dtype="<u4")[::4]
+                self.mrc.access_request_hashed(keys, hashes, 1)
+            if self.recorder is not None:
+                index = self.store.index
+                self.recorder.record(
+                    "lookup", "", list(keys), [c.size if (c := index.get(k)) else 0 for k in keys],
+                    [names[c] if c < len(names) else None for c in codes],
+                )
+
+    def report(self, grid: Sequence[int] | None = None, gain_per_gib: float = 0.001) -> dict[str, Any]:
+        """Curves and per-tier predictions in the shape `tierd mrc` prints."""
+        self.drain()
+        stat = self.store.stat()
+        chunk_bytes = self._typical_chunk_bytes()
+        tiers, cumulative = [], 0
+        for t in stat["tiers"]:
+            cumulative += t["capacity_bytes"]
+            tiers.append({"name": t["name"], "bytes": t["capacity_bytes"], "cumulative_bytes": cumulative,
+                          "cumulative_blocks": cumulative // chunk_bytes, "measured_hit_ratio": t["hit_ratio"]})
+        top = max([t["cumulative_blocks"] for t in tiers] + [self.mrc.tracked_keys * 2, 16])
+        grid = list(grid) if grid else default_grid(int(top * 2))
+        grid = sorted(set(grid) | {t["cumulative_blocks"] for t in tiers if t["cumulative_blocks"] > 0})
+        shards = self.mrc.curve(grid)
+        prefix = self.mrc.prefix_curve(grid)
+        at = dict(zip(grid, (h for _, h in shards)))
+        pat = dict(zip(grid, (h for _, h in prefix)))
+        below = below_prefix = 0.0
+        for t in tiers:
+            c = t["cumulative_blocks"]
+            t["hit_ratio"], t["prefix_hit_ratio"] = at.get(c, 0.0), pat.get(c, 0.0)
+            t["predicted_tier_hit_ratio"] = t["hit_ratio"] - below
+            below, below_prefix = t["hit_ratio"], t["prefix_hit_ratio"]
+        byte_curve = make_curve([c * chunk_bytes for c in grid], [h for _, h in shards])
+        rec = recommend_capacity(byte_curve, gain_per_gib).to_dict() if self.mrc.references else None
+        if rec is not None:
+            rec["capacity_blocks"] = int(rec["capacity_bytes"] // chunk_bytes)
+        return {
+            "source": "live", "grid": grid, "shards": shards, "prefix_shards": prefix, "block_bytes": chunk_bytes,
+            "sample_rate": self.mrc.rate, "requests": self.requests, "references": self.mrc.references,
+            "sampled_references": self.mrc.sampled_references, "dropped_requests": self.dropped,
+            "distinct": None, "max_hit_ratio": max([h for _, h in shards] + [0.0]), "mae_vs_exact": {},
+            "tiers": tiers, "recommendation": rec,
+        }
+
+    def _typical_chunk_bytes(self) -> int:
+        sizes = collections.Counter(layout.chunk_bytes for layout in self.store.layouts.values())
+        return sizes.most_common(1)[0][0] if sizes else 1 << 20
