@@ -511,23 +511,25 @@ class TieredStore:
         else:
             chunks = [c for c in self.index.values() if namespace is None or c.namespace == namespace]
         result = {"evicted": 0, "pinned": 0, "busy": 0}
+        movable = []
         for c in chunks:
             if c.pinned:
                 result["pinned"] += 1
-                continue
-            if not c.evictable():
+            elif not c.evictable():
                 result["busy"] += 1
-                continue
-            if tier == DRAM:
-                if c.slot is None:
-                    continue
-                if not c.lower and self.lower:
-                    await self._demote(c)
-                    if c.slot is None:
-                        result["evicted"] += 1
-                        continue
-                self._drop_dram_copy(c)
-            elif tier is not None:
+            else:
+                movable.append(c)
+        if tier == DRAM:
+            in_dram = [c for c in movable if c.slot is not None]
+            if self.lower:  # write DRAM-only chunks down first, in parallel; _demote frees their slots
+                await asyncio.gather(*(self._demote(c) for c in in_dram if not c.lower))
+            for c in in_dram:
+                if c.slot is not None and c.evictable() and (c.lower or not self.lower):
+                    self._drop_dram_copy(c)
+                result["evicted"] += c.slot is None
+            return result
+        for c in movable:
+            if tier is not None:
                 lower = next(l for l in self.lower if l.tier.name == tier)
                 if tier not in c.lower:
                     continue
