@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tierd.store import TieredStore
+from tierd.tier_costs import declared_costs
 
 if TYPE_CHECKING:
     from tierd.config import Config
@@ -17,7 +18,7 @@ def build_store(config: "Config") -> TieredStore:
         from tierd.tiers.nvme import NvmeChunkFiles
 
         lower.append((NvmeChunkFiles(Path(config.nvme_dir)), config.nvme))
-    return TieredStore(
+    store = TieredStore(
         dram_bytes=config.dram,
         lower_tiers=lower,
         io_threads=config.io_threads,
@@ -25,3 +26,5 @@ def build_store(config: "Config") -> TieredStore:
         low_watermark=config.demote_low_watermark,
         meta_dir=config.nvme_dir if config.nvme > 0 else None,
     )
+    store.costs = declared_costs(store)
+    return store

@@ -19,6 +19,7 @@ from typing import Any
 
 from tierd.access_observer import AccessObserver
 from tierd.assembly import build_store
+from tierd.tier_costs import calibrate_costs
 from tierd.config import Config
 from tierd.errors import ConfigError, ProtocolError
 from tierd.rpc import frames
@@ -43,6 +44,9 @@ class Daemon:
         _claim_socket_path(path)
         self.store = build_store(self.config)
         await self.store.start()
+        if self.config.calibrate:
+            store = self.store
+            store.costs = await asyncio.get_running_loop().run_in_executor(None, calibrate_costs, store)
         recorder = None
         if self.config.record_trace:
             from tierd.trace_recorder import TraceRecorder

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import msgpack
 
+from tierd.costmodel import TierCost
 from tierd.errors import (
     AlreadyStoredError,
     InvalidArgumentError,
@@ -177,6 +178,8 @@ class TieredStore:
         self.low_watermark = low_watermark
         self.meta_dir = Path(meta_dir) if meta_dir else None
         self.observers: list[LookupObserver] = []
+        #: Per-tier load costs (set by the daemon); promotions refine them online.
+        self.costs: dict[str, TierCost] = {}
         self._executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="tierd-io")
         self._io_threads = io_threads
         self._session_ids = itertools.count(1)
@@ -412,7 +415,11 @@ class TieredStore:
             wanted.append(c)
             c.leases += 1  # hold it now so nothing moves it while others are promoted
             lease.chunks.append(c)
+        promoting = sum(c.size for c in wanted if c is not None and c.slot is None)
+        started = time.perf_counter()
         results = await asyncio.gather(*(self._ensure_in_dram(c) for c in wanted if c is not None))
+        if promoting and self.lower and self.lower[0].tier.name in self.costs:
+            self.costs[self.lower[0].tier.name].observe(promoting, time.perf_counter() - started)
         ok = iter(results)
         slots: list[int | None] = []
         now = time.time()

@@ -83,22 +83,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def fetch_live_costs(socket: str | None) -> dict[str, Any]:
-    """The daemon's calibrated costs: {"tiers": {name: TierCost.to_dict()}, "device": DeviceThroughput.to_dict() or None}.
+    """The daemon's calibrated tier costs, and the engine's model and device if one has asked
+    for a plan: {"tiers": {name: TierCost dict}, "device": DeviceThroughput dict | None, "shape": ...}."""
+    from tierd.client import Client
 
-    Not wired yet: raises DaemonUnavailableError.
-    """
-    raise DaemonUnavailableError(
-        f"live mode needs a running daemon (socket {socket or 'default'}), and fetching its tier costs is "
-        f"not wired in this build yet; give the tiers offline with --tier NAME=BANDWIDTH,LATENCY"
-    )
+    with Client.connect(socket, name="tierd-plan") as client:
+        return client._call("costs")
 
 
 def explain_keys(args: argparse.Namespace) -> int:
-    """Look `args.keys` up on the daemon and print its plan for them. Not wired yet."""
-    raise DaemonUnavailableError(
-        f"explain needs a running daemon (socket {args.socket or 'default'}) to look the keys up, and that is "
-        f"not wired in this build yet; use `tierd plan --tier ... --hit TIER:CHUNKS,...` to plan offline"
-    )
+    """Look the keys up on the daemon (without counting a lookup) and print where each is, what
+    loading it costs, and the plan for them if an engine has told the daemon its model."""
+    from tierd.client import Client
+
+    request: dict[str, Any] = {"keys": [parse_key(k) for k in args.keys]}
+    if args.prompt_tokens is not None:
+        request["prompt_tokens"] = int(args.prompt_tokens)
+    with Client.connect(args.socket, name="tierd-explain") as client:
+        report = client._call("explain", **request)
+    if args.json:
+        print_json(report)
+        return 0
+    print_table(["key", "tier", "size", "predicted load"],
+                [[r["key"], r["tier"] or "-", r["size"] or "-",
+                  f"{r['load_s'] * 1e3:.3f} ms" if r["load_s"] is not None else "-"] for r in report["chunks"]])
+    print(f"\n{report['prefix']} leading chunk(s) present")
+    plan = report["plan"]
+    if plan is None:
+        print("no plan: no engine has told this daemon its model yet (the vLLM connector does on its first lookup);"
+              " use `tierd plan --hit TIER:CHUNKS,...` to plan offline")
+    else:
+        print(f"plan: load {plan['load_chunks']} chunk(s), recompute from token {plan['recompute_from_token']}; "
+              f"predicted TTFT {plan['predicted_ttft_s']}s vs full recompute {plan['predicted_full_recompute_s']}s "
+              f"({plan['decided_by']})")
+    return 0
 
 
 def run_explain(args: argparse.Namespace) -> int:

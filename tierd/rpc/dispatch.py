@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 import tierd
+from tierd.costmodel import CostModel, DeviceThroughput, ModelShape
 from tierd.errors import InvalidArgumentError, ProtocolError, TierdError
 from tierd.layout import Layout
 from tierd.store import Session, TieredStore
@@ -47,12 +48,15 @@ class Dispatcher:
         self.store = store
         self.extra_info = extra_info
         self.observer = observer
+        self._models: dict[tuple[str, str], CostModel] = {}
         self.observe: Callable[[str, float, bool], None] | None = None
         self._ops: dict[str, tuple[dict[str, Arg], Handler]] = {
             "hello": ({"client": _OPT_STR}, self._hello),
             "ping": ({}, lambda s, a: {"pong": True}),
             "register_layout": ({"layout": Arg((dict,))}, self._register_layout),
-            "lookup": ({"keys": _KEYS}, self._lookup),
+            "lookup": ({"keys": _KEYS, "plan": Arg((dict,), required=False)}, self._lookup),
+            "costs": ({}, self._costs),
+            "explain": ({"keys": _KEYS, "prompt_tokens": Arg((int,), required=False)}, self._explain),
             "reserve": (
                 {"layout_id": _STR, "namespace": _STR, "keys": _KEYS, "nbytes": _INT},
                 self._reserve,
@@ -129,7 +133,35 @@ class Dispatcher:
 
     def _lookup(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         prefix, codes = self.store.lookup(args["keys"])
-        return {"prefix": prefix, "codes": codes}
+        reply: dict[str, Any] = {"prefix": prefix, "codes": codes}
+        if "plan" in args:
+            reply["plan"] = self._plan(args["plan"], codes[:prefix])
+        return reply
+
+    def _plan(self, request: dict[str, Any], codes: bytes) -> dict[str, Any]:
+        """The cost model's answer for this lookup: how many leading chunks to load.
+
+        `request`: {"layout_id", "prompt_tokens", "shape": ModelShape dict, "device":
+        DeviceThroughput dict or None}; the engine knows its model and measures its prefills,
+        the daemon knows its tiers."""
+        unknown = sorted(set(request) - {"layout_id", "prompt_tokens", "shape", "device"})
+        if unknown:
+            raise InvalidArgumentError(f"plan: unknown field(s) {unknown}")
+        layout = self.store.layout(request.get("layout_id"))  # type: ignore[arg-type]
+        prompt_tokens = request.get("prompt_tokens")
+        if not isinstance(prompt_tokens, int) or isinstance(prompt_tokens, bool):
+            raise InvalidArgumentError(f"plan.prompt_tokens {prompt_tokens!r}: must be an integer")
+        key = repr(request.get("shape")), repr(request.get("device"))
+        model = self._models.get(key)
+        if model is None:
+            model = CostModel(ModelShape.from_dict(request.get("shape") or {}),
+                              DeviceThroughput.from_dict(request.get("device")))
+            self._models = {key: model}  # one engine per daemon in practice: keep the last
+        model.tiers = self.store.costs
+        names = self.store.tier_names
+        covered = min(len(codes), prompt_tokens // layout.chunk_tokens)
+        tiers = [names[c] for c in codes[:covered]]
+        return model.plan(tiers, layout.chunk_tokens, layout.chunk_bytes, prompt_tokens).to_dict()
 
     async def _reserve(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         slots = await self.store.reserve(session, args["layout_id"], args["namespace"], args["keys"], args["nbytes"])
@@ -146,6 +178,39 @@ class Dispatcher:
             keys=args.get("keys"), namespace=args.get("namespace"), tier=args.get("tier"),
             everything=args.get("all", False),
         )
+
+    def _costs(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        model = next(iter(self._models.values()), None)
+        return {"tiers": {n: c.to_dict() for n, c in self.store.costs.items()},
+                "device": model.device.to_dict() if model is not None else None,
+                "shape": model.shape.to_dict() if model is not None else None}
+
+    def _explain(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        """Where each key is and what loading it costs; plus the plan, when an engine has told
+        the daemon its model (through a lookup with a plan request). Counts as no lookup."""
+        keys = args["keys"]
+        names = self.store.tier_names
+        rows, codes = [], bytearray()
+        for key in keys:
+            c = self.store.index.get(key)
+            code = c.tier_code if c is not None else 255
+            codes.append(code)
+            tier = names[code] if code < len(names) else None
+            rows.append({"key": key.hex(), "tier": tier, "size": c.size if c else None,
+                         "load_s": self.store.costs[tier].predict(c.size) if c and tier in self.store.costs else None})
+        prefix = codes.find(255)
+        prefix = len(codes) if prefix < 0 else prefix
+        plan = None
+        model = next(iter(self._models.values()), None)
+        first = self.store.index.get(keys[0]) if keys else None
+        if model is not None and first is not None:
+            layout = self.store.layouts.get(first.layout_id)
+            if layout is not None:
+                prompt = args.get("prompt_tokens") or len(keys) * layout.chunk_tokens + 1
+                covered = min(prefix, prompt // layout.chunk_tokens)
+                plan = model.plan([names[c] for c in codes[:covered]], layout.chunk_tokens, layout.chunk_bytes,
+                                  prompt).to_dict()
+        return {"chunks": rows, "prefix": prefix, "plan": plan}
 
     def _mrc(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         if self.observer is None:

@@ -1,0 +1,54 @@
+"""The daemon's tier costs, the plan in a lookup reply, and `tierd plan` / `tierd explain` live."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import SMALL, payload_for
+from tierd.client import Client
+from tierd.errors import InvalidArgumentError, UnknownLayoutError
+from tierd.keys import chunk_keys
+
+# The shape behind SMALL (4 layers, 2 KV heads of 64): a tiny Llama.
+SHAPE = {"num_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "num_kv_heads": 2, "head_dim": 64,
+         "intermediate_size": 688, "vocab_size": 1000}
+
+
+def test_calibrated_costs_and_plan_in_lookup(daemon_factory):
+    d = daemon_factory(extra=("--calibrate",))
+    keys = chunk_keys(SMALL, np.arange(256 * 8))
+    with Client.connect(d.socket) as c:
+        costs = c._call("costs")["tiers"]
+        assert set(costs) == {"dram", "nvme"}
+        assert costs["dram"]["bandwidth_bytes_per_s"] > costs["nvme"]["bandwidth_bytes_per_s"] > 0
+        c.put_chunks(SMALL, keys, [payload_for(k, SMALL.chunk_bytes) for k in keys])
+        plan_req = {"layout_id": SMALL.layout_id, "prompt_tokens": 256 * 8 + 10, "shape": SHAPE}
+        # a device so slow that recomputing is hopeless: load everything present
+        slow = c._call("lookup", keys=keys, plan={**plan_req, "device": {"flops_per_s": 1e6}})["plan"]
+        assert slow["load_chunks"] == 8 and slow["recompute_from_token"] == 256 * 8
+        # a device so fast that any load loses: recompute everything
+        fast = c._call("lookup", keys=keys, plan={**plan_req, "device": {"flops_per_s": 1e20}})["plan"]
+        assert fast["load_chunks"] == 0 and fast["recompute_from_token"] == 0
+        with pytest.raises(UnknownLayoutError):
+            c._call("lookup", keys=keys, plan={**plan_req, "layout_id": "0" * 16})
+        with pytest.raises(InvalidArgumentError, match="unknown field"):
+            c._call("lookup", keys=keys, plan={**plan_req, "colour": 1})
+
+    r = subprocess.run([sys.executable, "-m", "tierd", "explain", "--socket", d.socket, "--json",
+                        *[k.hex() for k in keys[:4]]], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["prefix"] == 4 and [x["tier"] for x in report["chunks"]] == ["dram"] * 4
+    assert report["plan"]["load_chunks"] == 0  # the engine's last device (very fast) is remembered
+
+    r = subprocess.run([sys.executable, "-m", "tierd", "plan", "--socket", d.socket, "--json", "--layers", "4",
+                        "--hidden", "256", "--heads", "4", "--kv-heads", "2", "--head-dim", "64", "--intermediate",
+                        "688", "--vocab", "1000", "--prompt-tokens", "4096", "--device-flops", "1e11"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {t["name"] for t in out["tiers"]} == {"dram", "nvme"}

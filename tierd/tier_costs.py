@@ -1,0 +1,75 @@
+"""What loading from each tier costs: calibrated at daemon start, refined from real transfers.
+
+The daemon keeps one `TierCost` per tier (fixed latency + bandwidth). Start-up calibration
+times a few reads per tier (DRAM: a copy out of the shared arena, as a client does it; NVMe: a
+verified chunk-file read into an arena slot, as a promotion does it) within a small time budget.
+Without calibration (`--no-calibrate`) the declared defaults below are used until real
+promotions update them. Lookups that ask for a plan combine these with the engine's model
+shape and measured prefill throughput (`tierd.costmodel.CostModel`).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tierd.calibrate import calibrate_tier
+from tierd.costmodel import TierCost
+from tierd.errors import TierdError
+
+if TYPE_CHECKING:
+    from tierd.store import TieredStore
+
+log = logging.getLogger(__name__)
+
+#: Declared costs before any measurement: (bandwidth bytes/s, latency s). Order-of-magnitude
+#: values for a shared-memory copy and a local NVMe read through the daemon.
+DECLARED: dict[str, tuple[float, float]] = {"dram": (8e9, 20e-6), "nvme": (1.5e9, 300e-6)}
+_CAL_LAYOUT = "ca1b"  # a layout id no real layout has (real ones are 16 hex digits)
+_CAL_KEY = bytes(16)  # the all-zero key: never produced by chunk_keys' blake2b chain in practice
+
+
+def declared_costs(store: "TieredStore") -> dict[str, TierCost]:
+    return {name: TierCost(name, *DECLARED.get(name, (1e9, 1e-3))) for name in store.tier_names}
+
+
+def calibrate_costs(store: "TieredStore", *, budget_s: float = 0.3) -> dict[str, TierCost]:
+    """Measure every tier (blocking: run it in a thread). Needs 4 MiB + 64 KiB of free arena."""
+    costs = declared_costs(store)
+    size = 4 << 20
+    slot = store.alloc.alloc(size)
+    if slot is None:
+        log.warning("no free arena space to calibrate; using declared tier costs")
+        return costs
+    try:
+        arena = store.arena.view(slot, size)
+        scratch = np.empty(size, dtype=np.uint8)
+        src = np.frombuffer(arena, dtype=np.uint8)
+
+        def dram_write(buf: memoryview) -> None:
+            src[: len(buf)] = np.frombuffer(buf, dtype=np.uint8)
+
+        costs["dram"] = calibrate_tier(dram_write, lambda n: np.copyto(scratch[:n], src[:n]), name="dram",
+                                       budget_s=budget_s)
+        for lower in store.lower:
+            tier = lower.tier
+
+            def write(buf: memoryview, tier=tier) -> None:
+                tier.write(_CAL_KEY, _CAL_LAYOUT, "tierd-calibration", buf)
+
+            def read(n: int, tier=tier) -> None:
+                if not tier.read_into(_CAL_KEY, arena[:n], layout_id=_CAL_LAYOUT, payload_len=n):
+                    raise OSError(f"calibration chunk on {tier.name} did not read back")
+
+            try:
+                costs[tier.name] = calibrate_tier(write, read, name=tier.name, budget_s=budget_s)
+            except (OSError, TierdError) as exc:
+                log.warning("calibrating %s failed (%s); using declared costs", tier.name, exc)
+            finally:
+                tier.delete(_CAL_KEY)
+    finally:
+        store.alloc.free(slot, size)
+    for cost in costs.values():
+        log.info("tier %s: %.2f GB/s, %.0f us latency", cost.name, cost.bandwidth / 1e9, cost.latency * 1e6)
+    return costs
