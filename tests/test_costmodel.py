@@ -561,14 +561,15 @@ def test_cli_plan_bad_input_is_one_line_and_nonzero(config_json: Path, args: lis
     assert r.stderr.startswith("tierd plan:") and needle in r.stderr
 
 
-def test_cli_plan_without_tiers_asks_for_a_daemon(config_json: Path) -> None:
-    r = _cli("plan", "--model-config", str(config_json), "--prompt-tokens", "100", "--device-flops", "1e14")
-    assert r.returncode == 1 and "live mode needs a running daemon" in r.stderr
+def test_cli_plan_without_tiers_asks_for_a_daemon(config_json: Path, tmp_path: Path) -> None:
+    r = _cli("plan", "--model-config", str(config_json), "--prompt-tokens", "100", "--device-flops", "1e14",
+             "--socket", str(tmp_path / "none.sock"))
+    assert r.returncode == 1 and "no tierd daemon at" in r.stderr
 
 
-def test_cli_explain_needs_a_daemon() -> None:
-    r = _cli("explain", "00" * 16)
-    assert r.returncode == 1 and "explain needs a running daemon" in r.stderr
+def test_cli_explain_needs_a_daemon(tmp_path: Path) -> None:
+    r = _cli("explain", "00" * 16, "--socket", str(tmp_path / "none.sock"))
+    assert r.returncode == 1 and "no tierd daemon at" in r.stderr
     r = _cli("explain", "nothex")
     assert r.returncode == 1 and "32 hex digits" in r.stderr
 
