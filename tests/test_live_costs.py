@@ -52,3 +52,23 @@ def test_calibrated_costs_and_plan_in_lookup(daemon_factory):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert {t["name"] for t in out["tiers"]} == {"dram", "nvme"}
+
+
+def test_admission_drops_chunks_whose_reload_never_pays(daemon_factory):
+    d = daemon_factory(dram="8MiB", nvme="256MiB", extra=("--no-calibrate",))
+    keys = chunk_keys(SMALL, np.arange(256 * 40))
+    with Client.connect(d.socket) as c:
+        c.register_layout(SMALL)
+        # The engine says its device is so fast that no NVMe reload can ever beat recompute.
+        c._call("lookup", keys=keys[:1], plan={"layout_id": SMALL.layout_id, "prompt_tokens": 300, "shape": SHAPE,
+                                               "device": {"flops_per_s": 1e20}})
+        c.put_chunks(SMALL, keys, [payload_for(k, SMALL.chunk_bytes) for k in keys])
+        st = c.stat()
+        assert st["admission_rejected"] > 0
+        assert next(t for t in st["tiers"] if t["name"] == "nvme")["chunks"] == 0
+        # Now a slow device: reloads pay, and chunks are written down again.
+        c._call("lookup", keys=keys[:1], plan={"layout_id": SMALL.layout_id, "prompt_tokens": 300, "shape": SHAPE,
+                                               "device": {"flops_per_s": 1e6}})
+        more = chunk_keys(SMALL, np.arange(256 * 40) + 7)
+        c.put_chunks(SMALL, more, [payload_for(k, SMALL.chunk_bytes) for k in more])
+        assert next(t for t in c.stat()["tiers"] if t["name"] == "nvme")["chunks"] > 0

@@ -270,9 +270,11 @@ class Client:
         r = self._call("lookup", keys=list(keys))
         return LookupResult(r["prefix"], r["codes"], self.info["tiers"])
 
-    def put(self, layout: Layout, keys: Sequence[bytes], namespace: str = "default") -> PutBatch:
+    def put(self, layout: Layout, keys: Sequence[bytes], namespace: str = "default", *, first_position: int = 0) -> PutBatch:
+        """Reserve slots for `keys`; `first_position` is keys[0]'s chunk index in its prompt."""
         layout_id = self._ensure_layout(layout)
-        r = self._call("reserve", layout_id=layout_id, namespace=namespace, keys=list(keys), nbytes=layout.chunk_bytes)
+        r = self._call("reserve", layout_id=layout_id, namespace=namespace, keys=list(keys), nbytes=layout.chunk_bytes,
+                       first_position=first_position)
         return PutBatch(self, layout, keys, r["slots"])
 
     def get(self, layout: Layout, keys: Sequence[bytes], *, prefix_only: bool = True) -> GetLease:
@@ -286,7 +288,7 @@ class Client:
         batch_len = max(1, self.info["arena_bytes"] // 4 // layout.chunk_bytes)
         stored = 0
         for start in range(0, len(keys), batch_len):
-            with self.put(layout, keys[start : start + batch_len], namespace) as batch:
+            with self.put(layout, keys[start : start + batch_len], namespace, first_position=start) as batch:
                 for i in batch.reserved:
                     src = np.frombuffer(memoryview(payloads[start + i]).cast("B"), dtype=np.uint8)
                     if src.size != layout.chunk_bytes:

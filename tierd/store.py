@@ -77,6 +77,7 @@ class Chunk:
     leases: int = 0
     moving: asyncio.Future[bool] | None = None
     tier_code: int = ABSENT
+    position: int = 0  # index of this chunk in the prompt that wrote it (for admission)
 
     @property
     def tiers(self) -> list[str]:
@@ -123,6 +124,7 @@ class Reservation:
     namespace: str
     slot: int
     size: int
+    position: int
 
 
 @dataclass(slots=True)
@@ -180,6 +182,10 @@ class TieredStore:
         self.observers: list[LookupObserver] = []
         #: Per-tier load costs (set by the daemon); promotions refine them online.
         self.costs: dict[str, TierCost] = {}
+        #: Admission rule: may this chunk be written to this lower tier? None admits everything.
+        #: A refused chunk is dropped from DRAM instead of demoted (its reload could never pay).
+        self.admission: Callable[[Chunk, str], bool] | None = None
+        self.rejected = 0
         self._executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="tierd-io")
         self._io_threads = io_threads
         self._session_ids = itertools.count(1)
@@ -328,10 +334,11 @@ class TieredStore:
 
     async def reserve(
         self, session: Session, layout_id: str, namespace: str, keys: Sequence[bytes], nbytes: int,
-        *, timeout: float = 5.0,
+        *, first_position: int = 0, timeout: float = 5.0,
     ) -> list[int | None]:
         """Slots to write the missing keys into; None for a key already stored or being written,
-        or for which no room could be made in time (that chunk is simply not cached)."""
+        or for which no room could be made in time (that chunk is simply not cached).
+        `first_position` is the chunk index of keys[0] in its prompt (used by admission)."""
         layout = self.layout(layout_id)
         _check_keys(keys)
         _check_namespace(namespace)
@@ -339,9 +346,11 @@ class TieredStore:
             raise LayoutMismatchError(
                 f"chunk size {nbytes} does not match layout {layout_id} ({layout.chunk_bytes} bytes per chunk)"
             )
+        if first_position < 0:
+            raise InvalidArgumentError(f"first_position {first_position}: must be a chunk index >= 0")
         deadline = time.monotonic() + timeout
         slots: list[int | None] = []
-        for key in keys:
+        for i, key in enumerate(keys):
             if key in self.index or key in self.reserved:
                 slots.append(None)
                 continue
@@ -351,7 +360,7 @@ class TieredStore:
                     self._free_slot(slot, nbytes)
                 slots.append(None)
                 continue
-            r = Reservation(key, layout_id, namespace, slot, nbytes)
+            r = Reservation(key, layout_id, namespace, slot, nbytes, first_position + i)
             session.reservations[key] = r
             self.reserved[key] = r
             slots.append(slot)
@@ -373,7 +382,8 @@ class TieredStore:
         for key in keys:
             r = session.reservations.pop(key)
             del self.reserved[key]
-            self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, slot=r.slot, tier_code=0)
+            self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, slot=r.slot, tier_code=0,
+                                    position=r.position)
             self.dram_lru.touch(key)
             self.dram.chunks += 1
             self.dram.bytes_in += r.size
@@ -584,6 +594,7 @@ class TieredStore:
             "reservations": len(self.reserved),
             "leases": sum(len(s.leases) for s in self._sessions.values()),
             "lookups": self.lookups,
+            "admission_rejected": self.rejected,
             "arena_path": str(self.arena.path),
             "arena_bytes": self.arena.size,
         }
@@ -681,14 +692,20 @@ class TieredStore:
             c = self.index[key]
             if not c.evictable():
                 continue
-            if c.lower or not self.lower:  # clean, or nowhere to go: just drop it
-                self._drop_dram_copy(c)
+            if c.lower or not self.lower or not self._admits(c, self.lower[0]):
+                self._drop_dram_copy(c)  # clean, nowhere to go, or not worth a reload: drop it
                 self.dram.evictions += 1
                 continue
             batch.append(c)
             if len(batch) >= limit:
                 break
         return batch
+
+    def _admits(self, c: Chunk, lower: _Lower) -> bool:
+        if self.admission is None or self.admission(c, lower.tier.name):
+            return True
+        self.rejected += 1
+        return False
 
     async def _demote(self, c: Chunk) -> None:
         """Write a DRAM chunk to the first lower tier; free its slot once the copy is durable."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import random
 import sys
@@ -166,13 +167,13 @@ def _corpus(spec: ModelSpec) -> list[str]:
         if w not in seen:
             seen.add(w)
             lexicon.append(w)
-    weights = [1.0 / (rank + 10) for rank in range(lexicon_size)]
+    cum_weights = list(itertools.accumulate(1.0 / (rank + 10) for rank in range(lexicon_size)))
     lines: list[str] = []
     n_words = 0
     target = spec.vocab * 40
     while n_words < target:
         k = rng.randint(4, 24)
-        words = rng.choices(lexicon, weights=weights, k=k)
+        words = rng.choices(lexicon, cum_weights=cum_weights, k=k)
         if rng.random() < 0.3:
             words[0] = words[0].capitalize()
         if rng.random() < 0.2:

@@ -58,7 +58,8 @@ class Dispatcher:
             "costs": ({}, self._costs),
             "explain": ({"keys": _KEYS, "prompt_tokens": Arg((int,), required=False)}, self._explain),
             "reserve": (
-                {"layout_id": _STR, "namespace": _STR, "keys": _KEYS, "nbytes": _INT},
+                {"layout_id": _STR, "namespace": _STR, "keys": _KEYS, "nbytes": _INT,
+                 "first_position": Arg((int,), required=False)},
                 self._reserve,
             ),
             "commit": ({"keys": _KEYS}, lambda s, a: {"committed": store.commit(s, a["keys"])}),
@@ -157,6 +158,7 @@ class Dispatcher:
             model = CostModel(ModelShape.from_dict(request.get("shape") or {}),
                               DeviceThroughput.from_dict(request.get("device")))
             self._models = {key: model}  # one engine per daemon in practice: keep the last
+            self.store.admission = self._admission_rule(model)
         model.tiers = self.store.costs
         names = self.store.tier_names
         covered = min(len(codes), prompt_tokens // layout.chunk_tokens)
@@ -164,7 +166,8 @@ class Dispatcher:
         return model.plan(tiers, layout.chunk_tokens, layout.chunk_bytes, prompt_tokens).to_dict()
 
     async def _reserve(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        slots = await self.store.reserve(session, args["layout_id"], args["namespace"], args["keys"], args["nbytes"])
+        slots = await self.store.reserve(session, args["layout_id"], args["namespace"], args["keys"], args["nbytes"],
+                                         first_position=args.get("first_position", 0))
         return {"slots": slots}
 
     async def _acquire(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +181,19 @@ class Dispatcher:
             keys=args.get("keys"), namespace=args.get("namespace"), tier=args.get("tier"),
             everything=args.get("all", False),
         )
+
+    def _admission_rule(self, model: CostModel) -> Callable[[Any, str], bool]:
+        """Admission from the engine's model: a chunk goes to a lower tier only if reloading it
+        from there can beat recomputing it at its position in the prompt."""
+        layouts = self.store.layouts
+
+        def admit(chunk: Any, tier: str) -> bool:
+            layout = layouts.get(chunk.layout_id)
+            if layout is None or tier not in model.tiers:
+                return True
+            return model.admit(tier, layout.chunk_tokens, chunk.size, chunk.position * layout.chunk_tokens)
+
+        return admit
 
     def _costs(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         model = next(iter(self._models.values()), None)
