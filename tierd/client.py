@@ -39,6 +39,7 @@ class LookupResult:
     prefix: int
     codes: bytes
     tier_names: Sequence[str]
+    plan: dict[str, Any] | None = None
 
     @property
     def tiers(self) -> list[str | None]:
@@ -163,7 +164,8 @@ def _as_tensor(view: np.ndarray, layout: Layout) -> Any:
 class Client:
     """Blocking client. Thread-safe: calls from several threads are serialised on one connection."""
 
-    def __init__(self, call: Callable[[dict[str, Any]], dict[str, Any]], closer: Callable[[], None], name: str = "") -> None:
+    def __init__(self, call: Callable[[dict[str, Any]], dict[str, Any]], closer: Callable[[], None], name: str = "",
+                 *, map_arena: bool = True) -> None:
         self._send = call
         self._closer = closer
         self._lock = threading.Lock()
@@ -171,12 +173,14 @@ class Client:
         self.layouts: dict[str, Layout] = {}
         info = self._call("hello", client=name or f"pid{os.getpid()}")
         self.info = info
-        self.arena = _ArenaViews(info["arena_path"], info["arena_bytes"])
+        self.arena = _ArenaViews(info["arena_path"], info["arena_bytes"]) if map_arena else None
 
     # -------------------------------------------------------------- constructors
 
     @classmethod
-    def connect(cls, socket_path: str | None = None, *, timeout: float | None = 30.0, name: str = "") -> "Client":
+    def connect(cls, socket_path: str | None = None, *, timeout: float | None = 30.0, name: str = "",
+                map_arena: bool = True) -> "Client":
+        """Connect to a daemon. `map_arena=False` for control-plane-only clients (no data views)."""
         path = socket_path or default_socket()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -195,7 +199,7 @@ class Client:
             sock.sendall(frames.pack(request))
             return frames.recv_frame(sock)
 
-        return cls(call, sock.close, name)
+        return cls(call, sock.close, name, map_arena=map_arena)
 
     @classmethod
     def embedded(cls, config: "Config", *, name: str = "embedded") -> "Client":
@@ -242,10 +246,13 @@ class Client:
         return _raise_for(reply)
 
     def view(self, offset: int, nbytes: int) -> np.ndarray:
+        if self.arena is None:
+            raise RuntimeError("this client was connected with map_arena=False: it has no data views")
         return self.arena.view(offset, nbytes)
 
     def close(self) -> None:
-        self.arena.close()
+        if self.arena is not None:
+            self.arena.close()
         self._closer()
 
     def __enter__(self) -> "Client":
@@ -266,9 +273,11 @@ class Client:
             self.register_layout(layout)
         return layout.layout_id
 
-    def lookup(self, keys: Sequence[bytes]) -> LookupResult:
-        r = self._call("lookup", keys=list(keys))
-        return LookupResult(r["prefix"], r["codes"], self.info["tiers"])
+    def lookup(self, keys: Sequence[bytes], *, plan: dict[str, Any] | None = None) -> LookupResult:
+        """Where the keys are. With `plan` ({"layout_id", "prompt_tokens", "shape", "device"}),
+        the reply also carries the cost model's decision as `LookupResult.plan`."""
+        r = self._call("lookup", keys=list(keys), **({"plan": plan} if plan is not None else {}))
+        return LookupResult(r["prefix"], r["codes"], self.info["tiers"], r.get("plan"))
 
     def put(self, layout: Layout, keys: Sequence[bytes], namespace: str = "default", *, first_position: int = 0) -> PutBatch:
         """Reserve slots for `keys`; `first_position` is keys[0]'s chunk index in its prompt."""
@@ -361,7 +370,7 @@ class AsyncClient:
 
     async def lookup(self, keys: Sequence[bytes]) -> LookupResult:
         r = await self.call("lookup", keys=list(keys))
-        return LookupResult(r["prefix"], r["codes"], self.info["tiers"])
+        return LookupResult(r["prefix"], r["codes"], self.info["tiers"], r.get("plan"))
 
     async def close(self) -> None:
         if self.arena is not None:

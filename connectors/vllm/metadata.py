@@ -1,0 +1,34 @@
+"""What the scheduler side tells the worker side each step (pickled across processes)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata
+
+
+@dataclass(slots=True)
+class LoadSpec:
+    """Scatter tokens [start, end) of a request from tierd chunks into its blocks."""
+
+    req_id: str
+    keys: list[bytes]  # chunks first_chunk .. covering [start, end)
+    first_chunk: int
+    start: int  # block aligned
+    end: int  # block aligned
+    block_ids: list[int]  # the request's blocks from token 0
+
+
+@dataclass(slots=True)
+class SaveSpec:
+    """Gather whole chunks first_chunk .. of a request from its blocks into tierd."""
+
+    req_id: str
+    keys: list[bytes]
+    first_chunk: int
+    block_ids: list[int]  # the request's blocks from token 0, covering every chunk saved
+
+
+@dataclass
+class TierdConnectorMetadata(KVConnectorMetadata):
+    loads: list[LoadSpec] = field(default_factory=list)
+    saves: list[SaveSpec] = field(default_factory=list)

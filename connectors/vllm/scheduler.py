@@ -1,0 +1,180 @@
+"""Scheduler side of the connector: decides what each request loads from tierd and saves to it.
+
+Per request it keeps the prompt's chunk keys, its block ids, and how far it has been saved.
+`get_num_new_matched_tokens` asks the daemon once per request for the hit (one batched lookup,
+optionally with the cost model's plan) and offers vLLM only what lies beyond the engine's own
+prefix-cache hit, block aligned, never the last prompt token. `build_connector_meta` turns the
+scheduled step into load specs (chunks to scatter into freshly allocated blocks before the
+forward pass) and save specs (chunks whose tokens this step completes, gathered after it).
+
+A daemon that is down is a miss, not an error: the request is simply recomputed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from connectors.vllm.config import ConnectorConfig
+from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata
+from tierd.client import Client
+from tierd.errors import TierdError
+from tierd.keys import chunk_keys
+from tierd.layout import Layout
+
+if TYPE_CHECKING:
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.request import Request
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 2.0  # how long a down daemon is not asked again
+
+
+@dataclass(slots=True)
+class _RequestState:
+    request: "Request"
+    keys: list[bytes]  # keys of the full chunks known so far
+    block_ids: list[int] = field(default_factory=list)
+    next_save: int = 0  # first chunk index not yet known to be in tierd
+    load: tuple[int, int] | None = None  # (first token, end token) to load at the next step
+
+
+class SchedulerSide:
+    def __init__(self, cfg: ConnectorConfig, layout: Layout, block_size: int, plan_shape: dict[str, Any] | None) -> None:
+        self.cfg = cfg
+        self.layout = layout
+        self.block_size = block_size
+        self.plan_shape = plan_shape
+        self._reqs: dict[str, _RequestState] = {}
+        self._client: Client | None = None
+        self._down_until = 0.0
+        self.lookups = 0
+        self.hit_tokens = 0
+
+    # ------------------------------------------------------------------ daemon
+
+    def _connection(self) -> Client | None:
+        if self._client is not None:
+            return self._client
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            self._client = Client.connect(self.cfg.socket, name="vllm-scheduler", map_arena=False, timeout=10)
+            self._client.register_layout(self.layout)
+        except (TierdError, OSError) as exc:
+            log.warning("tierd unavailable at %s (%s); requests recompute until it is back", self.cfg.socket, exc)
+            self._client = None
+            self._down_until = time.monotonic() + RETRY_SECONDS
+        return self._client
+
+    def _drop_connection(self, exc: Exception) -> None:
+        log.warning("tierd call failed (%s); treating as a miss", exc)
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # already broken
+                pass
+        self._client = None
+        self._down_until = time.monotonic() + RETRY_SECONDS
+
+    # ------------------------------------------------------------------ vLLM hooks
+
+    def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int, bool]:
+        prompt = request.prompt_token_ids or []
+        st = self._reqs.get(request.request_id)
+        if st is None:
+            st = _RequestState(request, chunk_keys(self.layout, prompt, self.cfg.namespace))
+            self._reqs[request.request_id] = st
+        st.load = None
+        if not st.keys:
+            return 0, False
+        client = self._connection()
+        if client is None:
+            return 0, False
+        plan = None
+        if self.cfg.load_plan and self.plan_shape is not None:
+            plan = {"layout_id": self.layout.layout_id, "prompt_tokens": len(prompt), "shape": self.plan_shape,
+                    "device": {"flops_per_s": self.cfg.device_flops} if self.cfg.device_flops else None}
+        try:
+            res = client.lookup(st.keys, plan=plan)
+        except (TierdError, OSError) as exc:
+            self._drop_connection(exc)
+            return 0, False
+        self.lookups += 1
+        st.next_save = max(st.next_save, res.prefix)
+        load_chunks = res.prefix if res.plan is None else min(res.prefix, res.plan["load_chunks"])
+        last_block = (len(prompt) - 1) // self.block_size * self.block_size  # leave >= 1 token to compute
+        hit = min(load_chunks * self.layout.chunk_tokens, last_block)
+        if hit <= num_computed_tokens:
+            return 0, False
+        st.load = (num_computed_tokens, hit)
+        self.hit_tokens += hit - num_computed_tokens
+        return hit - num_computed_tokens, False
+
+    def update_state_after_alloc(self, request: "Request", num_external_tokens: int) -> None:
+        st = self._reqs.get(request.request_id)
+        if st is None or st.load is None:
+            return
+        if num_external_tokens == 0:
+            st.load = None
+            return
+        start = st.load[0]
+        st.load = (start, start + num_external_tokens)
+
+    def build_connector_meta(self, out: "SchedulerOutput") -> TierdConnectorMetadata:
+        meta = TierdConnectorMetadata()
+        for new in out.scheduled_new_reqs:
+            st = self._reqs.get(new.req_id)
+            if st is None:
+                continue
+            st.block_ids = list(new.block_ids[0])
+            self._add_load(meta, new.req_id, st)
+            self._add_saves(meta, new.req_id, st, new.num_computed_tokens + out.num_scheduled_tokens[new.req_id])
+        cached = out.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            st = self._reqs.get(req_id)
+            if st is None:
+                continue
+            new_blocks = cached.new_block_ids[i]
+            if req_id in cached.resumed_req_ids:
+                st.block_ids = list(new_blocks[0]) if new_blocks else []
+            elif new_blocks:
+                st.block_ids.extend(new_blocks[0])
+            self._add_load(meta, req_id, st)
+            self._add_saves(meta, req_id, st, cached.num_computed_tokens[i] + out.num_scheduled_tokens[req_id])
+        return meta
+
+    def request_finished(self, request: "Request") -> None:
+        self._reqs.pop(request.request_id, None)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _add_load(self, meta: TierdConnectorMetadata, req_id: str, st: _RequestState) -> None:
+        if st.load is None:
+            return
+        start, end = st.load
+        st.load = None
+        c = self.layout.chunk_tokens
+        first, last = start // c, -(-end // c)
+        meta.loads.append(LoadSpec(req_id, st.keys[first:last], first, start, end, list(st.block_ids)))
+
+    def _add_saves(self, meta: TierdConnectorMetadata, req_id: str, st: _RequestState, computed: int) -> None:
+        """Save the chunks whose every token has KV once this step has run."""
+        c = self.layout.chunk_tokens
+        if self.cfg.save_decode:
+            tokens = st.request.all_token_ids
+            limit = min(computed, len(tokens))
+            if limit // c > len(st.keys):
+                st.keys = chunk_keys(self.layout, tokens[: limit // c * c], self.cfg.namespace)
+        else:
+            limit = min(computed, len(st.request.prompt_token_ids or []))
+        full = min(limit // c, len(st.keys))
+        if full <= st.next_save:
+            return
+        blocks = full * c // self.block_size
+        if len(st.block_ids) < blocks:  # not allocated yet (cannot happen for computed tokens)
+            return
+        meta.saves.append(SaveSpec(req_id, st.keys[st.next_save:full], st.next_save, list(st.block_ids[:blocks])))
+        st.next_save = full

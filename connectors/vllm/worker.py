@@ -1,0 +1,141 @@
+"""Worker side of the connector: moves KV between vLLM's paged cache and tierd's arena.
+
+Loads run in `start_load_kv`, before the forward pass: one acquire per request leases the chunks
+(promoting from NVMe in the daemon), and each is scattered straight from the shared arena into
+the request's blocks. A chunk that is missing or fails verification is a load error: its blocks
+are reported through `get_block_ids_with_load_errors` and vLLM recomputes them (or fails the
+request, per `kv_load_failure_policy`). Never is a block filled with data that did not verify.
+
+Saves run in `wait_for_save`, after the forward pass: one reserve per request, a gather of each
+new chunk from the blocks straight into its arena slot, one commit. That is a memory copy and
+two small RPCs; nothing here waits on storage, because the daemon writes chunks down to NVMe in
+the background. A daemon that is down turns loads into errors (recompute) and skips saves.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from connectors.vllm.config import ConnectorConfig
+from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata
+from connectors.vllm.paged import PagedKV
+from tierd.client import Client
+from tierd.errors import TierdError
+from tierd.layout import Layout
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 2.0
+
+
+class WorkerSide:
+    def __init__(self, cfg: ConnectorConfig, layout: Layout, block_size: int) -> None:
+        self.cfg = cfg
+        self.layout = layout
+        self.block_size = block_size
+        self.paged: PagedKV | None = None
+        self._client: Client | None = None
+        self._down_until = 0.0
+        self._load_errors: set[int] = set()
+        self.loaded_chunks = 0
+        self.saved_chunks = 0
+        self.load_seconds = 0.0
+
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        self.paged = PagedKV(kv_caches, self.layout, self.block_size)
+        log.info("tierd connector: %d KV layers registered (%s)", len(kv_caches),
+                 "one buffer" if self.paged.stacked is not None else "per-layer buffers")
+
+    # ------------------------------------------------------------------ daemon
+
+    def _connection(self) -> Client | None:
+        if self._client is not None:
+            return self._client
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            self._client = Client.connect(self.cfg.socket, name="vllm-worker", timeout=30)
+            self._client.register_layout(self.layout)
+        except (TierdError, OSError) as exc:
+            log.warning("tierd unavailable at %s (%s)", self.cfg.socket, exc)
+            self._client = None
+            self._down_until = time.monotonic() + RETRY_SECONDS
+        return self._client
+
+    def _drop_connection(self, exc: Exception) -> None:
+        log.warning("tierd call failed (%s)", exc)
+        client, self._client = self._client, None
+        self._down_until = time.monotonic() + RETRY_SECONDS
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # already broken
+                pass
+
+    # ------------------------------------------------------------------ loads
+
+    def start_load_kv(self, meta: TierdConnectorMetadata) -> None:
+        started = time.perf_counter()
+        for spec in meta.loads:
+            self._load(spec)
+        self.load_seconds += time.perf_counter() - started
+
+    def _load(self, spec: LoadSpec) -> None:
+        assert self.paged is not None, "register_kv_caches was not called"
+        c, bs = self.layout.chunk_tokens, self.block_size
+        done = spec.start  # tokens before this are in place
+        client = self._connection()
+        if client is not None:
+            try:
+                with client.get(self.layout, spec.keys) as lease:
+                    for j in range(lease.count):
+                        chunk_start = (spec.first_chunk + j) * c
+                        lo, hi = max(spec.start, chunk_start), min(spec.end, chunk_start + c)
+                        blocks = torch.tensor(spec.block_ids[lo // bs : hi // bs], dtype=torch.long)
+                        self.paged.scatter(lease.tensor(j), blocks, lo - chunk_start)
+                        done = hi
+                        self.loaded_chunks += 1
+            except (TierdError, OSError) as exc:
+                self._drop_connection(exc)
+        if done < spec.end:  # the rest did not load: vLLM must recompute it
+            failed = spec.block_ids[done // bs : -(-spec.end // bs)]
+            log.warning("request %s: %d of %d tokens not loaded from tierd; %d blocks to recompute",
+                        spec.req_id, spec.end - done, spec.end - spec.start, len(failed))
+            self._load_errors.update(failed)
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        errors, self._load_errors = self._load_errors, set()
+        return errors
+
+    # ------------------------------------------------------------------ saves
+
+    def wait_for_save(self, meta: TierdConnectorMetadata) -> None:
+        for spec in meta.saves:
+            self._save(spec)
+
+    def _save(self, spec: SaveSpec) -> None:
+        assert self.paged is not None, "register_kv_caches was not called"
+        client = self._connection()
+        if client is None:
+            return
+        c, bs = self.layout.chunk_tokens, self.block_size
+        try:
+            with client.put(self.layout, spec.keys, self.cfg.namespace, first_position=spec.first_chunk) as batch:
+                for i in batch.reserved:
+                    first = (spec.first_chunk + i) * c
+                    blocks = torch.tensor(spec.block_ids[first // bs : (first + c) // bs], dtype=torch.long)
+                    self.paged.gather(blocks, batch.tensor(i))
+                    self.saved_chunks += 1
+        except (TierdError, OSError) as exc:
+            self._drop_connection(exc)
+
+    def shutdown(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None

