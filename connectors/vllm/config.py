@@ -35,7 +35,7 @@ class ConnectorConfig:
             hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, KEYS, 1)) else repr(k)
                      for k in unknown]
             raise ConfigError(f"kv_connector_extra_config: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(KEYS)}")
-        socket = extra.get("socket") or os.environ.get("TIERD_SOCKET")
+        socket = extra["socket"] if "socket" in extra else os.environ.get("TIERD_SOCKET")
         if socket is None:
             from tierd.config import default_socket_path
 

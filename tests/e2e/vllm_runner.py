@@ -230,8 +230,10 @@ def _engine_main(argv: list[str] | None = None) -> int:
     warmup_s = None
     if args.warmup:
         t2 = time.perf_counter()
-        warm = TokensPrompt(prompt_token_ids=[(7 * i + 3) % 97 + 4 for i in range(16)])
-        llm.generate([warm], SamplingParams(temperature=0.0, max_tokens=2, detokenize=False), use_tqdm=False)
+        # Same sampling params as the real prompts: the first request with logprobs pays a
+        # one-time cost of seconds that a warm-up without logprobs does not remove.
+        warm = TokensPrompt(prompt_token_ids=[(7 * i + 3) % 97 + 4 for i in range(64)])
+        llm.generate([warm], params, use_tqdm=False)
         warmup_s = time.perf_counter() - t2
     token_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
     batches = [[p] for p in token_prompts] if args.sequential else [token_prompts]

