@@ -110,7 +110,7 @@ def test_with_vllm_prefix_caching_on(test_model_dir, baseline, daemon):
     prompts = [X1, LONG, *FILLERS, LONG]
     results = run_vllm(test_model_dir, prompts, kv_transfer_config=kv_config(daemon.socket), sequential=True,
                        enable_prefix_caching=True, single_process=True, block_size=BLOCK,
-                       engine_args={"num_gpu_blocks_override": 24})  # 3072 tokens: the fillers evict LONG
+                       max_model_len=2048, engine_args={"num_gpu_blocks_override": 24})  # 3072 tokens: fillers evict LONG
     # X1: tierd's two chunks. LONG: the engine's own 512-token hit, tierd the rest up to 1280.
     # After the fillers have pushed LONG out of the engine's cache, tierd serves all of it again.
     check(results, prompts, baseline, [512, 1280, 0, 0, 0, 0, 1280])
