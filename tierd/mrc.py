@@ -631,7 +631,7 @@ class ShardsMRC:
         threshold = self._threshold
         run_max = 0.0
         for i in indexes:
-            h = hashes[i]
+            h = int(hashes[i])  # a Python int: numpy unsigned hashes would wrap when negated for the heap
             if h >= threshold:
                 continue
             key = keys[i]

