@@ -97,7 +97,7 @@ class WorkerSide:
                     for j in range(lease.count):
                         chunk_start = (spec.first_chunk + j) * c
                         lo, hi = max(spec.start, chunk_start), min(spec.end, chunk_start + c)
-                        self.paged.scatter(lease.tensor(j), spec.block_ids[lo // bs : hi // bs], lo - chunk_start)
+                        self.paged.scatter(lease.view(j), spec.block_ids[lo // bs : hi // bs], lo - chunk_start)
                         done = hi
                         self.loaded_chunks += 1
             except (TierdError, OSError) as exc:
@@ -130,7 +130,7 @@ class WorkerSide:
             with client.put(self.layout, spec.keys, self.cfg.namespace, first_position=spec.first_chunk) as batch:
                 for i in batch.reserved:
                     first = (spec.first_chunk + i) * c
-                    self.paged.gather(spec.block_ids[first // bs : (first + c) // bs], batch.tensor(i))
+                    self.paged.gather(spec.block_ids[first // bs : (first + c) // bs], batch.view(i))
                     self.saved_chunks += 1
         except (TierdError, OSError) as exc:
             self._drop_connection(exc)

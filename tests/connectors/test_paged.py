@@ -23,20 +23,22 @@ def _kernel_kv(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return r[:, :, 0].reshape(nb, h, d2 // 2, bs).transpose(-1, -2), r[:, :, 1].reshape(nb, h, bs, d2 // 2)
 
 
-def _caches(one_buffer: bool) -> dict[str, torch.Tensor]:
+def _caches(one_buffer: bool, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     if one_buffer:
-        big = torch.randn(L, NB, H, BS, 2 * D)
+        big = torch.randn(L, NB, H, BS, 2 * D).to(dtype)
         return {f"model.layers.{i}.self_attn.attn": big[i] for i in range(L)}
-    return {f"model.layers.{i}.self_attn.attn": torch.randn(NB, H, BS, 2 * D) for i in range(L)}
+    return {f"model.layers.{i}.self_attn.attn": torch.randn(NB, H, BS, 2 * D).to(dtype) for i in range(L)}
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("one_buffer", [False, True])
-def test_gather_matches_the_kernels_view(one_buffer):
-    caches = _caches(one_buffer)
-    paged = PagedKV(caches, LAYOUT, BS)
+def test_gather_matches_the_kernels_view(one_buffer, dtype):
+    caches = _caches(one_buffer, dtype)
+    layout = Layout("m", str(dtype).removeprefix("torch."), L, H, D, chunk_tokens=C)
+    paged = PagedKV(caches, layout, BS)
     assert (paged.stacked is not None) == one_buffer
     blocks = [7, 2]  # a chunk of 8 tokens in two blocks of 4
-    out = torch.empty(LAYOUT.chunk_shape)
+    out = torch.empty(LAYOUT.chunk_shape, dtype=dtype)
     paged.gather(blocks, out)
     for layer, name in enumerate(layer_order(list(caches))):
         k, v = _kernel_kv(caches[name])
@@ -54,7 +56,7 @@ def test_scatter_round_trip_and_partial(one_buffer):
     src, dst = PagedKV(src_caches, LAYOUT, BS), PagedKV(dst_caches, LAYOUT, BS)
     chunk = torch.empty(LAYOUT.chunk_shape)
     src.gather([3, 5], chunk)
-    dst.scatter(chunk, [1, 9])
+    dst.scatter(chunk.numpy().view("uint8"), [1, 9])  # raw arena bytes work as well as tensors
     for name in src_caches:
         assert torch.equal(dst_caches[name][1], src_caches[name][3])
         assert torch.equal(dst_caches[name][9], src_caches[name][5])
