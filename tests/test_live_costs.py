@@ -72,3 +72,19 @@ def test_admission_drops_chunks_whose_reload_never_pays(daemon_factory):
         more = chunk_keys(SMALL, np.arange(256 * 40) + 7)
         c.put_chunks(SMALL, more, [payload_for(k, SMALL.chunk_bytes) for k in more])
         assert next(t for t in c.stat()["tiers"] if t["name"] == "nvme")["chunks"] > 0
+
+
+def test_observe_prefill_learns_the_device(daemon):
+    with Client.connect(daemon.socket) as c:
+        c.register_layout(SMALL)
+        assert c._call("observe_prefill", start=0, end=1000, seconds=0.5) == {"observed": False}  # no shape yet
+        c._call("lookup", keys=chunk_keys(SMALL, np.arange(256)), plan={"layout_id": SMALL.layout_id,
+                                                                         "prompt_tokens": 300, "shape": SHAPE})
+        for n in (1000, 2000, 4000):
+            assert c._call("observe_prefill", start=0, end=n, seconds=n / 4000)["observed"]
+        device = c._call("costs")["device"]
+        assert device["observations"] == 3 and device["flops_per_s"] > 0
+        for bad in ({"start": 5, "end": 5, "seconds": 1.0}, {"start": 0, "end": 10, "seconds": 0.0},
+                    {"start": -1, "end": 10, "seconds": 1.0}):
+            with pytest.raises(InvalidArgumentError, match="observe_prefill"):
+                c._call("observe_prefill", **bad)

@@ -32,3 +32,6 @@ class SaveSpec:
 class TierdConnectorMetadata(KVConnectorMetadata):
     loads: list[LoadSpec] = field(default_factory=list)
     saves: list[SaveSpec] = field(default_factory=list)
+    #: (start, end) when this step is one request prefilling tokens [start, end) and nothing
+    #: else: the worker times it, and the daemon learns the device's prefill throughput.
+    prefill: tuple[int, int] | None = None

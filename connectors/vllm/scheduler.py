@@ -144,7 +144,17 @@ class SchedulerSide:
                 st.block_ids.extend(new_blocks[0])
             self._add_load(meta, req_id, st)
             self._add_saves(meta, req_id, st, cached.num_computed_tokens[i] + out.num_scheduled_tokens[req_id])
+        meta.prefill = self._lone_prefill(out)
         return meta
+
+    def _lone_prefill(self, out: "SchedulerOutput") -> tuple[int, int] | None:
+        """(start, end) if the step is exactly one request prefilling prompt tokens."""
+        if len(out.scheduled_new_reqs) != 1 or out.scheduled_cached_reqs.req_ids:
+            return None
+        new = out.scheduled_new_reqs[0]
+        start = new.num_computed_tokens
+        end = start + out.num_scheduled_tokens[new.req_id]
+        return (start, end) if end <= len(new.prompt_token_ids or []) and end > start else None
 
     def request_finished(self, request: "Request") -> None:
         self._reqs.pop(request.request_id, None)

@@ -42,6 +42,8 @@ class WorkerSide:
         self.loaded_chunks = 0
         self.saved_chunks = 0
         self.load_seconds = 0.0
+        self._step_started: float | None = None
+        self._step_load = 0.0
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         first = next(iter(kv_caches.values()))
@@ -79,11 +81,17 @@ class WorkerSide:
 
     # ------------------------------------------------------------------ loads
 
+    def bind(self, meta: TierdConnectorMetadata) -> None:
+        """Called just before the forward pass: start the clock of a lone prefill."""
+        self._step_started = time.perf_counter()
+        self._step_load = 0.0
+
     def start_load_kv(self, meta: TierdConnectorMetadata) -> None:
         started = time.perf_counter()
         for spec in meta.loads:
             self._load(spec)
-        self.load_seconds += time.perf_counter() - started
+        self._step_load = time.perf_counter() - started
+        self.load_seconds += self._step_load
 
     def _load(self, spec: LoadSpec) -> None:
         assert self.paged is not None, "register_kv_caches was not called"
@@ -117,8 +125,21 @@ class WorkerSide:
     # ------------------------------------------------------------------ saves
 
     def wait_for_save(self, meta: TierdConnectorMetadata) -> None:
+        if meta.prefill is not None and self._step_started is not None:
+            self._report_prefill(*meta.prefill, time.perf_counter() - self._step_started - self._step_load)
         for spec in meta.saves:
             self._save(spec)
+
+    def _report_prefill(self, start: int, end: int, seconds: float) -> None:
+        """Tell the daemon how long this engine took to prefill tokens [start, end), so the cost
+        model learns this device instead of needing a declared FLOP/s figure."""
+        client = self._connection()
+        if client is None or seconds <= 0:
+            return
+        try:
+            client._call("observe_prefill", start=start, end=end, seconds=seconds)
+        except (TierdError, OSError) as exc:
+            self._drop_connection(exc)
 
     def _save(self, spec: SaveSpec) -> None:
         assert self.paged is not None, "register_kv_caches was not called"

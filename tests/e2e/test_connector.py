@@ -72,6 +72,9 @@ def test_cold_warm_divergent_and_short(test_model_dir, baseline, daemon):
     t = tiers(daemon.socket)
     assert t["dram"]["chunks"] == 2  # A's chunks; B's are the same keys, stored once
     assert t["dram"]["hits"] == 4 and t["dram"]["bytes_out"] == 4 * t["dram"]["bytes_in"] // 2
+    with Client.connect(daemon.socket, map_arena=False) as c:
+        device = c._call("costs")["device"]  # learned from this engine's own prefills
+    assert device["observations"] >= 3 and device["flops_per_s"] > 0
 
 
 def test_concurrent_batch_with_overlapping_prefixes(test_model_dir, baseline, daemon):

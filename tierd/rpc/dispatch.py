@@ -48,7 +48,11 @@ class Dispatcher:
         self.store = store
         self.extra_info = extra_info
         self.observer = observer
-        self._models: dict[tuple[str, str], CostModel] = {}
+        #: The engine's model (shape from its plan requests) and its device: declared by the
+        #: engine, or learned from the prefill times its connector reports (`observe_prefill`).
+        self._model: CostModel | None = None
+        self._model_key = ""
+        self._learned = DeviceThroughput()
         self.observe: Callable[[str, float, bool], None] | None = None
         self._ops: dict[str, tuple[dict[str, Arg], Handler]] = {
             "hello": ({"client": _OPT_STR}, self._hello),
@@ -56,6 +60,7 @@ class Dispatcher:
             "register_layout": ({"layout": Arg((dict,))}, self._register_layout),
             "lookup": ({"keys": _KEYS, "plan": Arg((dict,), required=False)}, self._lookup),
             "costs": ({}, self._costs),
+            "observe_prefill": ({"start": _INT, "end": _INT, "seconds": Arg((float, int))}, self._observe_prefill),
             "explain": ({"keys": _KEYS, "prompt_tokens": Arg((int,), required=False)}, self._explain),
             "reserve": (
                 {"layout_id": _STR, "namespace": _STR, "keys": _KEYS, "nbytes": _INT,
@@ -153,13 +158,15 @@ class Dispatcher:
         prompt_tokens = request.get("prompt_tokens")
         if not isinstance(prompt_tokens, int) or isinstance(prompt_tokens, bool):
             raise InvalidArgumentError(f"plan.prompt_tokens {prompt_tokens!r}: must be an integer")
-        key = repr(request.get("shape")), repr(request.get("device"))
-        model = self._models.get(key)
-        if model is None:
-            model = CostModel(ModelShape.from_dict(request.get("shape") or {}),
-                              DeviceThroughput.from_dict(request.get("device")))
-            self._models = {key: model}  # one engine per daemon in practice: keep the last
-            self.store.admission = self._admission_rule(model)
+        declared = request.get("device")
+        key = repr((request.get("shape"), declared))
+        if key != self._model_key:  # one engine per daemon in practice: keep the last one's model
+            device = DeviceThroughput.from_dict(declared) if declared else self._learned
+            self._model = CostModel(ModelShape.from_dict(request.get("shape") or {}), device)
+            self._model_key = key
+            self.store.admission = self._admission_rule(self._model)
+        model = self._model
+        assert model is not None
         model.tiers = self.store.costs
         names = self.store.tier_names
         covered = min(len(codes), prompt_tokens // layout.chunk_tokens)
@@ -196,8 +203,19 @@ class Dispatcher:
 
         return admit
 
+    def _observe_prefill(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        """A prefill of tokens [start, end) took `seconds` on the engine: refine the learned device
+        throughput (used by plans when the engine declares none)."""
+        start, end, seconds = args["start"], args["end"], float(args["seconds"])
+        if not 0 <= start < end or not seconds > 0:
+            raise InvalidArgumentError(f"observe_prefill: need 0 <= start < end and seconds > 0, got {start}, {end}, {seconds}")
+        if self._model is None:
+            return {"observed": False}  # no shape yet: the engine has not asked for a plan
+        self._learned.observe(self._model.shape.prefill_flops(end, start), seconds)
+        return {"observed": True, "device": self._learned.to_dict()}
+
     def _costs(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        model = next(iter(self._models.values()), None)
+        model = self._model
         return {"tiers": {n: c.to_dict() for n, c in self.store.costs.items()},
                 "device": model.device.to_dict() if model is not None else None,
                 "shape": model.shape.to_dict() if model is not None else None}
@@ -218,7 +236,7 @@ class Dispatcher:
         prefix = codes.find(255)
         prefix = len(codes) if prefix < 0 else prefix
         plan = None
-        model = next(iter(self._models.values()), None)
+        model = self._model
         first = self.store.index.get(keys[0]) if keys else None
         if model is not None and first is not None:
             layout = self.store.layouts.get(first.layout_id)
