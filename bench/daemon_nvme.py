@@ -51,7 +51,7 @@ def main() -> None:
     try:
         ddfile = base / "ddfile"
         os.sync()
-        dd_w = dd_gbs([f"if=/dev/zero", f"of={ddfile}", "bs=4M", f"count={n}", "oflag=direct"])
+        dd_w = dd_gbs(["if=/dev/zero", f"of={ddfile}", "bs=4M", f"count={n}", "oflag=direct"])
         dd_r = dd_gbs([f"if={ddfile}", "of=/dev/null", "bs=4M", "iflag=direct"])
         ddfile.unlink()
         os.sync()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import struct
 
-import msgpack
 import numpy as np
 import pytest
 
@@ -16,7 +15,6 @@ from tierd.errors import (
     InvalidArgumentError,
     LayoutMismatchError,
     NotReservedError,
-    ProtocolError,
     UnknownLayoutError,
 )
 from tierd.keys import chunk_keys

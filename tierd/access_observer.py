@@ -101,12 +101,12 @@ class AccessObserver:
         prefix = self.mrc.prefix_curve(grid)
         at = dict(zip(grid, (h for _, h in shards)))
         pat = dict(zip(grid, (h for _, h in prefix)))
-        below = below_prefix = 0.0
+        below = 0.0
         for t in tiers:
             c = t["cumulative_blocks"]
             t["hit_ratio"], t["prefix_hit_ratio"] = at.get(c, 0.0), pat.get(c, 0.0)
             t["predicted_tier_hit_ratio"] = t["hit_ratio"] - below
-            below, below_prefix = t["hit_ratio"], t["prefix_hit_ratio"]
+            below = t["hit_ratio"]
         byte_curve = make_curve([c * chunk_bytes for c in grid], [h for _, h in shards])
         rec = recommend_capacity(byte_curve, gain_per_gib).to_dict() if self.mrc.references else None
         if rec is not None:

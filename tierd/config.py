@@ -473,7 +473,6 @@ def _read_config_file(path: str, path_where: str) -> dict[str, tuple[object, str
     """The file's options as {name: (raw value, where)}; raises ConfigError for a missing,
     unreadable or malformed file and for unknown keys."""
     is_yaml = path.lower().endswith((".yaml", ".yml"))
-    kind = "YAML" if is_yaml else "TOML"
     try:
         with open(path, "rb") as f:
             raw = f.read()

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import msgpack
 
@@ -585,7 +585,6 @@ class TieredStore:
     def stat(self) -> dict[str, Any]:
         self.dram.used_bytes = self.alloc.used
         tiers = [self.dram.to_dict()] + [l.stats.to_dict() for l in self.lower]
-        total = self.lookup_hits + self.lookup_misses
         return {
             "tiers": tiers,
             "chunks": len(self.index),

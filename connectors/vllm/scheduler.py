@@ -12,13 +12,12 @@ A daemon that is down is a miss, not an error: the request is simply recomputed.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from connectors.vllm.config import ConnectorConfig
+from connectors.vllm.link import DaemonLink
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata
-from tierd.client import Client
 from tierd.errors import TierdError
 from tierd.keys import chunk_keys
 from tierd.layout import Layout
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
     from vllm.v1.request import Request
 
 log = logging.getLogger(__name__)
-
-RETRY_SECONDS = 2.0  # how long a down daemon is not asked again
 
 
 @dataclass(slots=True)
@@ -48,36 +45,9 @@ class SchedulerSide:
         self.block_size = block_size
         self.plan_shape = plan_shape
         self._reqs: dict[str, _RequestState] = {}
-        self._client: Client | None = None
-        self._down_until = 0.0
+        self.link = DaemonLink(cfg.socket, layout, name="vllm-scheduler", map_arena=False)
         self.lookups = 0
         self.hit_tokens = 0
-
-    # ------------------------------------------------------------------ daemon
-
-    def _connection(self) -> Client | None:
-        if self._client is not None:
-            return self._client
-        if time.monotonic() < self._down_until:
-            return None
-        try:
-            self._client = Client.connect(self.cfg.socket, name="vllm-scheduler", map_arena=False, timeout=10)
-            self._client.register_layout(self.layout)
-        except (TierdError, OSError) as exc:
-            log.warning("tierd unavailable at %s (%s); requests recompute until it is back", self.cfg.socket, exc)
-            self._client = None
-            self._down_until = time.monotonic() + RETRY_SECONDS
-        return self._client
-
-    def _drop_connection(self, exc: Exception) -> None:
-        log.warning("tierd call failed (%s); treating as a miss", exc)
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:  # already broken
-                pass
-        self._client = None
-        self._down_until = time.monotonic() + RETRY_SECONDS
 
     # ------------------------------------------------------------------ vLLM hooks
 
@@ -90,7 +60,7 @@ class SchedulerSide:
         st.load = None
         if not st.keys:
             return 0, False
-        client = self._connection()
+        client = self.link.client()
         if client is None:
             return 0, False
         plan = None
@@ -100,7 +70,7 @@ class SchedulerSide:
         try:
             res = client.lookup(st.keys, plan=plan)
         except (TierdError, OSError) as exc:
-            self._drop_connection(exc)
+            self.link.drop(exc)
             return 0, False
         self.lookups += 1
         st.next_save = max(st.next_save, res.prefix)

@@ -18,15 +18,13 @@ import time
 import torch
 
 from connectors.vllm.config import ConnectorConfig
+from connectors.vllm.link import DaemonLink
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata
 from connectors.vllm.paged import PagedKV, check_attention_isa
-from tierd.client import Client
 from tierd.errors import TierdError
 from tierd.layout import Layout
 
 log = logging.getLogger(__name__)
-
-RETRY_SECONDS = 2.0
 
 
 class WorkerSide:
@@ -36,8 +34,7 @@ class WorkerSide:
         self.layout = layout
         self.block_size = block_size
         self.paged: PagedKV | None = None
-        self._client: Client | None = None
-        self._down_until = 0.0
+        self.link = DaemonLink(cfg.socket, layout, name="vllm-worker", map_arena=True)
         self._load_errors: set[int] = set()
         self.loaded_chunks = 0
         self.saved_chunks = 0
@@ -52,32 +49,6 @@ class WorkerSide:
         self.paged = PagedKV(kv_caches, self.layout, self.block_size)
         log.info("tierd connector: %d KV layers registered (%s)", len(kv_caches),
                  "one buffer" if self.paged.stacked is not None else "per-layer buffers")
-
-    # ------------------------------------------------------------------ daemon
-
-    def _connection(self) -> Client | None:
-        if self._client is not None:
-            return self._client
-        if time.monotonic() < self._down_until:
-            return None
-        try:
-            self._client = Client.connect(self.cfg.socket, name="vllm-worker", timeout=30)
-            self._client.register_layout(self.layout)
-        except (TierdError, OSError) as exc:
-            log.warning("tierd unavailable at %s (%s)", self.cfg.socket, exc)
-            self._client = None
-            self._down_until = time.monotonic() + RETRY_SECONDS
-        return self._client
-
-    def _drop_connection(self, exc: Exception) -> None:
-        log.warning("tierd call failed (%s)", exc)
-        client, self._client = self._client, None
-        self._down_until = time.monotonic() + RETRY_SECONDS
-        if client is not None:
-            try:
-                client.close()
-            except Exception:  # already broken
-                pass
 
     # ------------------------------------------------------------------ loads
 
@@ -98,7 +69,7 @@ class WorkerSide:
         started = time.perf_counter()
         c, bs = self.layout.chunk_tokens, self.block_size
         done = spec.start  # tokens before this are in place
-        client = self._connection()
+        client = self.link.client()
         if client is not None:
             try:
                 with client.get(self.layout, spec.keys) as lease:
@@ -109,7 +80,7 @@ class WorkerSide:
                         done = hi
                         self.loaded_chunks += 1
             except (TierdError, OSError) as exc:
-                self._drop_connection(exc)
+                self.link.drop(exc)
         log.info("tierd: request %s loaded %d tokens in %.2f ms", spec.req_id, done - spec.start,
                  (time.perf_counter() - started) * 1e3)
         if done < spec.end:  # the rest did not load: vLLM must recompute it
@@ -133,17 +104,17 @@ class WorkerSide:
     def _report_prefill(self, start: int, end: int, seconds: float) -> None:
         """Tell the daemon how long this engine took to prefill tokens [start, end), so the cost
         model learns this device instead of needing a declared FLOP/s figure."""
-        client = self._connection()
+        client = self.link.client()
         if client is None or seconds <= 0:
             return
         try:
             client._call("observe_prefill", start=start, end=end, seconds=seconds)
         except (TierdError, OSError) as exc:
-            self._drop_connection(exc)
+            self.link.drop(exc)
 
     def _save(self, spec: SaveSpec) -> None:
         assert self.paged is not None, "register_kv_caches was not called"
-        client = self._connection()
+        client = self.link.client()
         if client is None:
             return
         c, bs = self.layout.chunk_tokens, self.block_size
@@ -154,9 +125,7 @@ class WorkerSide:
                     self.paged.gather(spec.block_ids[first // bs : (first + c) // bs], batch.view(i))
                     self.saved_chunks += 1
         except (TierdError, OSError) as exc:
-            self._drop_connection(exc)
+            self.link.drop(exc)
 
     def shutdown(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self.link.close()

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import pytest
 
-from tests.e2e.vllm_runner import VllmRunError, run_vllm, run_vllm_doc
+from tests.e2e.vllm_runner import VllmRunError, run_vllm
 from tierd.client import Client
 
 CHUNK = 256

@@ -24,7 +24,7 @@ from typing import Any
 
 from tierd.cli.common import add_client_args, parse_key, print_json, print_table
 from tierd.costmodel import CostModel, DeviceThroughput, ModelShape, TierCost
-from tierd.errors import ConfigError, DaemonUnavailableError, TierdError
+from tierd.errors import ConfigError, TierdError
 from tierd.layout import DTYPE_SIZES
 from tierd.sizes import format_size, parse_size
 
