@@ -85,7 +85,8 @@ class PutBatch:
     """Slots reserved for a put. Write each chunk into `view(i)` (or `tensor(i)`), then leave the
     `with` block (or call `commit()`); on an exception the reservation is aborted instead."""
 
-    def __init__(self, client: "Client", layout: Layout, keys: Sequence[bytes], slots: list[int | None]) -> None:
+    def __init__(self, client: "Client | AsyncClient", layout: Layout, keys: Sequence[bytes],
+                 slots: list[int | None]) -> None:
         self.client, self.layout, self.keys, self.slots = client, layout, list(keys), slots
         self.done = False
 
@@ -129,7 +130,7 @@ class PutBatch:
 class GetLease:
     """A lease on the leading present chunks of a get; `count` of them are readable."""
 
-    def __init__(self, client: "Client", layout: Layout, lease: int, slots: list[int | None]) -> None:
+    def __init__(self, client: "Client | AsyncClient", layout: Layout, lease: int, slots: list[int | None]) -> None:
         self.client, self.layout, self.lease, self.slots = client, layout, lease, slots
         self.count = next((i for i, s in enumerate(slots) if s is None), len(slots))
         self.released = False
@@ -153,6 +154,43 @@ class GetLease:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+class AsyncPutBatch(PutBatch):
+    """`PutBatch` for `AsyncClient`: `async with`, and `await commit()` / `await abort()`."""
+
+    async def commit(self) -> int:  # type: ignore[override]
+        self.done = True
+        keys = [self.keys[i] for i in self.reserved]
+        return (await self.client.call("commit", keys=keys))["committed"] if keys else 0
+
+    async def abort(self) -> None:  # type: ignore[override]
+        self.done = True
+        keys = [self.keys[i] for i in self.reserved]
+        if keys:
+            await self.client.call("abort", keys=keys)
+
+    async def __aenter__(self) -> "AsyncPutBatch":
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if not self.done:
+            await (self.commit() if exc_type is None else self.abort())
+
+
+class AsyncGetLease(GetLease):
+    """`GetLease` for `AsyncClient`: `async with`, and `await release()`."""
+
+    async def release(self) -> None:  # type: ignore[override]
+        if not self.released:
+            self.released = True
+            await self.client.call("release", lease=self.lease)
+
+    async def __aenter__(self) -> "AsyncGetLease":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.release()
 
 
 def _as_tensor(view: np.ndarray, layout: Layout) -> Any:
@@ -342,6 +380,7 @@ class AsyncClient:
         self._ids = itertools.count(1)
         self.arena: _ArenaViews | None = None
         self.info: dict[str, Any] = {}
+        self.layouts: dict[str, Layout] = {}
 
     @classmethod
     async def connect(cls, socket_path: str | None = None, *, name: str = "") -> "AsyncClient":
@@ -371,6 +410,27 @@ class AsyncClient:
     async def lookup(self, keys: Sequence[bytes]) -> LookupResult:
         r = await self.call("lookup", keys=list(keys))
         return LookupResult(r["prefix"], r["codes"], self.info["tiers"], r.get("plan"))
+
+    async def register_layout(self, layout: Layout) -> str:
+        layout_id = (await self.call("register_layout", layout=layout.to_dict()))["layout_id"]
+        self.layouts[layout_id] = layout
+        return layout_id
+
+    async def put(self, layout: Layout, keys: Sequence[bytes], namespace: str = "default", *,
+                  first_position: int = 0) -> AsyncPutBatch:
+        """Reserve slots; use as `async with await client.put(...) as batch:`."""
+        if layout.layout_id not in self.layouts:
+            await self.register_layout(layout)
+        r = await self.call("reserve", layout_id=layout.layout_id, namespace=namespace, keys=list(keys),
+                            nbytes=layout.chunk_bytes, first_position=first_position)
+        return AsyncPutBatch(self, layout, keys, r["slots"])
+
+    async def get(self, layout: Layout, keys: Sequence[bytes], *, prefix_only: bool = True) -> AsyncGetLease:
+        """Lease the leading present chunks; use as `async with await client.get(...) as lease:`."""
+        if layout.layout_id not in self.layouts:
+            await self.register_layout(layout)
+        r = await self.call("acquire", layout_id=layout.layout_id, keys=list(keys), prefix_only=prefix_only)
+        return AsyncGetLease(self, layout, r["lease"], r["slots"])
 
     async def close(self) -> None:
         if self.arena is not None:
