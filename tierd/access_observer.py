@@ -89,11 +89,14 @@ class AccessObserver:
         self.drain()
         stat = self.store.stat()
         chunk_bytes = self._typical_chunk_bytes()
-        tiers, cumulative = [], 0
-        for t in stat["tiers"]:
+        # A tier holds capacity // (what one chunk really occupies there: aligned slot, file header).
+        per_chunk = [self.store.alloc.rounded(chunk_bytes)] + [l.tier.stored_bytes(chunk_bytes) for l in self.store.lower]
+        tiers, cumulative, blocks = [], 0, 0
+        for t, occupied in zip(stat["tiers"], per_chunk):
             cumulative += t["capacity_bytes"]
+            blocks += t["capacity_bytes"] // occupied
             tiers.append({"name": t["name"], "bytes": t["capacity_bytes"], "cumulative_bytes": cumulative,
-                          "cumulative_blocks": cumulative // chunk_bytes, "measured_hit_ratio": t["hit_ratio"]})
+                          "cumulative_blocks": blocks, "measured_hit_ratio": t["hit_ratio"]})
         top = max([t["cumulative_blocks"] for t in tiers] + [self.mrc.tracked_keys * 2, 16])
         grid = list(grid) if grid else default_grid(int(top * 2))
         grid = sorted(set(grid) | {t["cumulative_blocks"] for t in tiers if t["cumulative_blocks"] > 0})

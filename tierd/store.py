@@ -172,6 +172,9 @@ class TieredStore:
         self.alloc = ExtentAllocator(self.arena.size)
         self.dram = TierStats(DRAM, self.alloc.size)
         self.dram_lru = LRUPolicy()
+        #: DRAM chunks that can be dropped at once (a durable lower copy exists, or there is no
+        #: lower tier), oldest first: making room never rescans chunks still to be written down.
+        self.dram_clean = LRUPolicy()
         self.lower = [_Lower(t, TierStats(t.name, cap)) for t, cap in lower_tiers if cap > 0]
         self.layouts: dict[str, Layout] = {}
         self.index: dict[bytes, Chunk] = {}
@@ -291,6 +294,12 @@ class TieredStore:
         return [DRAM] + [l.tier.name for l in self.lower]
 
     def _retier(self, c: Chunk) -> None:
+        """After a copy of `c` came or went: its fastest tier, and whether DRAM may drop it at once."""
+        if c.slot is not None and (c.lower or not self.lower):
+            if c.key not in self.dram_clean:
+                self.dram_clean.touch(c.key)
+        else:
+            self.dram_clean.remove(c.key)
         if c.slot is not None:
             c.tier_code = 0
             return
@@ -382,8 +391,9 @@ class TieredStore:
         for key in keys:
             r = session.reservations.pop(key)
             del self.reserved[key]
-            self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, slot=r.slot, tier_code=0,
-                                    position=r.position)
+            c = self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, slot=r.slot,
+                                        position=r.position)
+            self._retier(c)
             self.dram_lru.touch(key)
             self.dram.chunks += 1
             self.dram.bytes_in += r.size
@@ -444,6 +454,8 @@ class TieredStore:
             c.hits += 1
             c.last_access = now
             self.dram_lru.touch(c.key)
+            if c.key in self.dram_clean:
+                self.dram_clean.touch(c.key)
             self.dram.bytes_out += c.size
             slots.append(c.slot)
         slots.extend([None] * (len(keys) - len(slots)))
@@ -485,7 +497,7 @@ class TieredStore:
                 fut, c.moving = c.moving, None
             if ok:
                 c.slot = slot
-                c.tier_code = 0
+                self._retier(c)
                 self.dram.chunks += 1
                 self.dram.bytes_in += c.size
                 self.dram.promotions += 1
@@ -631,19 +643,23 @@ class TieredStore:
                 self._room_waiters -= 1
 
     def _drop_clean(self, nbytes: int) -> bool:
-        """Free DRAM copies that also live on a lower tier (or any copy when there is no lower
-        tier), oldest first, until `nbytes` fit. True if anything was freed."""
+        """Drop droppable DRAM copies, oldest first, until `nbytes` fit. True if any was freed."""
         freed = False
-        for key in list(self.dram_lru.oldest_first()):
-            c = self.index[key]
-            if not c.evictable() or (self.lower and not c.lower):
-                continue
-            self._drop_dram_copy(c)
-            self.dram.evictions += 1
+        while self.alloc.largest_free < self.alloc.rounded(nbytes) and self._drop_one_clean():
             freed = True
-            if self.alloc.largest_free >= self.alloc.rounded(nbytes):
-                break
         return freed
+
+    def _drop_one_clean(self) -> bool:
+        """Drop the least recently used droppable DRAM copy nobody holds. O(held ones skipped)."""
+        for key in self.dram_clean.oldest_first():
+            c = self.index[key]
+            if c.evictable():
+                break
+        else:
+            return False
+        self._drop_dram_copy(c)
+        self.dram.evictions += 1
+        return True
 
     def _has_demotable(self) -> bool:
         return bool(self.lower) and any(
@@ -678,27 +694,39 @@ class TieredStore:
             while not self._closing and (
                 self._room_waiters > 0 or self.alloc.used > self.low_watermark * self.alloc.size
             ):
-                batch = self._pick_demotions(self._io_threads)
-                if not batch:
+                batch, dropped = self._pick_demotions(self._io_threads)
+                if not batch and not dropped:
                     break
                 await asyncio.gather(*(self._demote(c) for c in batch))
 
-    def _pick_demotions(self, limit: int) -> list[Chunk]:
+    def _pick_demotions(self, limit: int) -> tuple[list[Chunk], bool]:
+        """Under pressure, walk DRAM in LRU order: drop chunks that already have a lower copy,
+        choose up to `limit` DRAM-only ones to write down (or drop, if the admission rule says
+        their reload could never pay), until enough is on its way out to reach the low watermark.
+        The walk stops there, so it costs the chunks it passes, not the whole tier.
+        Returns (chunks to demote, whether anything was dropped)."""
+        excess = self.alloc.used - self.low_watermark * self.alloc.size
+        if self._room_waiters:
+            excess = max(excess, 1)
+        if excess <= 0:
+            return [], False
         batch: list[Chunk] = []
-        for key in list(self.dram_lru.oldest_first()):
-            if self._room_waiters == 0 and self.alloc.used <= self.low_watermark * self.alloc.size:
-                break
+        drop: list[Chunk] = []
+        for key in self.dram_lru.oldest_first():
             c = self.index[key]
             if not c.evictable():
                 continue
             if c.lower or not self.lower or not self._admits(c, self.lower[0]):
-                self._drop_dram_copy(c)  # clean, nowhere to go, or not worth a reload: drop it
-                self.dram.evictions += 1
-                continue
-            batch.append(c)
-            if len(batch) >= limit:
+                drop.append(c)
+            else:
+                batch.append(c)
+            excess -= c.size
+            if len(batch) >= limit or excess <= 0:
                 break
-        return batch
+        for c in drop:
+            self._drop_dram_copy(c)
+            self.dram.evictions += 1
+        return batch, bool(drop)
 
     def _admits(self, c: Chunk, lower: _Lower) -> bool:
         if self.admission is None or self.admission(c, lower.tier.name):
