@@ -520,3 +520,15 @@ def test_to_dict_reports_every_option_and_loads_back(tmp_path: Path, base_env: d
     json.dumps(d)  # plain values only
     file = write(tmp_path, yaml.safe_dump(d), name="dump.yaml")
     assert load(base_env, file=file) == cfg
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "lots", "-0.1"])
+def test_bad_mrc_sample_rate_names_the_flag(value):
+    import argparse
+
+    from tierd.config import add_serve_arguments, load_config
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    with pytest.raises(ConfigError, match="--mrc-sample-rate"):
+        load_config(parser.parse_args(["--mrc-sample-rate", value]), env={})

@@ -17,7 +17,7 @@ from tierd.keys import chunk_keys
 
 def test_live_curve_and_recorded_trace(daemon_factory, tmp_path):
     trace = tmp_path / "trace.parquet"
-    d = daemon_factory(dram="16MiB", nvme="64MiB", extra=("--record-trace", str(trace)))
+    d = daemon_factory(dram="16MiB", nvme="64MiB", extra=("--record-trace", str(trace), "--mrc-sample-rate", "1"))
     prompts = [chunk_keys(SMALL, np.arange(256 * 8) + 10**6 * (i % 5)) for i in range(40)]  # 5 prompts, reused
     with Client.connect(d.socket) as c:
         for keys in prompts:

@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 
 
 class AccessObserver:
-    def __init__(self, store: "TieredStore", *, max_keys: int = 8192, queue_limit: int = 4096,
-                 recorder: "TraceRecorder | None" = None) -> None:
+    def __init__(self, store: "TieredStore", *, sample_rate: float = 0.01, max_keys: int = 8192,
+                 queue_limit: int = 4096, recorder: "TraceRecorder | None" = None) -> None:
         self.store = store
-        self.mrc = ShardsMRC.fixed_size(max_keys)
+        # Fixed size (memory bounded by max_keys) starting at a low rate (work per lookup bounded:
+        # at 0.01 a 512-chunk lookup samples ~5 keys); the rate only falls as more keys are seen.
+        self.mrc = ShardsMRC.fixed_size(max_keys, initial_rate=sample_rate)
         self.recorder = recorder
         self.requests = 0
         self.dropped = 0

@@ -165,7 +165,7 @@ def _parse_bool(value: object, where: str, base: str | None) -> bool:
 
 
 def _parse_fraction(value: object, where: str, base: str | None) -> float:
-    """A fraction of DRAM in (0, 1]; "85%" is accepted as 0.85."""
+    """A fraction in (0, 1] (of DRAM, or of keys sampled); "85%" is accepted as 0.85."""
     number: float | None = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         number = float(value)
@@ -174,7 +174,7 @@ def _parse_fraction(value: object, where: str, base: str | None) -> float:
         if m:
             number = float(m[1]) / (100 if m[2] else 1)
     if number is None or not math.isfinite(number) or not 0 < number <= 1:
-        raise ConfigError(f"{where}={value!r}: use a fraction of DRAM above 0 and at most 1, like 0.9 or 90%")
+        raise ConfigError(f"{where}={value!r}: use a fraction above 0 and at most 1, like 0.9 or 90%")
     return number
 
 
@@ -319,6 +319,8 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("max_frame_bytes", _parse_max_frame, "SIZE", "largest control message accepted (default: 16MiB)"),
     _Option("socket_mode", _parse_mode, "MODE", "permission bits of the socket, octal (default: 0600)"),
     _Option("io_threads", _parse_io_threads, "N", "threads doing tier I/O, 1 to 64 (default: 4)"),
+    _Option("mrc_sample_rate", _parse_fraction, "RATE",
+            "share of chunk keys the online hit-rate curve samples, in (0, 1] (default: 0.01)"),
 )
 
 _BY_NAME: dict[str, _Option] = {opt.name: opt for opt in _OPTIONS}
@@ -348,6 +350,7 @@ class Config:
     max_frame_bytes: int = 16 * MiB
     socket_mode: int = 0o600
     io_threads: int = 4
+    mrc_sample_rate: float = 0.01
 
     def __post_init__(self) -> None:
         for opt in _OPTIONS:

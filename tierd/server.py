@@ -52,7 +52,7 @@ class Daemon:
             from tierd.trace_recorder import TraceRecorder
 
             recorder = TraceRecorder(self.config.record_trace)
-        observer = AccessObserver(self.store, recorder=recorder)
+        observer = AccessObserver(self.store, sample_rate=self.config.mrc_sample_rate, recorder=recorder)
         observer.start()
         self.dispatcher = Dispatcher(self.store, extra_info=self._info, observer=observer)
         if self.config.metrics_port is not None:
