@@ -151,3 +151,13 @@ def test_other_clients_are_served_while_one_misbehaves(stored):
     bad.sendall(struct.pack(">I", 50) + b"x")  # a frame that never completes
     unchanged()  # served while the bad client's frame hangs
     bad.close()
+
+
+def test_pipelined_release_of_unknown_lease_is_logged_not_raised(stored, caplog):
+    daemon, unchanged = stored
+    with Client.connect(daemon.socket) as c:
+        c._post("release", lease=424242)  # sent without waiting for the reply
+        with caplog.at_level("WARNING", logger="tierd.client"):
+            assert c.stat()["leases"] == 0  # the next call reads the pending reply first
+        assert "lease 424242" in caplog.text
+    unchanged()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import socket
 import threading
@@ -29,6 +30,8 @@ from tierd.tiers.arena import map_file
 
 if TYPE_CHECKING:
     from tierd.config import Config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +150,7 @@ class GetLease:
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.client._call("release", lease=self.lease)
+            self.client._post("release", lease=self.lease)
 
     def __enter__(self) -> "GetLease":
         return self
@@ -203,8 +206,11 @@ class Client:
     """Blocking client. Thread-safe: calls from several threads are serialised on one connection."""
 
     def __init__(self, call: Callable[[dict[str, Any]], dict[str, Any]], closer: Callable[[], None], name: str = "",
-                 *, map_arena: bool = True) -> None:
+                 *, map_arena: bool = True,
+                 pipe: tuple[Callable[[dict[str, Any]], None], Callable[[], dict[str, Any]]] | None = None) -> None:
         self._send = call
+        self._pipe = pipe  # (send only, receive one reply): lets a call go out without waiting
+        self._pending = 0
         self._closer = closer
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -233,11 +239,17 @@ class Client:
             sock.close()
             raise DaemonUnavailableError(f"cannot connect to tierd at {path}: {exc}") from None
 
-        def call(request: dict[str, Any]) -> dict[str, Any]:
+        def send(request: dict[str, Any]) -> None:
             sock.sendall(frames.pack(request))
+
+        def recv() -> dict[str, Any]:
             return frames.recv_frame(sock)
 
-        return cls(call, sock.close, name, map_arena=map_arena)
+        def call(request: dict[str, Any]) -> dict[str, Any]:
+            send(request)
+            return recv()
+
+        return cls(call, sock.close, name, map_arena=map_arena, pipe=(send, recv))
 
     @classmethod
     def embedded(cls, config: "Config", *, name: str = "embedded") -> "Client":
@@ -278,10 +290,32 @@ class Client:
     def _call(self, op: str, **args: Any) -> dict[str, Any]:
         with self._lock:
             try:
+                self._drain_pending()
                 reply = self._send({"id": next(self._ids), "op": op, **args})
             except (ConnectionError, OSError) as exc:
                 raise DaemonUnavailableError(f"lost the connection to tierd during {op}: {exc}") from None
         return _raise_for(reply)
+
+    def _post(self, op: str, **args: Any) -> None:
+        """Send a request whose reply the caller does not need (a release): no round trip now.
+        Its reply is read before the next call; an error in it is logged, not raised."""
+        if self._pipe is None:
+            self._call(op, **args)
+            return
+        with self._lock:
+            try:
+                self._pipe[0]({"id": next(self._ids), "op": op, **args})
+            except (ConnectionError, OSError) as exc:
+                raise DaemonUnavailableError(f"lost the connection to tierd during {op}: {exc}") from None
+            self._pending += 1
+
+    def _drain_pending(self) -> None:
+        while self._pending:
+            assert self._pipe is not None
+            reply = self._pipe[1]()
+            self._pending -= 1
+            if not reply.get("ok"):
+                log.warning("tierd: a pipelined request failed: %s", reply.get("error"))
 
     def view(self, offset: int, nbytes: int) -> np.ndarray:
         if self.arena is None:
@@ -289,6 +323,11 @@ class Client:
         return self.arena.view(offset, nbytes)
 
     def close(self) -> None:
+        with self._lock:
+            try:
+                self._drain_pending()  # the daemon has seen every release before we hang up
+            except (ConnectionError, OSError):
+                pass
         if self.arena is not None:
             self.arena.close()
         self._closer()
