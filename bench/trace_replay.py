@@ -162,12 +162,14 @@ class ReplaySetup:
     high_watermark: float = 0.95  # the daemon's defaults
     low_watermark: float = 0.85
     verify_every: int = VERIFY_EVERY
+    mrc_sample_rate: float = 0.01  # the daemon's online curve: the share of keys it samples at first
 
     def daemon_args(self, nvme_dir: Path) -> list[str]:
         return ["--dram", str(dram_bytes_for(self.dram_chunks, self.chunk_bytes)),
                 "--nvme", str(nvme_bytes_for(self.nvme_chunks, self.chunk_bytes)), "--nvme-dir", str(nvme_dir),
                 "--demote-high-watermark", str(self.high_watermark),
-                "--demote-low-watermark", str(self.low_watermark), "--no-calibrate"]
+                "--demote-low-watermark", str(self.low_watermark), "--no-calibrate",
+                "--mrc-sample-rate", str(self.mrc_sample_rate)]
 
     @property
     def total_chunks(self) -> int:

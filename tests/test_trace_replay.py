@@ -24,7 +24,7 @@ def test_replay_matches_exact_lru(tmp_path) -> None:
     # within 1-2% of full, so its capacity is the configured one (the defaults, 0.95/0.85, let
     # the demoter take it down to 85% between bursts).
     setup = ReplaySetup(TRACES["conversation"], 300, chunk_bytes=4096, dram_chunks=2500, nvme_chunks=3500,
-                        high_watermark=0.99, low_watermark=0.98, verify_every=8)
+                        high_watermark=0.99, low_watermark=0.98, verify_every=8, mrc_sample_rate=1.0)
     rep = replay(setup, workdir=tmp_path)
     c = rep.counts
     assert c.requests == 300 and c.references == 8490
@@ -45,8 +45,8 @@ def test_replay_matches_exact_lru(tmp_path) -> None:
     d = setup.dram_chunks
     assert abs(rep.dram_hit_ratio - rep.exact[d]) < 0.02, (rep.dram_hit_ratio, rep.exact[d])
 
-    # The daemon's live SHARDS estimate saw the same lookups; with fewer distinct keys than its
-    # 8192-key budget it samples everything, so it is the exact curve.
+    # The daemon's live SHARDS estimate saw the same lookups; asked to sample every key and with
+    # fewer distinct keys than its 8192-key budget, it keeps rate 1: the exact curve.
     assert rep.live["sample_rate"] == 1.0 and rep.live["dropped_requests"] == 0
     assert abs(rep.live_at(t) - rep.exact[t]) < 1e-3 and abs(rep.live_at(d) - rep.exact[d]) < 1e-3
     # The daemon counts the leading run per tier, as the replay does.
