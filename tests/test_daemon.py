@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -176,9 +177,9 @@ def test_client_killed_mid_write_leaks_nothing(daemon):
         holder.kill()
         holder.wait()
         # The daemon notices the closed connection; wait on that condition with a deadline.
-        deadline = __import__("time").monotonic() + 10
-        while c.stat()["sessions"] > 1 and __import__("time").monotonic() < deadline:
-            pass
+        deadline = time.monotonic() + 10
+        while c.stat()["sessions"] > 1 and time.monotonic() < deadline:
+            pass  # poll the daemon's own count until it has seen the close
         st = c.stat()
         assert st["sessions"] == 1 and st["leases"] == 0 and st["reservations"] == 0
         assert st["tiers"][0]["used_bytes"] == baseline

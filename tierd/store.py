@@ -83,12 +83,6 @@ class Chunk:
     def tiers(self) -> list[str]:
         return ([DRAM] if self.slot is not None else []) + list(self.lower)
 
-    @property
-    def top_tier(self) -> str | None:
-        if self.slot is not None:
-            return DRAM
-        return next(iter(self.lower), None)
-
     def evictable(self) -> bool:
         return not self.pinned and self.leases == 0 and self.moving is None
 
@@ -319,12 +313,6 @@ class TieredStore:
         for observer in self.observers:
             observer(keys, codes, prefix)
         return prefix, codes
-
-    def lookup_names(self, keys: Sequence[bytes]) -> tuple[int, list[str | None]]:
-        """`lookup` with tier names instead of codes (for people and tests, not the hot path)."""
-        prefix, codes = self.lookup(keys)
-        names = self.tier_names
-        return prefix, [None if code == ABSENT else names[code] for code in codes]
 
     def _count_lookup(self, codes: bytes, prefix: int) -> None:
         self.lookups += 1
@@ -820,11 +808,8 @@ class TieredStore:
         dirty = [self.index[k] for k in self.dram_lru.oldest_first() if not self.index[k].lower]
         for i in range(0, len(dirty), self._io_threads):
             batch = [c for c in dirty[i : i + self._io_threads] if c.moving is None and c.slot is not None]
-            await asyncio.gather(*(self._flush_one(c) for c in batch))
-
-    async def _flush_one(self, c: Chunk) -> None:
-        assert c.slot is not None
-        await self._write_lower(c, self.lower[0], self.arena.view(c.slot, c.size))
+            await asyncio.gather(*(self._write_lower(c, self.lower[0], self.arena.view(c.slot, c.size))
+                                   for c in batch))
 
     # ----------------------------------------------------------------- metadata persistence
 

@@ -46,8 +46,6 @@ class SchedulerSide:
         self.plan_shape = plan_shape
         self._reqs: dict[str, _RequestState] = {}
         self.link = DaemonLink(cfg.socket, layout, name="vllm-scheduler", map_arena=False)
-        self.lookups = 0
-        self.hit_tokens = 0
 
     # ------------------------------------------------------------------ vLLM hooks
 
@@ -72,7 +70,6 @@ class SchedulerSide:
         except (TierdError, OSError) as exc:
             self.link.drop(exc)
             return 0, False
-        self.lookups += 1
         st.next_save = max(st.next_save, res.prefix)
         load_chunks = res.prefix if res.plan is None else min(res.prefix, res.plan["load_chunks"])
         last_block = (len(prompt) - 1) // self.block_size * self.block_size  # leave >= 1 token to compute
@@ -80,7 +77,6 @@ class SchedulerSide:
         if hit <= num_computed_tokens:
             return 0, False
         st.load = (num_computed_tokens, hit)
-        self.hit_tokens += hit - num_computed_tokens
         return hit - num_computed_tokens, False
 
     def update_state_after_alloc(self, request: "Request", num_external_tokens: int) -> None:

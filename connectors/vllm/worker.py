@@ -36,9 +36,6 @@ class WorkerSide:
         self.paged: PagedKV | None = None
         self.link = DaemonLink(cfg.socket, layout, name="vllm-worker", map_arena=True)
         self._load_errors: set[int] = set()
-        self.loaded_chunks = 0
-        self.saved_chunks = 0
-        self.load_seconds = 0.0
         self._step_started: float | None = None
         self._step_load = 0.0
 
@@ -62,7 +59,6 @@ class WorkerSide:
         for spec in meta.loads:
             self._load(spec)
         self._step_load = time.perf_counter() - started
-        self.load_seconds += self._step_load
 
     def _load(self, spec: LoadSpec) -> None:
         assert self.paged is not None, "register_kv_caches was not called"
@@ -78,7 +74,6 @@ class WorkerSide:
                         lo, hi = max(spec.start, chunk_start), min(spec.end, chunk_start + c)
                         self.paged.scatter(lease.view(j), spec.block_ids[lo // bs : hi // bs], lo - chunk_start)
                         done = hi
-                        self.loaded_chunks += 1
             except (TierdError, OSError) as exc:
                 self.link.drop(exc)
         log.info("tierd: request %s loaded %d tokens in %.2f ms", spec.req_id, done - spec.start,
@@ -123,7 +118,6 @@ class WorkerSide:
                 for i in batch.reserved:
                     first = (spec.first_chunk + i) * c
                     self.paged.gather(spec.block_ids[first // bs : (first + c) // bs], batch.view(i))
-                    self.saved_chunks += 1
         except (TierdError, OSError) as exc:
             self.link.drop(exc)
 
