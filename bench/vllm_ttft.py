@@ -7,16 +7,19 @@ heads, bf16). Each prompt is random token ids, decoded greedily for one token (m
 so TTFT is the `generate` time of that request. In one run, per prompt length:
 
     (a) no connector, prefix caching off: the prefill is recomputed      (the baseline)
-    (b) tierd, warm from DRAM: a second request for the same prompt
+    (b) tierd, warm from DRAM: a later request for the same prompt
     (c) tierd, warm from NVMe: a new engine after the daemon's DRAM was written down and emptied
     (d) vLLM's in-tree ExampleConnector, warm (safetensors files in a temp dir)
     (e) vLLM's own prefix caching, warm (no connector)
 
-Each figure is a ratio to (a). Every configuration prefills a prompt in one engine step
-(max_num_batched_tokens = max_model_len), because the ExampleConnector cannot handle a chunked
-prefill. For (b) the share of TTFT spent in the connector's load (its
-log line "loaded N tokens in X ms") is reported too. Engines run as separate processes (the
-production shape) unless --single-process.
+Warm figures are the median of WARM_REPEATS requests for the same prompt, each loading the
+whole hit again (the engine's own prefix cache is off except in (e), where it is the point).
+Each figure is a ratio to (a). Every engine's worker computes on the same cores
+(VLLM_CPU_NUM_OF_RESERVED_CPU, see tests/e2e/vllm_runner.py). Every configuration prefills a
+prompt in one engine step (max_num_batched_tokens = max_model_len), because the
+ExampleConnector cannot handle a chunked prefill. For (b) the share of TTFT spent in the
+connector's load (its log line "loaded N tokens in X ms", median) is reported too. Engines
+run as separate processes (the production shape) unless --single-process.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import argparse
 import random
 import re
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ from tests.e2e.vllm_runner import run_vllm_doc
 from tierd.client import Client
 from tierd.launch import DaemonProcess
 
+WARM_REPEATS = 3
 LOAD_LINE = re.compile(r"tierd: request \S+ loaded (\d+) tokens in ([\d.]+) ms")
 
 
@@ -61,7 +66,12 @@ def main() -> None:
         model = build_bench_model(work / "model")
         rng = random.Random(0)
         prompts = [[rng.randrange(100, 31000) for _ in range(n)] for n in lengths]
-        twice = [p for p in prompts for _ in range(2)]
+        per = 1 + WARM_REPEATS
+        warm_runs = [p for p in prompts for _ in range(per)]  # cold, then WARM_REPEATS warm
+
+        def warm(times: list[float]) -> list[float]:
+            return [statistics.median(times[i * per + 1 : (i + 1) * per]) for i in range(len(prompts))]
+
         # One prefill step per prompt in every configuration: vLLM's ExampleConnector saves a
         # prompt whole and crashes when a long prefill is chunked over several steps.
         max_len = max(lengths) + 256
@@ -77,9 +87,11 @@ def main() -> None:
 
         a = run("a-recompute", prompts, enable_prefix_caching=False)["generate_s"]
         with DaemonProcess(sock / "s.sock", ["--dram", "4GiB", "--nvme-dir", str(work / "nvme"), "--nvme", "8GiB"]) as d:
-            b_doc = run("b-tierd-dram", twice, enable_prefix_caching=False, kv_transfer_config=tierd_config(d.socket))
-            b = b_doc["generate_s"][1::2]
-            loads = [float(ms) / 1e3 for _, ms in LOAD_LINE.findall(Path(b_doc["log_file"]).read_text())]
+            b_doc = run("b-tierd-dram", warm_runs, enable_prefix_caching=False, kv_transfer_config=tierd_config(d.socket))
+            b = warm(b_doc["generate_s"])
+            all_loads = [float(ms) / 1e3 for _, ms in LOAD_LINE.findall(Path(b_doc["log_file"]).read_text())]
+            loads = [statistics.median(all_loads[i * WARM_REPEATS : (i + 1) * WARM_REPEATS])
+                     for i in range(len(all_loads) // WARM_REPEATS)]
             with Client.connect(d.socket, map_arena=False) as c:
                 c.evict(everything=True, tier="dram")  # every chunk now only on NVMe
                 assert c.stat()["tiers"][0]["chunks"] == 0
@@ -87,9 +99,9 @@ def main() -> None:
             c_ = c_doc["generate_s"]
             with Client.connect(d.socket, map_arena=False) as cl:
                 nvme_hits = next(t for t in cl.stat()["tiers"] if t["name"] == "nvme")["hits"]
-        dd = run("d-example", twice, enable_prefix_caching=False, kv_transfer_config=example_config(work / "example"))
-        d_ = dd["generate_s"][1::2]
-        e = run("e-prefix-cache", twice, enable_prefix_caching=True)["generate_s"][1::2]
+        dd = run("d-example", warm_runs, enable_prefix_caching=False, kv_transfer_config=example_config(work / "example"))
+        d_ = warm(dd["generate_s"])
+        e = warm(run("e-prefix-cache", warm_runs, enable_prefix_caching=True)["generate_s"])
         print(f"\nnvme hits in (c): {nvme_hits}")
         print(f"{'tokens':>7} {'(a) recompute':>14} {'(b) tierd DRAM':>15} {'(c) tierd NVMe':>15} "
               f"{'(d) Example':>12} {'(e) prefix cache':>17} {'(b) load':>9}")

