@@ -83,6 +83,7 @@ class SaveQueue:
         self.link.close()
 
     def _run(self) -> None:
+        self.link.client()  # connect (and map the arena) now, not during the first request
         while (spec := self._jobs.get()) is not None:
             started = time.perf_counter()
             client = self.link.client()

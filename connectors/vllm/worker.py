@@ -51,6 +51,7 @@ class WorkerSide:
         if first.device.type == "cpu":
             check_attention_isa(first.dtype, self.block_size, self.layout.head_dim, self.cache_dtype)
         self.paged = PagedKV(kv_caches, self.layout, self.block_size)
+        self.link.client()  # connect and map the arena at engine start, not in the first request
         log.info("tierd connector: %d KV layers registered (%s)", len(kv_caches),
                  "one buffer" if self.paged.stacked is not None else "per-layer buffers")
 
