@@ -18,7 +18,8 @@ Each figure is a ratio to (a). Every engine's worker computes on the same cores
 (VLLM_CPU_NUM_OF_RESERVED_CPU, see tests/e2e/vllm_runner.py). Every configuration prefills a
 prompt in one engine step (max_num_batched_tokens = max_model_len), because the
 ExampleConnector cannot handle a chunked prefill. For (b) the share of TTFT spent in the
-connector's load (its log line "loaded N tokens in X ms", median) is reported too. Engines
+connector's load (its log line "loaded N tokens in X ms", median) is reported too, and so is
+(b)'s cold request against (a): the same prefill, plus the lookup and the (asynchronous) saves. Engines
 run as separate processes (the production shape) unless --single-process.
 """
 from __future__ import annotations
@@ -89,6 +90,7 @@ def main() -> None:
         with DaemonProcess(sock / "s.sock", ["--dram", "4GiB", "--nvme-dir", str(work / "nvme"), "--nvme", "8GiB"]) as d:
             b_doc = run("b-tierd-dram", warm_runs, enable_prefix_caching=False, kv_transfer_config=tierd_config(d.socket))
             b = warm(b_doc["generate_s"])
+            b_cold = b_doc["generate_s"][::per]  # computed and saved: what the saves cost the first token
             all_loads = [float(ms) / 1e3 for _, ms in LOAD_LINE.findall(Path(b_doc["log_file"]).read_text())]
             loads = [statistics.median(all_loads[i * WARM_REPEATS : (i + 1) * WARM_REPEATS])
                      for i in range(len(all_loads) // WARM_REPEATS)]
@@ -104,10 +106,11 @@ def main() -> None:
         e = warm(run("e-prefix-cache", warm_runs, enable_prefix_caching=True)["generate_s"])
         print(f"\nnvme hits in (c): {nvme_hits}")
         print(f"{'tokens':>7} {'(a) recompute':>14} {'(b) tierd DRAM':>15} {'(c) tierd NVMe':>15} "
-              f"{'(d) Example':>12} {'(e) prefix cache':>17} {'(b) load':>9}")
+              f"{'(d) Example':>12} {'(e) prefix cache':>17} {'(b) load':>9} {'(b) cold':>9}")
         for i, n in enumerate(lengths):
             load = loads[i] if i < len(loads) else float("nan")
-            print(f"{n:>7} {a[i]:>14.3f} {b[i]:>15.3f} {c_[i]:>15.3f} {d_[i]:>12.3f} {e[i]:>17.3f} {load:>9.3f}")
+            print(f"{n:>7} {a[i]:>14.3f} {b[i]:>15.3f} {c_[i]:>15.3f} {d_[i]:>12.3f} {e[i]:>17.3f} {load:>9.3f} "
+                  f"{b_cold[i]:>9.3f}")
         for i, n in enumerate(lengths):
             k = f"{n // 1024}k"
             figure(f"ttft_{k}_tierd_dram", b[i], "s", "recompute (no connector)", a[i], higher_is_better=False)
@@ -115,6 +118,8 @@ def main() -> None:
             figure(f"ttft_{k}_example_connector", d_[i], "s", "recompute (no connector)", a[i], higher_is_better=False)
             figure(f"ttft_{k}_vllm_prefix_cache", e[i], "s", "recompute (no connector)", a[i], higher_is_better=False)
             figure(f"ttft_{k}_tierd_dram_vs_example", b[i], "s", "ExampleConnector warm", d_[i], higher_is_better=False)
+            figure(f"ttft_{k}_tierd_cold_with_saves", b_cold[i], "s", "recompute (no connector)", a[i],
+                   higher_is_better=False)
             if i < len(loads):
                 figure(f"ttft_{k}_tierd_dram_load_share", loads[i] / b[i], "fraction", "TTFT (b)", 1.0,
                        load_seconds=round(loads[i], 4))
