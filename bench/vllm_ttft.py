@@ -39,7 +39,7 @@ from tests.e2e.vllm_runner import run_vllm_doc
 from tierd.client import Client
 from tierd.launch import DaemonProcess
 
-WARM_REPEATS = 3
+WARM_REPEATS = 5
 LOAD_LINE = re.compile(r"tierd: request \S+ loaded (\d+) tokens in ([\d.]+) ms")
 
 
