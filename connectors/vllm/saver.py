@@ -41,8 +41,8 @@ class SaveQueue:
         self._cond = threading.Condition()
         self._pending: Counter[str] = Counter()  # request id -> saves not yet ended
         self._ended: list[int] = []  # save ids ended since the last take_ended()
-        self._thread = threading.Thread(target=self._run, name="tierd-saver", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self._run, name="tierd-saver", daemon=True)
+        self.thread.start()
 
     def submit(self, spec: SaveSpec) -> None:
         with self._cond:
@@ -79,7 +79,7 @@ class SaveQueue:
         if not self.drain(timeout):
             log.warning("tierd: %d saves still queued at shutdown; dropping them", sum(self._pending.values()))
         self._jobs.put(None)
-        self._thread.join(timeout=5.0)
+        self.thread.join(timeout=5.0)
         self.link.close()
 
     def _run(self) -> None:

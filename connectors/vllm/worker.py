@@ -1,10 +1,12 @@
 """Worker side of the connector: moves KV between vLLM's paged cache and tierd's arena.
 
-Loads run in `start_load_kv`, before the forward pass: one acquire per request leases the chunks
-(promoting from NVMe in the daemon), and each is scattered straight from the shared arena into
-the request's blocks. A chunk that is missing or fails verification is a load error: its blocks
-are reported through `get_block_ids_with_load_errors` and vLLM recomputes them (or fails the
-request, per `kv_load_failure_policy`). Never is a block filled with data that did not verify.
+Loads start in `start_load_kv`, before the forward pass: one acquire per request leases the
+chunks (promoting from NVMe in the daemon), and the layer loader (`loader.py`) scatters them
+straight from the shared arena into the request's blocks, layer by layer, beside the forward
+pass, which waits in `wait_for_layer_load` only for the layer it is about to use. A chunk that
+is missing or fails verification is a load error: its blocks are reported through
+`get_block_ids_with_load_errors` and vLLM recomputes them (or fails the request, per
+`kv_load_failure_policy`). Never is a block filled with data that did not verify.
 
 Saves are queued in `wait_for_save`, after the forward pass, and run on the save queue's
 thread (`saver.py`): one reserve per request, a gather of each new chunk from the blocks straight
@@ -18,14 +20,17 @@ from __future__ import annotations
 
 import logging
 import time
+
 import torch
 
 from connectors.vllm.config import ConnectorConfig
+from connectors.vllm.cores import move_to_spare_cores
 from connectors.vllm.link import DaemonLink
+from connectors.vllm.loader import LayerLoader, Piece
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata, TierdWorkerMetadata
 from connectors.vllm.paged import PagedKV, check_attention_isa
 from connectors.vllm.saver import SaveQueue
-from tierd.client import Client
+from tierd.client import Client, GetLease
 from tierd.errors import TierdError
 from tierd.layout import Layout
 
@@ -43,6 +48,11 @@ class WorkerSide:
         self.saves = SaveQueue(DaemonLink(cfg.socket, layout, name="vllm-saver", map_arena=True), self._save)
         self._held: set[str] = set()  # finished requests whose blocks vLLM holds for our saves
         self._load_errors: set[int] = set()
+        self.loader: LayerLoader | None = None
+        self._leases: list[GetLease] = []  # held until this step's copies are done
+        self._loading: list[tuple[LoadSpec, int]] = []  # this step's loads, and the token each reaches
+        self._load_started = 0.0
+        self._copying = False  # the layer loader has this step's copies
         self._step_started: float | None = None
         self._step_load = 0.0
 
@@ -51,9 +61,12 @@ class WorkerSide:
         if first.device.type == "cpu":
             check_attention_isa(first.dtype, self.block_size, self.layout.head_dim, self.cache_dtype)
         self.paged = PagedKV(kv_caches, self.layout, self.block_size)
+        self.loader = LayerLoader(self.paged)
+        cores = move_to_spare_cores([self.loader.thread, self.saves.thread])
         self.link.client()  # connect and map the arena at engine start, not in the first request
-        log.info("tierd connector: %d KV layers registered (%s)", len(kv_caches),
-                 "one buffer" if self.paged.stacked is not None else "per-layer buffers")
+        log.info("tierd connector: %d KV layers registered (%s); copies run on %s", len(kv_caches),
+                 "one buffer" if self.paged.stacked is not None else "per-layer buffers",
+                 f"cores {sorted(cores)}" if cores else "the worker's own cores")
 
     # ------------------------------------------------------------------ loads
 
@@ -72,34 +85,74 @@ class WorkerSide:
                      (time.perf_counter() - started) * 1e3)
 
     def start_load_kv(self, meta: TierdConnectorMetadata) -> None:
-        started = time.perf_counter()
-        for spec in meta.loads:
-            self._load(spec)
-        self._step_load = time.perf_counter() - started
-
-    def _load(self, spec: LoadSpec) -> None:
-        assert self.paged is not None, "register_kv_caches was not called"
-        started = time.perf_counter()
+        """Lease every chunk this step loads, then let the layer loader copy them in."""
+        if not meta.loads:
+            return
+        assert self.paged is not None and self.loader is not None, "register_kv_caches was not called"
+        started = self._load_started = time.perf_counter()
         c, bs = self.layout.chunk_tokens, self.block_size
-        done = spec.start  # tokens before this are in place
+        pieces: list[Piece] = []
+        self._loading = [(spec, spec.start) for spec in meta.loads]
         client = self.link.client()
         if client is not None:
             try:
-                with client.get(self.layout, spec.keys) as lease:
+                for i, spec in enumerate(meta.loads):
+                    lease = client.get(self.layout, spec.keys)
+                    self._leases.append(lease)
+                    done = spec.start  # tokens before this will be in place
                     for j in range(lease.count):
                         chunk_start = (spec.first_chunk + j) * c
                         lo, hi = max(spec.start, chunk_start), min(spec.end, chunk_start + c)
-                        self.paged.scatter(lease.view(j), spec.block_ids[lo // bs : hi // bs], lo - chunk_start)
+                        pieces.append((lease.view(j), spec.block_ids[lo // bs : hi // bs], lo - chunk_start))
                         done = hi
+                    self._loading[i] = (spec, done)
+            except (TierdError, OSError) as exc:
+                # The views of a dropped connection are gone with it: load nothing this step.
+                self._leases, pieces = [], []
+                self._loading = [(spec, spec.start) for spec in meta.loads]
+                self.link.drop(exc)
+        self._copying = bool(pieces)
+        if pieces:
+            self.loader.start(pieces)
+        self._step_load = time.perf_counter() - started
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        if self._copying and self.loader is not None and self.paged is not None:
+            index = self.paged.layer_index.get(layer_name)
+            if index is None:
+                self.loader.wait_all()
+            else:
+                self.loader.wait_layer(index)
+
+    def _finish_loads(self) -> None:
+        """After the forward pass: every copy done, leases released, failures reported."""
+        if not self._loading:
+            return
+        assert self.loader is not None
+        copied = self.loader.wait_all() if self._copying else True
+        if self._copying:
+            self._step_load += self.loader.waited
+        bs = self.block_size
+        tokens = 0
+        for spec, done in self._loading:
+            if not copied:
+                done = spec.start  # an incomplete copy: none of it may be used
+            tokens += done - spec.start
+            if done < spec.end:  # the rest did not load: vLLM must recompute it
+                failed = spec.block_ids[done // bs : -(-spec.end // bs)]
+                log.warning("request %s: %d of %d tokens not loaded from tierd; %d blocks to recompute",
+                            spec.req_id, spec.end - done, spec.end - spec.start, len(failed))
+                self._load_errors.update(failed)
+        log.info("tierd: loaded %d tokens for %d requests in %.2f ms (the forward waited %.2f ms)", tokens,
+                 len(self._loading), (self.loader.finished_at - self._load_started) * 1e3 if self._copying else 0.0,
+                 self.loader.waited * 1e3 if self._copying else 0.0)
+        leases, self._leases, self._loading, self._copying = self._leases, [], [], False
+        for lease in leases:
+            try:
+                lease.release()
             except (TierdError, OSError) as exc:
                 self.link.drop(exc)
-        log.info("tierd: request %s loaded %d tokens in %.2f ms", spec.req_id, done - spec.start,
-                 (time.perf_counter() - started) * 1e3)
-        if done < spec.end:  # the rest did not load: vLLM must recompute it
-            failed = spec.block_ids[done // bs : -(-spec.end // bs)]
-            log.warning("request %s: %d of %d tokens not loaded from tierd; %d blocks to recompute",
-                        spec.req_id, spec.end - done, spec.end - spec.start, len(failed))
-            self._load_errors.update(failed)
+                break
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()
@@ -108,6 +161,7 @@ class WorkerSide:
     # ------------------------------------------------------------------ saves
 
     def wait_for_save(self, meta: TierdConnectorMetadata) -> None:
+        self._finish_loads()
         if meta.prefill is not None and self._step_started is not None:
             self._report_prefill(*meta.prefill, time.perf_counter() - self._step_started - self._step_load)
         for spec in meta.saves:
@@ -144,5 +198,7 @@ class WorkerSide:
                 self.paged.gather(spec.block_ids[first // bs : (first + c) // bs], batch.view(i))
 
     def shutdown(self) -> None:
+        if self.loader is not None:
+            self.loader.close()
         self.saves.close()
         self.link.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from connectors.vllm.loader import LayerLoader
 from connectors.vllm.paged import PagedKV, layer_order
 from tierd.errors import LayoutMismatchError
 from tierd.layout import Layout
@@ -80,3 +81,37 @@ def test_layer_order_is_numeric():
 def test_mismatched_caches_are_refused(change, text):
     with pytest.raises(LayoutMismatchError, match=text):
         PagedKV(change(_caches(False)), LAYOUT, BS)
+
+
+@pytest.mark.parametrize("one_buffer", [False, True])
+def test_layer_loader_fills_layer_by_layer_and_matches_a_whole_scatter(one_buffer):
+    src_caches = _caches(one_buffer)
+    src = PagedKV(src_caches, LAYOUT, BS)
+    chunks = [torch.empty(LAYOUT.chunk_shape) for _ in range(2)]
+    src.gather([3, 5], chunks[0])
+    src.gather([8, 6], chunks[1])
+    whole = {k: torch.zeros_like(v) for k, v in src_caches.items()}
+    PagedKV(whole, LAYOUT, BS).scatter(chunks[0], [1, 2])
+    PagedKV(whole, LAYOUT, BS).scatter(chunks[1], [4], first_token=BS)
+    layered = {k: torch.zeros_like(v) for k, v in src_caches.items()}
+    dst = PagedKV(layered, LAYOUT, BS)
+    dst.scatter(chunks[0], [1, 2], layers=range(1, 2))  # one layer only
+    names = layer_order(list(src_caches))
+    assert layered[names[1]][1:3].equal(whole[names[1]][1:3]) and not layered[names[0]].any()
+
+    layered = {k: torch.zeros_like(v) for k, v in src_caches.items()}
+    loader = LayerLoader(PagedKV(layered, LAYOUT, BS))
+    loader.start([(chunks[0].numpy(), [1, 2], 0), (chunks[1].numpy(), [4], BS)])
+    loader.wait_layer(0)
+    assert layered[names[0]].equal(whole[names[0]])  # layer 0 of every piece is in place
+    assert loader.wait_all()
+    for name in names:
+        assert layered[name].equal(whole[name])
+    loader.close()
+
+
+def test_layer_loader_reports_a_failed_copy_instead_of_hanging():
+    loader = LayerLoader(PagedKV(_caches(True), LAYOUT, BS))
+    loader.start([(torch.empty(3).numpy(), [1], 0)])  # not a chunk: the copy raises
+    assert loader.wait_all() is False
+    loader.close()
