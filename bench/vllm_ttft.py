@@ -94,10 +94,9 @@ def main() -> None:
             b_cold = b_doc["generate_s"][::per]  # computed and saved: what the saves cost the first token
             lines = [(float(ms) / 1e3, float(waited) / 1e3)
                      for n, ms, waited in LOAD_LINE.findall(Path(b_doc["log_file"]).read_text()) if int(n) > 0]
-            loads = [statistics.median(x for x, _ in lines[i * WARM_REPEATS : (i + 1) * WARM_REPEATS])
-                     for i in range(len(lines) // WARM_REPEATS)]
-            waits = [statistics.median(w for _, w in lines[i * WARM_REPEATS : (i + 1) * WARM_REPEATS])
-                     for i in range(len(lines) // WARM_REPEATS)]
+            per_prompt = [lines[i : i + WARM_REPEATS] for i in range(0, len(lines) - WARM_REPEATS + 1, WARM_REPEATS)]
+            loads = [statistics.median(x for x, _ in group) for group in per_prompt]
+            waits = [statistics.median(w for _, w in group) for group in per_prompt]
             with Client.connect(d.socket, map_arena=False) as c:
                 c.evict(everything=True, tier="dram")  # every chunk now only on NVMe
                 assert c.stat()["tiers"][0]["chunks"] == 0

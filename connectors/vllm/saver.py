@@ -49,10 +49,6 @@ class SaveQueue:
             self._pending[spec.req_id] += 1
         self._jobs.put(spec)
 
-    def pending(self, req_id: str) -> int:
-        with self._cond:
-            return self._pending[req_id]
-
     def finished(self, req_ids: set[str]) -> set[str]:
         """Those of `req_ids` with no save still running or queued."""
         with self._cond:

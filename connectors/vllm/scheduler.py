@@ -47,7 +47,7 @@ class _RequestState:
     block_ids: list[int] = field(default_factory=list)
     next_save: int = 0  # first chunk index not yet known to be in tierd
     load: tuple[int, int] | None = None  # (first token, end token) to load at the next step
-    waiting_since: float | None = None  # when it started waiting for chunks on their way
+    waiting_since: float | None = None  # when it first waited for chunks on their way (the limit runs from here)
 
 
 class SchedulerSide:
@@ -59,8 +59,7 @@ class SchedulerSide:
         self._reqs: dict[str, _RequestState] = {}
         self._next_save_id = 1
         self._saving: dict[int, tuple[str, list[bytes]]] = {}  # save id -> (request, keys), not yet ended
-        self._saving_keys: Counter[bytes] = Counter()
-        self._saving_reqs: Counter[str] = Counter()
+        self._saving_keys: Counter[bytes] = Counter()  # keys of self._saving, with multiplicity
         self._held: list[str] = []  # finished with saves running: tell the worker at the next step
         self.link = DaemonLink(cfg.socket, layout, name="vllm-scheduler", map_arena=False)
 
@@ -94,7 +93,6 @@ class SchedulerSide:
         if self._worth_waiting(st, res.prefix, load_chunks, max(hit, num_computed_tokens), last_block):
             log.debug("tierd: request %s waits for chunk %d, being saved", request.request_id, res.prefix)
             return None, False  # vLLM asks again at its next step
-        st.waiting_since = None
         if hit <= num_computed_tokens:
             return 0, False
         st.load = (num_computed_tokens, hit)
@@ -161,7 +159,7 @@ class SchedulerSide:
         """Forget the request; True if saves of it are still running (vLLM must keep its blocks
         until the worker reports them ended, which it does once told through `held`)."""
         self._reqs.pop(request.request_id, None)
-        if self._saving_reqs[request.request_id]:
+        if any(req_id == request.request_id for req_id, _ in self._saving.values()):
             self._held.append(request.request_id)
             return True
         return False
@@ -170,17 +168,11 @@ class SchedulerSide:
         """The worker's report: these saves are done (stored or dropped); their chunks are no
         longer on their way."""
         for sid in save_ids:
-            entry = self._saving.pop(sid, None)
-            if entry is None:
-                continue
-            req_id, keys = entry
-            self._saving_reqs[req_id] -= 1
-            if self._saving_reqs[req_id] <= 0:
-                del self._saving_reqs[req_id]
-            self._saving_keys.subtract(keys)
+            _, keys = self._saving.pop(sid, ("", []))
             for key in keys:
+                self._saving_keys[key] -= 1
                 if self._saving_keys[key] <= 0:
-                    self._saving_keys.pop(key, None)
+                    del self._saving_keys[key]
 
     # ------------------------------------------------------------------ helpers
 
@@ -214,5 +206,4 @@ class SchedulerSide:
         meta.saves.append(SaveSpec(req_id, keys, st.next_save, list(st.block_ids[:blocks]), sid))
         self._saving[sid] = (req_id, keys)
         self._saving_keys.update(keys)
-        self._saving_reqs[req_id] += 1
         st.next_save = full

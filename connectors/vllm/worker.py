@@ -92,32 +92,31 @@ class WorkerSide:
         started = self._load_started = time.perf_counter()
         c, bs = self.layout.chunk_tokens, self.block_size
         pieces: list[Piece] = []
-        self._loading = [(spec, spec.start) for spec in meta.loads]
+        reached = [spec.start for spec in meta.loads]  # the token each load will have in place
         client = self.link.client()
         if client is not None:
             try:
                 for i, spec in enumerate(meta.loads):
                     lease = client.get(self.layout, spec.keys)
                     self._leases.append(lease)
-                    done = spec.start  # tokens before this will be in place
                     for j in range(lease.count):
                         chunk_start = (spec.first_chunk + j) * c
                         lo, hi = max(spec.start, chunk_start), min(spec.end, chunk_start + c)
                         pieces.append((lease.view(j), spec.block_ids[lo // bs : hi // bs], lo - chunk_start))
-                        done = hi
-                    self._loading[i] = (spec, done)
+                        reached[i] = hi
             except (TierdError, OSError) as exc:
                 # The views of a dropped connection are gone with it: load nothing this step.
                 self._leases, pieces = [], []
-                self._loading = [(spec, spec.start) for spec in meta.loads]
                 self.link.drop(exc)
+        self._loading = [(spec, r if pieces else spec.start) for spec, r in zip(meta.loads, reached)]
         self._copying = bool(pieces)
         if pieces:
             self.loader.start(pieces)
         self._step_load = time.perf_counter() - started
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        if self._copying and self.loader is not None and self.paged is not None:
+        if self._copying:
+            assert self.loader is not None and self.paged is not None
             index = self.paged.layer_index.get(layer_name)
             if index is None:
                 self.loader.wait_all()
@@ -129,9 +128,11 @@ class WorkerSide:
         if not self._loading:
             return
         assert self.loader is not None
-        copied = self.loader.wait_all() if self._copying else True
+        copied, copy_s, waited_s = True, 0.0, 0.0
         if self._copying:
-            self._step_load += self.loader.waited
+            copied = self.loader.wait_all()
+            copy_s, waited_s = self.loader.finished_at - self._load_started, self.loader.waited
+            self._step_load += waited_s
         bs = self.block_size
         tokens = 0
         for spec, done in self._loading:
@@ -144,8 +145,7 @@ class WorkerSide:
                             spec.req_id, spec.end - done, spec.end - spec.start, len(failed))
                 self._load_errors.update(failed)
         log.info("tierd: loaded %d tokens for %d requests in %.2f ms (the forward waited %.2f ms)", tokens,
-                 len(self._loading), (self.loader.finished_at - self._load_started) * 1e3 if self._copying else 0.0,
-                 self.loader.waited * 1e3 if self._copying else 0.0)
+                 len(self._loading), copy_s * 1e3, waited_s * 1e3)
         leases, self._leases, self._loading, self._copying = self._leases, [], [], False
         for lease in leases:
             try:

@@ -84,7 +84,7 @@ def test_preemption_waits_for_the_preempted_requests_saves(daemon):
     assert not done.wait(0.05)  # blocked: the save still reads the blocks
     gate.set()
     t.join(30)
-    assert done.is_set() and w.saves.pending("r1") == 0
+    assert done.is_set() and w.saves.finished({"r1"}) == {"r1"}
     w.shutdown()
 
 
