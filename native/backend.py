@@ -1,0 +1,124 @@
+"""Choosing, at run time and in one place, which implementation moves a cache's KV.
+
+- CPU caches: the C++/OpenMP kernels ("cpp") when the library is built or can be built here,
+  else the pure-torch reference ("torch"). `bench/gather_scatter.py` measures both (and
+  numpy's per-block copies) so the choice rests on figures, not belief.
+- CUDA caches: the CUDA kernels ("cuda") where nvcc and a CUDA-enabled torch exist, else the
+  torch reference on the device.
+
+`TIERD_NATIVE_BACKEND` (auto, cpp, cuda, torch) overrides the choice; asking for a backend
+that cannot run here is an error naming why, never a silent fallback.
+"""
+from __future__ import annotations
+
+import os
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from native import cpu, cuda, reference
+from native.cache import PagedCache
+from native.chunks import Buffer, chunk_batch
+from native.runs import layer_range, validate
+from tierd.errors import InvalidArgumentError
+
+BACKENDS = ("auto", "cpp", "cuda", "torch")
+
+
+class Copier(Protocol):
+    """Moves KV between one paged cache and canonical chunks.
+
+    Called from the connector's loader and saver threads (one copier per thread is not needed:
+    calls are independent). `gather` writes every token of `runs` into the chunks, `scatter`
+    writes them into the cache, for `layers` (default all). Blocks the calling thread until the
+    copy is done on CPU; on CUDA returns once the copy is queued on the copier's stream.
+    Bad runs or chunks raise InvalidArgumentError before any byte moves."""
+
+    backend: str
+
+    def gather(self, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None = None) -> None: ...
+
+    def scatter(self, chunks: Sequence[Buffer], runs: np.ndarray, layers: range | None = None) -> None: ...
+
+
+class TorchCopier:
+    """The pure-torch reference behind the Copier interface (the fallback everywhere)."""
+
+    backend = "torch"
+
+    def __init__(self, cache: PagedCache) -> None:
+        self.cache = cache
+
+    def gather(self, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None = None) -> None:
+        batch, r, want = self._check(runs, chunks, writable=True, layers=layers)
+        reference.gather(self.cache, r, batch.tensors(self.cache), want)
+
+    def scatter(self, chunks: Sequence[Buffer], runs: np.ndarray, layers: range | None = None) -> None:
+        batch, r, want = self._check(runs, chunks, writable=False, layers=layers)
+        reference.scatter(self.cache, batch.tensors(self.cache), r, want)
+
+    def _check(self, runs, chunks, *, writable, layers):  # type: ignore[no-untyped-def]
+        c = self.cache
+        batch = chunk_batch(c, chunks, writable=writable)
+        r = validate(runs, num_chunks=len(batch.ptrs), chunk_tokens=batch.tokens, num_blocks=c.num_blocks,
+                     block_size=c.block_size)
+        return batch, r, layer_range(layers, c.num_layers)
+
+
+def requested() -> str:
+    want = os.environ.get("TIERD_NATIVE_BACKEND", "auto").strip().lower() or "auto"
+    if want not in BACKENDS:
+        raise InvalidArgumentError(f"TIERD_NATIVE_BACKEND={want!r}: use one of {', '.join(BACKENDS)}")
+    return want
+
+
+def copier(cache: PagedCache, backend: str | None = None, *, threads: int | None = None) -> Copier:
+    """The copier for `cache`: `backend` if given, else $TIERD_NATIVE_BACKEND, else the best here."""
+    want = backend or requested()
+    if want not in BACKENDS:
+        raise InvalidArgumentError(f"backend {want!r}: use one of {', '.join(BACKENDS)}")
+    if want == "torch":
+        return TorchCopier(cache)
+    if cache.device.type == "cuda":
+        if want == "cpp":
+            raise InvalidArgumentError(f"backend 'cpp' copies CPU caches; this one is on {cache.device}")
+        gpu_kernels, how = cuda.load()
+        if gpu_kernels is not None:
+            return cuda.CudaCopier(cache, gpu_kernels)
+        if want == "cuda":
+            raise InvalidArgumentError(f"backend 'cuda' is not available here: {how}")
+        return TorchCopier(cache)
+    if want == "cuda":
+        raise InvalidArgumentError(f"backend 'cuda' copies device caches; this one is on {cache.device}")
+    cpu_kernels, how = cpu.load()
+    if cpu_kernels is not None:
+        return cpu.CpuCopier(cache, cpu_kernels, threads)
+    if want == "cpp":
+        raise InvalidArgumentError(f"backend 'cpp' is not available here: {how}")
+    return TorchCopier(cache)
+
+
+def report() -> dict[str, object]:
+    """Which implementation runs here and why (for `python -m native` and `tierd doctor`)."""
+    import torch
+
+    cpu_kernels, cpu_how = cpu.load()
+    cuda_kernels, cuda_how = cuda.load()
+    from native.build import compiler, nvcc
+
+    want = requested()
+    return {
+        "requested": want,
+        "cpu_backend": "torch" if want == "torch" or cpu_kernels is None else "cpp",
+        "cpu_library": cpu_how,
+        "openmp_threads": cpu_kernels.openmp_threads if cpu_kernels else 0,
+        "copy_threads": cpu.default_threads(),
+        "cuda_backend": "cuda" if cuda_kernels is not None and want in ("auto", "cuda") else
+                        ("torch" if torch.cuda.is_available() else "none (no CUDA device)"),
+        "cuda_library": cuda_how,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "compiler": compiler(),
+        "nvcc": nvcc(),
+    }

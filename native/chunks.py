@@ -1,0 +1,71 @@
+"""The chunk side of a copy: canonical [layers, 2, tokens, heads * head_dim] buffers, given as
+torch tensors or as raw arena bytes (numpy arrays), turned into addresses for the kernels.
+
+Why checked here: the kernels trust every address and length, so a buffer of the wrong size
+must fail in Python with a message, not scribble past an arena slot.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+
+from native.cache import RAW_DTYPES, PagedCache
+from tierd.errors import InvalidArgumentError
+
+Buffer = Union[torch.Tensor, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkBatch:
+    """Addresses of a batch of equally sized canonical chunks, and how many tokens each holds."""
+
+    ptrs: np.ndarray  # int64 [chunks]
+    tokens: int
+    buffers: tuple[Buffer, ...]  # kept so the memory outlives the call
+
+    def tensors(self, cache: PagedCache) -> list[torch.Tensor]:
+        """The chunks as torch tensors of raw elements, [layers, 2, tokens, row] (for the reference)."""
+        out = []
+        for b in self.buffers:
+            if isinstance(b, np.ndarray):
+                with warnings.catch_warnings():  # a read-only arena view is fine to read from
+                    warnings.simplefilter("ignore", UserWarning)
+                    b = torch.from_numpy(b.reshape(-1).view(np.uint8))
+            out.append(b.reshape(-1).view(torch.uint8).view(RAW_DTYPES[cache.itemsize])
+                       .view(cache.num_layers, 2, self.tokens, cache.chunk_row))
+        return out
+
+
+def chunk_batch(cache: PagedCache, chunks: Sequence[Buffer], *, writable: bool) -> ChunkBatch:
+    """Check that every chunk is one contiguous canonical chunk of the same token count."""
+    if not chunks:
+        raise InvalidArgumentError("no chunks given")
+    per_token = cache.num_layers * 2 * cache.chunk_row * cache.itemsize
+    ptrs, tokens = [], None
+    for i, c in enumerate(chunks):
+        if isinstance(c, torch.Tensor):
+            if not c.is_contiguous():
+                raise InvalidArgumentError(f"chunk {i} is not contiguous; pass the arena slot (or a contiguous tensor)")
+            nbytes, ptr = c.numel() * c.element_size(), c.data_ptr()
+        elif isinstance(c, np.ndarray):
+            if not c.flags.c_contiguous:
+                raise InvalidArgumentError(f"chunk {i} is not a contiguous array")
+            if writable and not c.flags.writeable:
+                raise InvalidArgumentError(f"chunk {i} is read-only; a gather writes into it")
+            nbytes, ptr = c.nbytes, c.ctypes.data
+        else:
+            raise InvalidArgumentError(f"chunk {i} is a {type(c).__name__}; pass a torch tensor or a numpy array")
+        if nbytes == 0 or nbytes % per_token:
+            raise InvalidArgumentError(
+                f"chunk {i} has {nbytes} bytes, not a whole number of tokens of {per_token} bytes "
+                f"([{cache.num_layers}, 2, tokens, {cache.chunk_row}] x {cache.itemsize} B)"
+            )
+        if tokens is not None and nbytes // per_token != tokens:
+            raise InvalidArgumentError(f"chunk {i} holds {nbytes // per_token} tokens, chunk 0 holds {tokens}")
+        tokens = nbytes // per_token
+        ptrs.append(ptr)
+    return ChunkBatch(np.array(ptrs, dtype=np.int64), int(tokens or 0), tuple(chunks))

@@ -1,0 +1,104 @@
+"""The C++/OpenMP CPU kernels (csrc/gather_scatter_cpu.cpp), loaded with ctypes.
+
+Threads: one by default. vLLM pins torch's OpenMP threads to the model's cores, and a small
+copy that fans out over busy cores stalls (connectors/vllm/paged.py measured 0.5 ms
+single-threaded against 12-120 ms through a thread pool on a loaded 2-core machine), so the
+connector copies on one thread placed on a spare core; more threads only when the caller
+knows the cores are free (`threads=N`, or `TIERD_NATIVE_THREADS`).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from native.build import Found, find_cpu_library
+from native.cache import PagedCache
+from native.chunks import Buffer, chunk_batch
+from native.runs import layer_range, validate
+from tierd.errors import InvalidArgumentError
+
+ABI = 1
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+
+
+class CpuKernels:
+    """The loaded library. Thread-safe: every call is independent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        lib = ctypes.CDLL(str(path))  # CDLL releases the GIL for the duration of each call
+        if lib.tierd_native_abi() != ABI:
+            raise OSError(f"{path} speaks native ABI {lib.tierd_native_abi()}, this package {ABI}")
+        fn = lib.tierd_gather_scatter
+        fn.argtypes = [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        self._fn = fn
+        self.openmp_threads = int(lib.tierd_native_openmp())
+
+    def copy(self, direction: int, cache: PagedCache, runs: np.ndarray, chunk_ptrs: np.ndarray, chunk_tokens: int,
+             layers: range, threads: int) -> None:
+        """direction 0 gathers, 1 scatters. Arguments must already be validated."""
+        rc = self._fn(direction, cache.ptrs.ctypes.data, cache.strides.ctypes.data, layers.start, layers.stop,
+                      cache.num_kv_heads, cache.head_dim, cache.itemsize, chunk_ptrs.ctypes.data, chunk_tokens,
+                      runs.ctypes.data, len(runs), threads)
+        if rc != 0:
+            raise InvalidArgumentError(f"native CPU gather/scatter refused element size {cache.itemsize}")
+
+
+@functools.cache
+def load() -> tuple[CpuKernels | None, str]:
+    """The process's CPU kernels (found or built once), or None and why not."""
+    found: Found = find_cpu_library()
+    if found.path is None:
+        return None, found.how
+    try:
+        return CpuKernels(found.path), f"{found.path} ({found.how})"
+    except (OSError, AttributeError) as exc:
+        return None, f"{found.path} did not load: {exc}"
+
+
+def default_threads() -> int:
+    try:
+        return max(1, int(os.environ.get("TIERD_NATIVE_THREADS", "1")))
+    except ValueError:
+        raise InvalidArgumentError(
+            f"TIERD_NATIVE_THREADS={os.environ['TIERD_NATIVE_THREADS']!r}: use a positive integer") from None
+
+
+class CpuCopier:
+    """Gather/scatter for one CPU cache through the C++ kernels."""
+
+    backend = "cpp"
+
+    def __init__(self, cache: PagedCache, kernels: CpuKernels, threads: int | None = None) -> None:
+        if cache.device.type != "cpu":
+            raise InvalidArgumentError(f"the CPU kernels need a CPU cache, this one is on {cache.device}")
+        self.cache = cache
+        self.kernels = kernels
+        self.threads = threads if threads is not None else default_threads()
+
+    def gather(self, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None = None) -> None:
+        self._copy(0, runs, chunks, layers)
+
+    def scatter(self, chunks: Sequence[Buffer], runs: np.ndarray, layers: range | None = None) -> None:
+        self._copy(1, runs, chunks, layers)
+
+    def _copy(self, direction: int, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None) -> None:
+        c = self.cache
+        batch = chunk_batch(c, chunks, writable=direction == 0)
+        for b in batch.buffers:
+            if isinstance(b, torch.Tensor) and b.device.type != "cpu":
+                raise InvalidArgumentError(f"a CPU copy cannot reach a chunk on {b.device}")
+        r = validate(runs, num_chunks=len(batch.ptrs), chunk_tokens=batch.tokens, num_blocks=c.num_blocks,
+                     block_size=c.block_size)
+        want = layer_range(layers, c.num_layers)
+        if len(r) and len(want):
+            self.kernels.copy(direction, c, r, batch.ptrs, batch.tokens, want, self.threads)
+

@@ -1,0 +1,109 @@
+// CUDA gather/scatter between a paged KV cache and tierd's canonical chunk layout.
+//
+// Same descriptor as the CPU library (gather_scatter_cpu.cpp): per (layer, K/V) the address
+// of element (block 0, head 0, token 0, dim 0) and element strides (block, head, token, dim);
+// runs of (chunk, chunk token, block, block token, count); chunks canonical
+// [layers, 2, chunk_tokens, heads * head_dim]. One launch moves every run of every layer of a
+// batch of chunks: strata/HiCache show a copy per block cannot fill PCIe.
+//
+// The chunk pointers may be device memory or pinned host memory registered with
+// cudaHostRegister (UVA makes the host address valid on the device), so a gather can write
+// straight into tierd's shared-memory arena with no staging copy.
+//
+// Loaded with ctypes from native/cuda.py; every index was validated there. Built with
+// `nvcc -O3 -shared -Xcompiler -fPIC` only where nvcc and a CUDA-enabled torch exist.
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace {
+
+// One CTA per (run, layer, K/V); threads stride over (head, token, dim vector).
+// VEC is the element group one thread moves at once: 16 bytes when the head's row is
+// 16-byte aligned on both sides, else one element.
+template <typename V>
+__global__ void copy_kernel(bool gather, const int64_t* __restrict__ ptrs, const int64_t* __restrict__ strides,
+                            int64_t layer_lo, int64_t heads, int64_t head_dim, int64_t itemsize,
+                            const int64_t* __restrict__ chunk_ptrs, int64_t chunk_tokens,
+                            const int64_t* __restrict__ runs) {
+  const int64_t r = blockIdx.x;
+  const int64_t layer = layer_lo + blockIdx.y / 2;
+  const int64_t kv = blockIdx.y % 2;
+  const int64_t* run = runs + 5 * r;
+  const int64_t* s = strides + 8 * layer + 4 * kv;
+  const int64_t count = run[4];
+  const int64_t row = heads * head_dim;  // canonical elements per token
+  char* paged = reinterpret_cast<char*>(ptrs[2 * layer + kv]) + (run[2] * s[0] + run[3] * s[2]) * itemsize;
+  char* chunk = reinterpret_cast<char*>(chunk_ptrs[run[0]]) + ((layer * 2 + kv) * chunk_tokens + run[1]) * row * itemsize;
+  const int64_t per_vec = sizeof(V) / itemsize;  // elements per vector (1 when V is one element)
+  const int64_t vecs = head_dim / per_vec;       // vectors per head row
+  const int64_t total = heads * count * vecs;
+  for (int64_t i = threadIdx.x; i < total; i += blockDim.x) {
+    const int64_t v = i % vecs;
+    const int64_t t = (i / vecs) % count;
+    const int64_t h = i / (vecs * count);
+    const int64_t d = v * per_vec;
+    // With VEC > element the dim stride is 1 on the paged side (checked by the launcher).
+    V* p = reinterpret_cast<V*>(paged + (h * s[1] + t * s[2] + d * s[3]) * itemsize);
+    V* c = reinterpret_cast<V*>(chunk + (t * row + h * head_dim + d) * itemsize);
+    if (gather)
+      *c = *p;
+    else
+      *p = *c;
+  }
+}
+
+template <typename V>
+void launch(bool gather, const int64_t* ptrs, const int64_t* strides, int64_t layer_lo, int64_t layer_hi,
+            int64_t heads, int64_t head_dim, int64_t itemsize, const int64_t* chunk_ptrs, int64_t chunk_tokens,
+            const int64_t* runs, int64_t num_runs, cudaStream_t stream) {
+  dim3 grid(static_cast<unsigned>(num_runs), static_cast<unsigned>(2 * (layer_hi - layer_lo)));
+  copy_kernel<V><<<grid, 256, 0, stream>>>(gather, ptrs, strides, layer_lo, heads, head_dim, itemsize, chunk_ptrs,
+                                           chunk_tokens, runs);
+}
+
+}  // namespace
+
+extern "C" {
+
+int tierd_cuda_abi(void) { return 1; }
+
+// All pointer arrays (ptrs, strides, chunk_ptrs, runs) are device-readable (device memory or
+// mapped pinned host memory). vectorise: 1 when the caller checked that every paged row has
+// dim stride 1 and every row start is 16-byte aligned on both sides (then 16-byte loads and
+// stores); 0 for element-wise copies. Returns the cudaError_t of the launch.
+int tierd_cuda_gather_scatter(int direction, const int64_t* ptrs, const int64_t* strides, int64_t layer_lo,
+                              int64_t layer_hi, int64_t heads, int64_t head_dim, int64_t itemsize,
+                              const int64_t* chunk_ptrs, int64_t chunk_tokens, const int64_t* runs, int64_t num_runs,
+                              int vectorise, void* stream) {
+  if (num_runs == 0 || layer_hi <= layer_lo) return 0;
+  const bool gather = direction == 0;
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  if (vectorise) {
+    launch<uint4>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, itemsize, chunk_ptrs, chunk_tokens, runs,
+                  num_runs, st);
+  } else {
+    switch (itemsize) {
+      case 1:
+        launch<uint8_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, itemsize, chunk_ptrs, chunk_tokens,
+                        runs, num_runs, st);
+        break;
+      case 2:
+        launch<uint16_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, itemsize, chunk_ptrs,
+                         chunk_tokens, runs, num_runs, st);
+        break;
+      case 4:
+        launch<uint32_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, itemsize, chunk_ptrs,
+                         chunk_tokens, runs, num_runs, st);
+        break;
+      case 8:
+        launch<uint64_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, itemsize, chunk_ptrs,
+                         chunk_tokens, runs, num_runs, st);
+        break;
+      default:
+        return static_cast<int>(cudaErrorInvalidValue);
+    }
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // extern "C"

@@ -1,0 +1,115 @@
+"""The CUDA kernels (csrc/gather_scatter.cu), loaded with ctypes and launched on torch streams.
+
+One launch per call moves every run of every requested layer of a batch of chunks. The chunk
+side may be device memory or pinned host memory (a torch pinned tensor, or the arena after
+`native.pinned.pin`), so a gather can DMA straight into the arena.
+
+NOT RUN on the development machine (no GPU there): the source compiles with nvcc 13.0 and
+the tests compile it wherever nvcc exists, but this wrapper and the kernels have not executed
+yet. tests/native/test_cuda.py runs them against the reference wherever torch sees a GPU.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from native.build import find_cuda_library
+from native.cache import PagedCache
+from native.chunks import Buffer, chunk_batch
+from native.runs import layer_range, validate
+from tierd.errors import InvalidArgumentError
+
+ABI = 1
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+VECTOR_BYTES = 16
+
+
+class CudaKernels:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        lib = ctypes.CDLL(str(path))
+        if lib.tierd_cuda_abi() != ABI:
+            raise OSError(f"{path} speaks CUDA ABI {lib.tierd_cuda_abi()}, this package {ABI}")
+        fn = lib.tierd_cuda_gather_scatter
+        fn.argtypes = [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64, ctypes.c_int, _PTR]
+        fn.restype = ctypes.c_int
+        self._fn = fn
+
+    def launch(self, direction: int, ptrs: int, strides: int, layers: range, heads: int, head_dim: int, itemsize: int,
+               chunk_ptrs: int, chunk_tokens: int, runs: int, num_runs: int, vectorise: bool, stream: int) -> None:
+        rc = self._fn(direction, ptrs, strides, layers.start, layers.stop, heads, head_dim, itemsize, chunk_ptrs,
+                      chunk_tokens, runs, num_runs, int(vectorise), stream)
+        if rc != 0:
+            raise RuntimeError(f"tierd CUDA gather/scatter launch failed: cudaError {rc}")
+
+
+@functools.cache
+def load() -> tuple[CudaKernels | None, str]:
+    found = find_cuda_library()
+    if found.path is None:
+        return None, found.how
+    try:
+        return CudaKernels(found.path), f"{found.path} ({found.how})"
+    except (OSError, AttributeError) as exc:
+        return None, f"{found.path} did not load: {exc}"
+
+
+class CudaCopier:
+    """Gather/scatter for one device cache. The cache's descriptor goes to the device once;
+    each call uploads only its runs and chunk addresses (a few hundred bytes) on the stream."""
+
+    backend = "cuda"
+
+    def __init__(self, cache: PagedCache, kernels: CudaKernels, stream: torch.cuda.Stream | None = None) -> None:
+        if cache.device.type != "cuda":
+            raise InvalidArgumentError(f"the CUDA kernels need a device cache, this one is on {cache.device}")
+        self.cache = cache
+        self.kernels = kernels
+        self.stream = stream
+        self._ptrs = torch.from_numpy(cache.ptrs.copy()).to(cache.device)
+        self._strides = torch.from_numpy(cache.strides.copy()).to(cache.device)
+        isz = cache.itemsize
+        # 16-byte vectors need unit dim stride and 16-byte aligned rows on the paged side.
+        self._paged_vectorisable = bool(
+            (cache.strides[:, :, 3] == 1).all()
+            and (cache.head_dim * isz) % VECTOR_BYTES == 0
+            and (cache.ptrs % VECTOR_BYTES == 0).all()
+            and ((cache.strides[:, :, :3] * isz) % VECTOR_BYTES == 0).all()
+        )
+
+    def gather(self, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None = None) -> None:
+        self._copy(0, runs, chunks, layers)
+
+    def scatter(self, chunks: Sequence[Buffer], runs: np.ndarray, layers: range | None = None) -> None:
+        self._copy(1, runs, chunks, layers)
+
+    def _copy(self, direction: int, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None) -> None:
+        c = self.cache
+        batch = chunk_batch(c, chunks, writable=direction == 0)
+        for i, t in enumerate(batch.tensors(c)):
+            if t.device != c.device and not t.is_pinned():
+                raise InvalidArgumentError(
+                    f"chunk {i} is on {t.device} and not pinned: register the arena (native.pinned.pin) or pass a "
+                    "device or pinned tensor"
+                )
+        r = validate(runs, num_chunks=len(batch.ptrs), chunk_tokens=batch.tokens, num_blocks=c.num_blocks,
+                     block_size=c.block_size)
+        want = layer_range(layers, c.num_layers)
+        if not len(r) or not len(want):
+            return
+        vectorise = self._paged_vectorisable and bool((batch.ptrs % VECTOR_BYTES == 0).all())
+        stream = self.stream or torch.cuda.current_stream(c.device)
+        with torch.cuda.stream(stream):
+            runs_d = torch.from_numpy(r).pin_memory().to(c.device, non_blocking=True)
+            ptrs_d = torch.from_numpy(batch.ptrs).pin_memory().to(c.device, non_blocking=True)
+            self.kernels.launch(direction, self._ptrs.data_ptr(), self._strides.data_ptr(), want, c.num_kv_heads,
+                                c.head_dim, c.itemsize, ptrs_d.data_ptr(), batch.tokens, runs_d.data_ptr(), len(r),
+                                vectorise, stream.cuda_stream)
+        # runs_d and ptrs_d were allocated on `stream`: the caching allocator reuses their memory
+        # only after the kernel that reads them.
