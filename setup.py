@@ -1,13 +1,34 @@
 """Packaging for tierd. torch is pinned to the CPU build that ships on the dev/CI machines."""
-from setuptools import find_packages, setup
+import hashlib
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
 
 TORCH = "torch==2.13.0"
+
+# native/: the CPU gather/scatter library, a plain C++ shared object loaded with ctypes (no
+# Python or torch headers). optional=True: a machine without a C++ compiler or OpenMP still
+# installs, and native/ builds it on first use or falls back to pure torch.
+NATIVE_CPU_SOURCE = "native/csrc/gather_scatter_cpu.cpp"
+NATIVE_CPU = Extension(
+    "native._gather_scatter_cpu",
+    sources=[NATIVE_CPU_SOURCE],
+    # the source's hash, so native/build.py can tell a library built from older source
+    define_macros=[("TIERD_SOURCE_HASH",
+                    '"%s"' % hashlib.blake2b((Path(__file__).parent / NATIVE_CPU_SOURCE).read_bytes(), digest_size=8).hexdigest())],
+    extra_compile_args=["-O3", "-std=c++17", "-fopenmp"],
+    extra_link_args=["-fopenmp"],
+    language="c++",
+    optional=True,
+)
 
 setup(
     name="tierd",
     version="0.1.0",
     description="Tiered KV-cache storage daemon for LLM serving (DRAM, NVMe, object store)",
-    packages=find_packages(include=["tierd", "tierd.*", "connectors", "connectors.*"]),
+    packages=find_packages(include=["tierd", "tierd.*", "connectors", "connectors.*", "native", "native.*"]),
+    package_data={"native": ["csrc/*.cpp", "csrc/*.cu"]},
+    ext_modules=[NATIVE_CPU],
     python_requires=">=3.11",
     install_requires=[
         "msgpack>=1.0",

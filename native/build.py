@@ -98,11 +98,18 @@ def nvcc() -> str | None:
     return None
 
 
+def source_hash(source: Path) -> str:
+    """What setup.py and the lazy build pass as -DTIERD_SOURCE_HASH (setup.py computes the same)."""
+    return hashlib.blake2b(source.read_bytes(), digest_size=8).hexdigest()
+
+
 def installed_cpu_library() -> Path | None:
-    """The library setup.py built beside this file, unless its source changed since."""
+    """The library setup.py built beside this file, if it was built from the source there now
+    (an editable install whose C++ changed since is rebuilt on first use instead)."""
+    tag = b"tierd-source:" + source_hash(CPU_SOURCE).encode() if CPU_SOURCE.is_file() else b"tierd-source:"
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         p = HERE / f"{CPU_EXTENSION}{suffix}"
-        if p.is_file() and (not CPU_SOURCE.is_file() or p.stat().st_mtime >= CPU_SOURCE.stat().st_mtime):
+        if p.is_file() and tag in p.read_bytes():
             return p
     return None
 
@@ -123,7 +130,7 @@ def find_cpu_library() -> Found:
         return Found(None, "TIERD_NATIVE_BUILD=0 and no library built by setup.py")
     why = ""
     for flags, out in zip(variants, outs):
-        why = _compile([cxx, *flags, str(CPU_SOURCE)], out)
+        why = _compile([cxx, *flags, f'-DTIERD_SOURCE_HASH="{source_hash(CPU_SOURCE)}"', str(CPU_SOURCE)], out)
         if why is None:
             return Found(out, "built on first use" + ("" if "-fopenmp" in flags else " (without OpenMP)"))
     log.warning("tierd native: could not build the CPU gather/scatter library (%s); using the fallback", why)

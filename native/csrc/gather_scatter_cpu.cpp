@@ -92,7 +92,15 @@ void run_all(bool gather, const int64_t* ptrs, const int64_t* strides, int64_t l
 
 }  // namespace
 
+// Hash of this source, set by the build (setup.py, native/build.py): lets the loader tell a
+// library built from older source apart without loading it.
+#ifndef TIERD_SOURCE_HASH
+#define TIERD_SOURCE_HASH "unknown"
+#endif
+
 extern "C" {
+
+const char* tierd_native_source(void) { return "tierd-source:" TIERD_SOURCE_HASH; }
 
 // Version of the calling convention below; native/cpu.py refuses a library that differs.
 int tierd_native_abi(void) { return 1; }
