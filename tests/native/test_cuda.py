@@ -1,0 +1,121 @@
+"""The CUDA kernels: they compile with nvcc wherever nvcc exists (GPU or not), and wherever torch
+sees a CUDA device they must match the pure-torch reference bit for bit, for chunks in device
+memory and in pinned host memory, and through the pipelined layer-wise / staged paths.
+
+On a machine without CUDA the runtime tests are skipped with the reason; none of them has run
+on the development machine (no GPU there)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from native import block_runs, concat, copier
+from native import cuda as native_cuda
+from native.backend import TorchCopier
+from native.build import compile_cuda_object, nvcc
+from tests.native.layouts import DTYPES, KINDS, build, random_bytes
+
+
+def _no_cuda_reason() -> str | None:
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build: no CUDA device to run the kernels on"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    kernels, why = native_cuda.load()
+    if kernels is None:
+        return f"CUDA kernels could not be built here: {why}"
+    return None
+
+
+NO_CUDA = _no_cuda_reason()
+needs_cuda = pytest.mark.skipif(NO_CUDA is not None, reason=str(NO_CUDA))
+
+
+@pytest.mark.skipif(nvcc() is None, reason="nvcc not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin): cannot compile the CUDA sources")
+def test_cuda_source_compiles_with_nvcc(tmp_path):
+    out = tmp_path / "gather_scatter.o"
+    why = compile_cuda_object(out)
+    assert why is None, why
+    assert out.stat().st_size > 0
+
+
+def _runs(nb: int, bs: int, tokens: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    blocks = [int(b) for b in rng.permutation(nb)]
+    first = block_runs(blocks[:3], bs, chunk=0, first_token=1, num_tokens=tokens - 1, block_offset=bs - 1)
+    second = block_runs(blocks[3:6], bs, chunk=1, num_tokens=tokens)
+    return concat(first, second)
+
+
+@needs_cuda
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("where", ["device", "pinned"])
+def test_cuda_matches_reference(kind, dtype, where):
+    L, H, D, bs, nb = 3, 2, 64, 16, 10
+    tokens = 2 * bs + 1
+    make = lambda: build(kind, L, H, D, bs, nb, dtype, torch.Generator().manual_seed(11), device="cuda")  # noqa: E731
+    built = make()
+    runs = _runs(nb, bs, tokens, 3)
+    per_chunk = L * 2 * tokens * H * D * built.cache.itemsize
+
+    def chunk(fill: int) -> torch.Tensor:
+        t = torch.full((per_chunk,), fill, dtype=torch.uint8)
+        return t.cuda() if where == "device" else t.pin_memory()
+
+    k = copier(built.cache, "cuda")
+    assert k.backend == "cuda"
+    for fill in (0x55, 0x2A):  # two sentinels: every covered element written, nothing else
+        want = [torch.full((per_chunk,), fill, dtype=torch.uint8, device="cuda") for _ in range(2)]
+        got = [chunk(fill) for _ in range(2)]
+        TorchCopier(built.cache).gather(runs, want)
+        k.gather(runs, got)
+        torch.cuda.synchronize()
+        for w, g in zip(want, got):
+            assert torch.equal(w.cpu(), g.cpu())
+
+    a, b = make(), make()
+    chunks = [random_bytes(per_chunk, torch.Generator().manual_seed(i)) for i in range(2)]
+    chunks = [c.cuda() for c in chunks] if where == "device" else [c.pin_memory() for c in chunks]
+    TorchCopier(a.cache).scatter([c.cuda() for c in chunks], runs)
+    copier(b.cache, "cuda").scatter(chunks, runs, layers=range(0, L))
+    torch.cuda.synchronize()
+    for sa, sb in zip(a.storages, b.storages):
+        assert torch.equal(sa, sb)
+
+
+@needs_cuda
+def test_pinned_arena_layerwise_scatter_and_staged_gather():
+    from native.pinned import pin
+    from native.pipeline import LayerwiseScatter, StagedGather
+
+    L, H, D, bs, nb, T = 4, 8, 128, 16, 12, 32
+    src = build("gpu_LBNHC", L, H, D, bs, nb, torch.bfloat16, torch.Generator().manual_seed(1), device="cuda")
+    dst = build("gpu_LBNHC", L, H, D, bs, nb, torch.bfloat16, torch.Generator().manual_seed(2), device="cuda")
+    per_chunk = L * 2 * T * H * D * 2
+    arena = np.zeros(3 * per_chunk, dtype=np.uint8)  # stands in for the shared-memory arena
+    region = pin(arena)
+    assert region is not None
+    try:
+        slots = [arena[i * per_chunk:(i + 1) * per_chunk] for i in range(3)]
+        kernels, _ = native_cuda.load()
+        runs = [block_runs([3 * i, 3 * i + 1], bs) for i in range(3)]
+        done = StagedGather(src.cache, kernels, T).submit(runs, slots)
+        done.synchronize()
+        for i, slot in enumerate(slots):
+            want = torch.zeros(per_chunk, dtype=torch.uint8, device="cuda")
+            TorchCopier(src.cache).gather(runs[i], [want])
+            assert np.array_equal(slot, want.cpu().numpy())
+        loader = LayerwiseScatter(dst.cache, kernels)
+        scatter_runs = concat(*(block_runs([10 - i], bs, chunk=i, num_tokens=bs) for i in range(3)))
+        loader.start(slots, scatter_runs)
+        for layer in range(L):
+            loader.wait_layer(layer)
+        loader.wait_all()
+        ref = build("gpu_LBNHC", L, H, D, bs, nb, torch.bfloat16, torch.Generator().manual_seed(2), device="cuda")
+        TorchCopier(ref.cache).scatter([torch.from_numpy(s).cuda() for s in slots], scatter_runs)
+        for a, b in zip(ref.storages, dst.storages):
+            assert torch.equal(a, b)
+    finally:
+        region.unpin()
