@@ -22,10 +22,83 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace {
 
 constexpr int64_t kTile = 16;
+
+// dst[j * dst_stride + i] = src[i * src_stride + j] for an N x N block, the inner step of the
+// dim-major K transpose. SSE2 (every x86-64) for 2- and 4-byte elements, scalar otherwise.
+template <typename T>
+struct Transpose {
+  static constexpr int64_t N = 8;
+  static void block(const T* __restrict__ src, int64_t src_stride, T* __restrict__ dst, int64_t dst_stride) {
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t j = 0; j < N; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+  }
+};
+
+#if defined(__SSE2__)
+template <>
+struct Transpose<uint16_t> {
+  static constexpr int64_t N = 8;
+  static void block(const uint16_t* __restrict__ src, int64_t ss, uint16_t* __restrict__ dst, int64_t ds) {
+    __m128i r[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * ss));
+    const __m128i a0 = _mm_unpacklo_epi16(r[0], r[1]), a1 = _mm_unpackhi_epi16(r[0], r[1]);
+    const __m128i a2 = _mm_unpacklo_epi16(r[2], r[3]), a3 = _mm_unpackhi_epi16(r[2], r[3]);
+    const __m128i a4 = _mm_unpacklo_epi16(r[4], r[5]), a5 = _mm_unpackhi_epi16(r[4], r[5]);
+    const __m128i a6 = _mm_unpacklo_epi16(r[6], r[7]), a7 = _mm_unpackhi_epi16(r[6], r[7]);
+    const __m128i b0 = _mm_unpacklo_epi32(a0, a2), b1 = _mm_unpackhi_epi32(a0, a2);
+    const __m128i b2 = _mm_unpacklo_epi32(a1, a3), b3 = _mm_unpackhi_epi32(a1, a3);
+    const __m128i b4 = _mm_unpacklo_epi32(a4, a6), b5 = _mm_unpackhi_epi32(a4, a6);
+    const __m128i b6 = _mm_unpacklo_epi32(a5, a7), b7 = _mm_unpackhi_epi32(a5, a7);
+    const __m128i out[8] = {_mm_unpacklo_epi64(b0, b4), _mm_unpackhi_epi64(b0, b4), _mm_unpacklo_epi64(b1, b5),
+                            _mm_unpackhi_epi64(b1, b5), _mm_unpacklo_epi64(b2, b6), _mm_unpackhi_epi64(b2, b6),
+                            _mm_unpacklo_epi64(b3, b7), _mm_unpackhi_epi64(b3, b7)};
+    for (int j = 0; j < 8; ++j) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j * ds), out[j]);
+  }
+};
+
+template <>
+struct Transpose<uint32_t> {
+  static constexpr int64_t N = 4;
+  static void block(const uint32_t* __restrict__ src, int64_t ss, uint32_t* __restrict__ dst, int64_t ds) {
+    const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+    const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + ss));
+    const __m128i r2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * ss));
+    const __m128i r3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 3 * ss));
+    const __m128i a0 = _mm_unpacklo_epi32(r0, r1), a1 = _mm_unpackhi_epi32(r0, r1);
+    const __m128i a2 = _mm_unpacklo_epi32(r2, r3), a3 = _mm_unpackhi_epi32(r2, r3);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_unpacklo_epi64(a0, a2));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + ds), _mm_unpackhi_epi64(a0, a2));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * ds), _mm_unpacklo_epi64(a1, a3));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 3 * ds), _mm_unpackhi_epi64(a1, a3));
+  }
+};
+#endif
+
+// A [rows, cols] copy where one side is row-contiguous and the other column-contiguous:
+// src (r, c) at src[r * sr + c * sc], with (sr == 1 and dc == 1) or (sc == 1 and dr == 1).
+// Whole N x N blocks go through Transpose<T>; the ragged edges element by element.
+template <typename T>
+void transpose_2d(const T* src, int64_t sr, int64_t sc, T* dst, int64_t dr, int64_t dc, int64_t rows, int64_t cols) {
+  constexpr int64_t N = Transpose<T>::N;
+  const int64_t full_r = rows - rows % N, full_c = cols - cols % N;
+  const bool rows_in_src = sr == 1;  // gather of dim-major K: src rows (tokens) are unit-stride
+  for (int64_t r0 = 0; r0 < full_r; r0 += N)
+    for (int64_t c0 = 0; c0 < full_c; c0 += N) {
+      if (rows_in_src)  // src's contiguous runs are along r (one per c); dst's along c (one per r)
+        Transpose<T>::block(src + r0 + c0 * sc, sc, dst + r0 * dr + c0, dr);
+      else  // src contiguous along c (one per r); dst contiguous along r (one per c)
+        Transpose<T>::block(src + r0 * sr + c0, sr, dst + r0 + c0 * dc, dc);
+    }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = (r < full_r ? full_c : 0); c < cols; ++c) dst[r * dr + c * dc] = src[r * sr + c * sc];
+}
 
 // Copy a [rows, cols] matrix of T between two strided places (strides in elements).
 // Unit-stride rows are memcpy'd; anything else (the dim-major K transpose) goes tile by tile
@@ -39,6 +112,10 @@ void copy_2d(const T* src, int64_t src_row, int64_t src_col, T* dst, int64_t dst
       return;
     }
     for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * dst_row, src + r * src_row, sizeof(T) * cols);
+    return;
+  }
+  if ((src_row == 1 && dst_col == 1) || (src_col == 1 && dst_row == 1)) {
+    transpose_2d<T>(src, src_row, src_col, dst, dst_row, dst_col, rows, cols);
     return;
   }
   for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
