@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tierd.store import TieredStore
 from tierd.tier_costs import declared_costs
@@ -12,12 +12,18 @@ if TYPE_CHECKING:
 
 
 def build_store(config: "Config") -> TieredStore:
-    """A store with the DRAM arena and, when `config.nvme > 0`, the NVMe tier below it."""
-    lower = []
+    """A store with the DRAM arena, the NVMe tier below it when `config.nvme > 0`, and the
+    shared object tier last when `config.object_url` is set."""
+    lower: list[tuple[Any, int]] = []
     if config.nvme > 0:
         from tierd.tiers.nvme import NvmeChunkFiles
 
         lower.append((NvmeChunkFiles(Path(config.nvme_dir)), config.nvme))
+    if config.object_url:
+        from tierd.tiers.object_store import ObjectTier
+
+        lower.append((ObjectTier(config.object_url, node=config.node_id, timeout=config.object_timeout),
+                      config.object))
     store = TieredStore(
         dram_bytes=config.dram,
         lower_tiers=lower,
@@ -25,6 +31,9 @@ def build_store(config: "Config") -> TieredStore:
         high_watermark=config.demote_high_watermark,
         low_watermark=config.demote_low_watermark,
         meta_dir=config.nvme_dir if config.nvme > 0 else None,
+        object_write=config.object_write,
+        upload_queue_bytes=config.object_queue,
+        lookup_budget=config.object_lookup_budget,
     )
     store.costs = declared_costs(store)
     return store

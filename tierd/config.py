@@ -40,6 +40,7 @@ import difflib
 import math
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,52 @@ def _parse_dram(value: object, where: str, base: str | None) -> int:
 
 def _parse_nvme(value: object, where: str, base: str | None) -> int:
     return parse_size(value, key=where)  # type: ignore[arg-type]
+
+
+def _parse_object_url(value: object, where: str, base: str | None) -> str | None:
+    """s3://bucket[/prefix], file:///absolute/dir or memory:// (none/off: no object tier)."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in _OFF_WORDS):
+        return None
+    url = value.strip() if isinstance(value, str) else None
+    m = re.fullmatch(r"(s3a?|file|memory)://(.*)", url or "", re.ASCII)
+    if url is None or m is None:
+        raise ConfigError(f"{where}={value!r}: use s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL), "
+                          f"file:///absolute/dir or memory://")
+    scheme, rest = m[1], m[2]
+    if scheme.startswith("s3") and not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?", rest):
+        raise ConfigError(f"{where}={value!r}: {rest.split('/')[0]!r} is not a valid bucket name "
+                          f"(3-63 lowercase letters, digits, dots, hyphens); use s3://bucket/prefix")
+    if scheme == "file" and not rest.startswith("/"):
+        raise ConfigError(f"{where}={value!r}: a file:// URL needs an absolute path, like file:///var/tierd/objects")
+    return url
+
+
+def _parse_object_write(value: object, where: str, base: str | None) -> str:
+    mode = value.strip().lower() if isinstance(value, str) else None
+    if mode not in ("through", "back"):
+        raise ConfigError(f"{where}={value!r}: use 'through' (upload every chunk when committed) or "
+                          f"'back' (upload on eviction from the last local tier)")
+    return mode
+
+
+def _parse_seconds(value: object, where: str, base: str | None) -> float:
+    """A duration in seconds: 5, 0.05, "50ms", "2s"."""
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*", value, re.ASCII)
+        if m:
+            number = float(m[1]) / (1000 if m[2] == "ms" else 1)
+    if number is None or not math.isfinite(number) or not 0 < number <= 600:
+        raise ConfigError(f"{where}={value!r}: use a duration above 0 and at most 600 seconds, like 5, 0.05 or 50ms")
+    return number
+
+
+def _parse_node_id(value: object, where: str, base: str | None) -> str:
+    if not isinstance(value, str) or not 0 < len(value.strip().encode()) <= 64 or any(c.isspace() for c in value.strip()):
+        raise ConfigError(f"{where}={value!r}: use a name of 1 to 64 bytes without spaces, like the host name")
+    return value.strip()
 
 
 def _parse_max_frame(value: object, where: str, base: str | None) -> int:
@@ -321,6 +368,20 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("io_threads", _parse_io_threads, "N", "threads doing tier I/O, 1 to 64 (default: 4)"),
     _Option("mrc_sample_rate", _parse_fraction, "RATE",
             "share of chunk keys the online hit-rate curve samples, in (0, 1] (default: 0.01)"),
+    _Option("object_url", _parse_object_url, "URL",
+            "object tier shared by all nodes: s3://bucket/prefix (endpoint and credentials from the "
+            "AWS_* variables), file:///dir or memory:// (default: off)"),
+    _Option("object", _parse_nvme, "SIZE",
+            "most bytes this node writes to the object tier; 0 only reads (default: 1TiB)"),
+    _Option("object_write", _parse_object_write, "MODE",
+            "'through': upload every committed chunk in the background; 'back': only on eviction "
+            "from the last local tier (default: through)"),
+    _Option("object_timeout", _parse_seconds, "SECONDS", "deadline of one object-store request (default: 5)"),
+    _Option("object_lookup_budget", _parse_seconds, "SECONDS",
+            "how long a lookup may wait on the object tier for keys missing locally (default: 50ms)"),
+    _Option("object_queue", _parse_nvme, "SIZE",
+            "bytes of chunks waiting for upload; beyond it the oldest are dropped (default: 1GiB)"),
+    _Option("node_id", _parse_node_id, "NAME", "this node's name in the objects it writes (default: host name)"),
 )
 
 _BY_NAME: dict[str, _Option] = {opt.name: opt for opt in _OPTIONS}
@@ -351,6 +412,13 @@ class Config:
     socket_mode: int = 0o600
     io_threads: int = 4
     mrc_sample_rate: float = 0.01
+    object_url: str | None = None
+    object: int = 1 << 40
+    object_write: str = "through"
+    object_timeout: float = 5.0
+    object_lookup_budget: float = 0.05
+    object_queue: int = 1 << 30
+    node_id: str = dataclasses.field(default_factory=socket.gethostname)
 
     def __post_init__(self) -> None:
         for opt in _OPTIONS:

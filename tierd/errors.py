@@ -47,6 +47,10 @@ class NotFoundError(TierdError):
     """A key, lease or reservation that does not exist."""
 
 
+class ObjectTierUnavailable(TierdError):
+    """The object store did not answer in time or refused a request; its circuit may be open."""
+
+
 class DaemonUnavailableError(TierdError):
     """No daemon answers at the socket path."""
 

@@ -15,12 +15,17 @@ Ownership rules (the invariants everything else relies on):
 - Eviction from DRAM demotes to the first lower tier in the background (write-back): the DRAM
   slot is freed only after the lower copy is durable. A hit on a lower tier promotes into DRAM.
 - Each tier's used bytes (including writes in flight) never exceed its capacity.
+- The last lower tier may be *shared* (the object store): other nodes write to it too. Its
+  `used_bytes` and LRU cover only the objects this node wrote (`--object` caps those); objects
+  found through lookups are indexed but never evicted by this node. Chunks reach it through the
+  upload queue: every commit with write-through, or on eviction from the last local tier.
 
 All methods run on one asyncio loop; blocking I/O of lower tiers runs in a thread pool.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import operator
@@ -29,12 +34,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import msgpack
 
 from tierd.costmodel import TierCost
 from tierd.errors import (
+    ObjectTierUnavailable,
     AlreadyStoredError,
     InvalidArgumentError,
     LayoutMismatchError,
@@ -48,6 +54,10 @@ from tierd.policies.lru import LRUPolicy
 from tierd.tiers.allocator import ExtentAllocator
 from tierd.tiers.arena import SharedArena
 from tierd.tiers.base import LowerTier
+from tierd.uploads import Upload, UploadQueue
+
+if TYPE_CHECKING:
+    from tierd.remote_lookup import SharedTierProbe
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +151,12 @@ class Session:
 class _Lower:
     tier: LowerTier
     stats: TierStats
+    #: LRU of the copies this node may evict: all of a local tier, only its own writes of a shared one.
     lru: LRUPolicy = field(default_factory=LRUPolicy)
+
+    @property
+    def shared(self) -> bool:
+        return bool(getattr(self.tier, "shared", False))
 
 
 #: Called after every lookup with the keys, their tier codes and the leading-hit count.
@@ -161,6 +176,9 @@ class TieredStore:
         low_watermark: float = 0.85,
         meta_dir: str | os.PathLike[str] | None = None,
         arena_dir: Path | None = None,
+        object_write: str = "through",
+        upload_queue_bytes: int = 1 << 30,
+        lookup_budget: float = 0.05,
     ) -> None:
         self.arena = SharedArena(dram_bytes, **({"directory": arena_dir} if arena_dir else {}))
         self.alloc = ExtentAllocator(self.arena.size)
@@ -169,7 +187,25 @@ class TieredStore:
         #: DRAM chunks that can be dropped at once (a durable lower copy exists, or there is no
         #: lower tier), oldest first: making room never rescans chunks still to be written down.
         self.dram_clean = LRUPolicy()
-        self.lower = [_Lower(t, TierStats(t.name, cap)) for t, cap in lower_tiers if cap > 0]
+        # A shared tier stays even with capacity 0: this node then only reads what others wrote.
+        self.lower = [_Lower(t, TierStats(t.name, cap)) for t, cap in lower_tiers
+                      if cap > 0 or getattr(t, "shared", False)]
+        if any(l.shared for l in self.lower[:-1]):
+            raise InvalidArgumentError("a shared (object) tier must be the last tier")
+        if object_write not in ("through", "back"):
+            raise InvalidArgumentError(f"object_write {object_write!r}: use 'through' or 'back'")
+        #: The shared object tier, if any: uploads, remote lookups.
+        self.shared = self.lower[-1] if self.lower and self.lower[-1].shared else None
+        self.object_write = object_write
+        self.uploads = UploadQueue(upload_queue_bytes)
+        self.uploads_lost = 0  # queued chunks whose every local copy went before their upload
+        self.probe: SharedTierProbe | None = None
+        if self.shared is not None:
+            from tierd.remote_lookup import SharedTierProbe
+
+            self.probe = SharedTierProbe(self.shared.tier, budget=lookup_budget)  # type: ignore[arg-type]
+        self._workers: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self.layouts: dict[str, Layout] = {}
         self.index: dict[bytes, Chunk] = {}
         self.reserved: dict[bytes, Reservation] = {}
@@ -204,7 +240,12 @@ class TieredStore:
         """Rebuild lower-tier indexes from their media and start the background demoter."""
         loop = asyncio.get_running_loop()
         meta = self._load_meta()
+        if self.shared is not None:
+            await self.shared.tier.check()  # type: ignore[attr-defined]
         for lower in self.lower:
+            if lower.shared:
+                self._restore_owned(lower, meta)
+                continue
             records = await loop.run_in_executor(self._executor, lambda t=lower.tier: list(t.scan()))
             records.sort(key=lambda r: meta.get(r.key, {}).get("last_access", r.mtime))
             for r in records:
@@ -225,16 +266,46 @@ class TieredStore:
                 lower.stats.chunks += 1
             log.info("tier %s: %d chunks, %d bytes recovered", lower.tier.name, lower.stats.chunks, lower.stats.used_bytes)
         self._demoter = asyncio.create_task(self._demote_loop(), name="tierd-demoter")
+        if self.shared is not None:
+            self._workers = [asyncio.create_task(self._upload_loop(), name=f"tierd-upload-{i}")
+                             for i in range(self._io_threads)]
+
+    def _restore_owned(self, lower: _Lower, meta: dict[bytes, dict[str, Any]]) -> None:
+        """Index the objects this node wrote before a restart (from its metadata file), so its
+        capacity accounting and fast lookups survive; each one is still verified when read."""
+        url = getattr(lower.tier, "url", None)
+        for key, m in meta.items():
+            rec = m.get("object")
+            if not isinstance(rec, list) or len(rec) != 6 or rec[0] != url:
+                continue
+            _, stored, layout_id, namespace, size, created = rec
+            c = self.index.get(key)
+            if c is None:
+                c = self.index[key] = Chunk(key, layout_id, namespace, size, created, m.get("last_access", created),
+                                            hits=m.get("hits", 0), pinned=m.get("pinned", False))
+            c.lower[lower.tier.name] = stored
+            self._retier(c)
+            lower.lru.touch(key)
+            lower.stats.used_bytes += stored
+            lower.stats.chunks += 1
+        log.info("tier %s: %d chunks written by this node, %d bytes", lower.tier.name, lower.stats.chunks,
+                 lower.stats.used_bytes)
 
     async def close(self, *, flush: bool = True, flush_timeout: float = 60.0) -> None:
         """Stop: optionally write DRAM-only chunks down, persist metadata, free the arena."""
         for session in list(self._sessions.values()):
             self.close_session(session)
         if flush and self.lower:
+            started = time.monotonic()
             try:
                 await asyncio.wait_for(self._flush_dram(), flush_timeout)
             except asyncio.TimeoutError:
                 log.warning("flush of DRAM to %s timed out after %.0fs", self.lower[0].tier.name, flush_timeout)
+            if self.shared is not None and self.uploads:
+                await self._drain_uploads(max(0.0, flush_timeout - (time.monotonic() - started)))
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, *self._background, return_exceptions=True)
         self._closing = True
         self._pressure.set()
         if self._demoter is not None:
@@ -289,7 +360,7 @@ class TieredStore:
 
     def _retier(self, c: Chunk) -> None:
         """After a copy of `c` came or went: its fastest tier, and whether DRAM may drop it at once."""
-        if c.slot is not None and (c.lower or not self.lower):
+        if c.slot is not None and self._written_down(c):
             if c.key not in self.dram_clean:
                 self.dram_clean.touch(c.key)
         else:
@@ -299,16 +370,55 @@ class TieredStore:
             return
         c.tier_code = next((i for i, l in enumerate(self.lower, 1) if l.tier.name in c.lower), ABSENT)
 
+    def _written_down(self, c: Chunk) -> bool:
+        """Whether DRAM may drop `c` without writing it down: it has a copy on the first lower tier."""
+        return not self.lower or self.lower[0].tier.name in c.lower
+
     def lookup(self, keys: Sequence[bytes]) -> tuple[int, bytes]:
-        """How many leading chunks are present, and the tier code of each key (`tier_names`
-        maps codes to names; ABSENT = not stored).
+        """How many leading chunks are present locally, and the tier code of each key
+        (`tier_names` maps codes to names; ABSENT = not stored). `lookup_async` also asks the
+        shared object tier about keys this node has not seen.
 
         This runs on every request, so the per-key work is C-level loops over one attribute."""
         _check_keys(keys)
+        prefix, codes = self._local_codes(keys)
+        return self._observed(keys, codes, prefix)
+
+    async def lookup_async(self, keys: Sequence[bytes]) -> tuple[int, bytes]:
+        """`lookup`, then — if the leading run stops early and there is a shared tier — how far
+        it continues there (within the probe's time budget). Found objects join the index."""
+        _check_keys(keys)
+        prefix, codes = self._local_codes(keys)
+        if self.probe is not None and prefix < len(keys) and keys[prefix] not in self.reserved:
+            found = await self.probe.leading(keys[prefix:])
+            if found:
+                self._index_found(found)
+                prefix, codes = self._local_codes(keys)
+        return self._observed(keys, codes, prefix)
+
+    def _index_found(self, headers: Sequence[Any]) -> None:
+        """Index objects other nodes wrote (found by a lookup): readable here, not ours to evict."""
+        assert self.shared is not None
+        name = self.shared.tier.name
+        now = time.time()
+        for h in headers:
+            if h.key in self.reserved:
+                break  # being written here right now: the local commit wins
+            c = self.index.get(h.key)
+            if c is None:
+                c = self.index[h.key] = Chunk(h.key, h.layout_id, h.namespace, h.payload_len, h.created, now)
+            if name not in c.lower:
+                c.lower[name] = self.shared.tier.stored_bytes(h.payload_len)
+                self.shared.stats.chunks += 1
+                self._retier(c)
+
+    def _local_codes(self, keys: Sequence[bytes]) -> tuple[int, bytes]:
         chunks = map(self.index.get, keys, itertools.repeat(_ABSENT_CHUNK))
         codes = bytes(map(_tier_code, chunks))
         prefix = codes.find(ABSENT)
-        prefix = len(codes) if prefix < 0 else prefix
+        return (len(codes) if prefix < 0 else prefix), codes
+
+    def _observed(self, keys: Sequence[bytes], codes: bytes, prefix: int) -> tuple[int, bytes]:
         self._count_lookup(codes, prefix)
         for observer in self.observers:
             observer(keys, codes, prefix)
@@ -379,12 +489,19 @@ class TieredStore:
         for key in keys:
             r = session.reservations.pop(key)
             del self.reserved[key]
-            c = self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, slot=r.slot,
-                                        position=r.position)
+            c = self.index.get(key)
+            if c is not None and c.slot is not None:  # cannot happen: reserved keys are never indexed
+                self._free_slot(r.slot, r.size)
+                continue
+            if c is None:
+                c = self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, position=r.position)
+            c.slot = r.slot
             self._retier(c)
             self.dram_lru.touch(key)
             self.dram.chunks += 1
             self.dram.bytes_in += r.size
+            if self.shared is not None and self.object_write == "through" and self.shared.tier.name not in c.lower:
+                self.uploads.put(Upload(key, r.layout_id, r.namespace, r.size, now, r.position))
         self._check_pressure()
         return len(keys)
 
@@ -423,11 +540,14 @@ class TieredStore:
             wanted.append(c)
             c.leases += 1  # hold it now so nothing moves it while others are promoted
             lease.chunks.append(c)
-        promoting = sum(c.size for c in wanted if c is not None and c.slot is None)
+        promoting = [c for c in wanted if c is not None and c.slot is None]
         started = time.perf_counter()
         results = await asyncio.gather(*(self._ensure_in_dram(c) for c in wanted if c is not None))
-        if promoting and self.lower and self.lower[0].tier.name in self.costs:
-            self.costs[self.lower[0].tier.name].observe(promoting, time.perf_counter() - started)
+        if promoting:  # the batch's effective throughput, credited to the slowest tier it read
+            slowest = self.tier_names[max(c.tier_code for c in promoting if c.tier_code != ABSENT)
+                                      if any(c.tier_code != ABSENT for c in promoting) else 0]
+            if slowest in self.costs:
+                self.costs[slowest].observe(sum(c.size for c in promoting), time.perf_counter() - started)
         ok = iter(results)
         slots: list[int | None] = []
         now = time.time()
@@ -473,16 +593,22 @@ class TieredStore:
             if slot is None:
                 return False
             c.moving = asyncio.get_running_loop().create_future()
+            unavailable = False
             try:
-                ok = await asyncio.get_running_loop().run_in_executor(
-                    self._executor,
-                    lambda: lower.tier.read_into(c.key, self.arena.view(slot, c.size), layout_id=c.layout_id, payload_len=c.size),
-                )
+                ok = await self._tier_io(lower, "read_into", c.key, self.arena.view(slot, c.size),
+                                         layout_id=c.layout_id, payload_len=c.size)
+            except ObjectTierUnavailable as exc:  # the store is down: a miss, the copy stays known
+                log.warning("reading chunk %s: %s", c.key.hex(), exc)
+                ok, unavailable = False, True
             except Exception:  # an I/O error is a miss, never data
                 log.exception("reading chunk %s from %s failed", c.key.hex(), lower.tier.name)
                 ok = False
             finally:
                 fut, c.moving = c.moving, None
+            if unavailable:
+                self._free_slot(slot, c.size)
+                fut.set_result(False)
+                continue
             if ok:
                 c.slot = slot
                 self._retier(c)
@@ -490,15 +616,46 @@ class TieredStore:
                 self.dram.bytes_in += c.size
                 self.dram.promotions += 1
                 lower.stats.bytes_out += c.size
-                lower.lru.touch(c.key)
+                if c.key in lower.lru or not lower.shared:  # recency of the copies this node owns
+                    lower.lru.touch(c.key)
                 fut.set_result(True)
                 self._check_pressure()
+                if lower is not self.lower[0] and not self.lower[0].shared and not self._written_down(c):
+                    self._spawn(self._copy_down(c))  # an object-tier hit lands on NVMe too
                 return True
             self._free_slot(slot, c.size)
             lower.stats.corrupt += 1
             self._forget_lower_copy(c, lower)  # the tier already removed the bad copy
             fut.set_result(False)
         return False
+
+    async def _copy_down(self, c: Chunk) -> None:
+        """Write a promoted chunk to the first lower tier as well, keeping its DRAM copy."""
+        if c.slot is None or c.moving is not None or c.key not in self.index:
+            return
+        c.moving = asyncio.get_running_loop().create_future()
+        try:
+            ok = await self._write_lower(c, self.lower[0], self.arena.view(c.slot, c.size))
+            fut, c.moving = c.moving, None
+            fut.set_result(ok)
+        except BaseException:
+            fut, c.moving = c.moving, None
+            fut.set_result(False)
+            raise
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _tier_io(self, lower: _Lower, op: str, *args: Any, **kwargs: Any) -> Any:
+        """One tier operation: awaited directly on an asynchronous tier (the object store),
+        run in the I/O thread pool on a blocking one (NVMe)."""
+        method = getattr(lower.tier, op + "_async", None)
+        if method is not None:
+            return await method(*args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(getattr(lower.tier, op), *args, **kwargs))
 
     # ----------------------------------------------------------------- pin, evict, inspect
 
@@ -539,9 +696,9 @@ class TieredStore:
         if tier == DRAM:
             in_dram = [c for c in movable if c.slot is not None]
             if self.lower:  # write DRAM-only chunks down first, in parallel; _demote frees their slots
-                await asyncio.gather(*(self._demote(c) for c in in_dram if not c.lower))
+                await asyncio.gather(*(self._demote(c) for c in in_dram if not self._written_down(c)))
             for c in in_dram:
-                if c.slot is not None and c.evictable() and (c.lower or not self.lower):
+                if c.slot is not None and c.evictable() and self._written_down(c):
                     self._drop_dram_copy(c)
                 result["evicted"] += c.slot is None
             return result
@@ -560,9 +717,30 @@ class TieredStore:
             result["evicted"] += 1
         return result
 
-    def inspect(self, key: bytes) -> dict[str, Any]:
+    async def inspect(self, key: bytes) -> dict[str, Any]:
+        """One chunk's metadata; for an object-tier copy also which node wrote it and when (read
+        from the object's header, so it works for chunks other nodes wrote)."""
         _check_keys([key])
         c = self.index.get(key)
+        shared = self.shared
+        if shared is not None and (c is None or shared.tier.name in c.lower):
+            try:
+                header = await shared.tier.read_header(key)  # type: ignore[attr-defined]
+            except ObjectTierUnavailable as exc:
+                if c is None:
+                    raise NotFoundError(f"key {key.hex()} is not stored locally, and the object tier "
+                                        f"could not be asked: {exc}") from None
+                return {**self._describe(c), "object": {"error": str(exc)}}
+            if header is not None:
+                if c is None:
+                    self._index_found([header])
+                    c = self.index[key]
+                return {**self._describe(c), "object": {
+                    "node": header.node, "written": header.created, "stored_bytes": header.object_bytes,
+                    "written_by_this_node": key in shared.lru, "url": getattr(shared.tier, "url", None)}}
+            if c is not None:  # gone from the bucket (another node's gc): forget it
+                self._forget_lower_copy(c, shared)
+                c = self.index.get(key)
         if c is None:
             raise NotFoundError(f"key {key.hex()} is not stored")
         return self._describe(c)
@@ -585,6 +763,12 @@ class TieredStore:
     def stat(self) -> dict[str, Any]:
         self.dram.used_bytes = self.alloc.used
         tiers = [self.dram.to_dict()] + [l.stats.to_dict() for l in self.lower]
+        if self.shared is not None:
+            tiers[-1].update(self.shared.tier.stats())  # type: ignore[attr-defined]
+            tiers[-1].update(self.uploads.stats())
+            assert self.probe is not None
+            tiers[-1].update(self.probe.stats())
+            tiers[-1].update({"uploads_lost": self.uploads_lost, "write_mode": self.object_write})
         return {
             "tiers": tiers,
             "chunks": len(self.index),
@@ -704,7 +888,7 @@ class TieredStore:
             c = self.index[key]
             if not c.evictable():
                 continue
-            if c.lower or not self.lower or not self._admits(c, self.lower[0]):
+            if self._written_down(c) or not self._admits(c, self.lower[0]):
                 drop.append(c)
             else:
                 batch.append(c)
@@ -741,7 +925,8 @@ class TieredStore:
         if c.leases == 0 and not c.pinned and c.slot is not None:
             self._drop_dram_copy(c)
 
-    async def _write_lower(self, c: Chunk, lower: _Lower, payload: memoryview) -> bool:
+    async def _write_lower(self, c: Chunk, lower: _Lower, payload: memoryview, *,
+                           raise_unavailable: bool = False) -> bool:
         need = lower.tier.stored_bytes(c.size)
         if not await self._make_room_lower(lower, need):
             return False
@@ -749,21 +934,31 @@ class TieredStore:
         pending = self._deleting.get(c.key)
         if pending is not None:
             await asyncio.shield(pending)
-        loop = asyncio.get_running_loop()
         try:
-            stored = await loop.run_in_executor(
-                self._executor, lower.tier.write, c.key, c.layout_id, c.namespace, payload
-            )
+            stored = await self._tier_io(lower, "write", c.key, c.layout_id, c.namespace, payload)
+        except ObjectTierUnavailable as exc:
+            lower.stats.used_bytes -= need
+            if raise_unavailable:
+                raise
+            log.warning("writing chunk %s to %s: %s", c.key.hex(), lower.tier.name, exc)
+            return False
         except Exception:
             log.exception("writing chunk %s to %s failed", c.key.hex(), lower.tier.name)
             lower.stats.used_bytes -= need
             return False
-        lower.stats.used_bytes += stored - need
+        if stored:  # this node wrote it: ours to count and to evict
+            lower.stats.used_bytes += stored - need
+            lower.lru.touch(c.key)
+        else:  # a shared tier already held it (another node wrote it)
+            lower.stats.used_bytes -= need
+            stored = need
+        if lower.tier.name not in c.lower:
+            lower.stats.chunks += 1
         c.lower[lower.tier.name] = stored
         self._retier(c)
-        lower.lru.touch(c.key)
-        lower.stats.chunks += 1
         lower.stats.bytes_in += c.size
+        if lower.shared and self.probe is not None:
+            self.probe.forget_miss(c.key)
         return True
 
     async def _make_room_lower(self, lower: _Lower, need: int) -> bool:
@@ -776,15 +971,45 @@ class TieredStore:
             )
             if victim is None:
                 return False
+            nxt = self._below(lower)
+            if nxt is not None and nxt.shared and nxt.tier.name not in victim.lower:
+                await self._hand_down(victim, lower)
+                if lower.tier.name not in victim.lower or not victim.evictable():
+                    continue  # it changed while we read it; look again
             self._delete_lower_copy(victim, lower)
             lower.stats.evictions += 1
         return True
 
+    def _below(self, lower: _Lower) -> _Lower | None:
+        i = self.lower.index(lower)
+        return self.lower[i + 1] if i + 1 < len(self.lower) else None
+
+    async def _hand_down(self, c: Chunk, lower: _Lower) -> None:
+        """Before a local tier deletes the last local copy of a chunk the shared tier lacks,
+        read it into the upload queue (write-back). Off the request path: only demotions and
+        uploads make room in a lower tier."""
+        buf = bytearray(c.size)
+        c.moving = asyncio.get_running_loop().create_future()
+        ok = False
+        try:
+            ok = await self._tier_io(lower, "read_into", c.key, memoryview(buf), layout_id=c.layout_id,
+                                     payload_len=c.size)
+        except Exception:
+            log.exception("reading chunk %s from %s to hand it down failed", c.key.hex(), lower.tier.name)
+        finally:
+            fut, c.moving = c.moving, None
+            fut.set_result(ok)
+        if ok:
+            self.uploads.put(Upload(c.key, c.layout_id, c.namespace, c.size, c.created, c.position, payload=buf))
+
     def _delete_lower_copy(self, c: Chunk, lower: _Lower) -> None:
-        """Forget the copy now (so nobody reads it) and delete it in the background."""
+        """Forget the copy now (so nobody reads it) and delete it in the background. Another
+        node's object in a shared tier is only forgotten: it is not ours to delete."""
+        owned = c.key in lower.lru
         self._forget_lower_copy(c, lower)
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._executor, lower.tier.delete, c.key)
+        if not owned:
+            return
+        fut = asyncio.ensure_future(self._tier_io(lower, "delete", c.key))
         self._deleting[c.key] = fut
         fut.add_done_callback(lambda f, k=c.key: self._deleting.pop(k, None) if self._deleting.get(k) is f else None)
 
@@ -793,8 +1018,9 @@ class TieredStore:
         if stored is None:
             return
         self._retier(c)
-        lower.lru.remove(c.key)
-        lower.stats.used_bytes -= stored
+        if c.key in lower.lru:  # ours (always, on a local tier)
+            lower.lru.remove(c.key)
+            lower.stats.used_bytes -= stored
         lower.stats.chunks -= 1
         self._unindex_if_gone(c)
 
@@ -805,11 +1031,88 @@ class TieredStore:
 
     async def _flush_dram(self) -> None:
         """Write every DRAM-only chunk down (graceful shutdown), so a restart serves it."""
-        dirty = [self.index[k] for k in self.dram_lru.oldest_first() if not self.index[k].lower]
+        dirty = [self.index[k] for k in self.dram_lru.oldest_first() if not self._written_down(self.index[k])]
         for i in range(0, len(dirty), self._io_threads):
             batch = [c for c in dirty[i : i + self._io_threads] if c.moving is None and c.slot is not None]
             await asyncio.gather(*(self._write_lower(c, self.lower[0], self.arena.view(c.slot, c.size))
                                    for c in batch))
+
+    # ----------------------------------------------------------------- uploads to the shared tier
+
+    async def _upload_loop(self) -> None:
+        """One upload worker: take the oldest queued chunk, upload it; while the object store is
+        unreachable, keep it queued and wait for the breaker's next probe."""
+        assert self.shared is not None
+        breaker = self.shared.tier.breaker  # type: ignore[attr-defined]
+        while True:
+            upload = await self.uploads.get()
+            wait = breaker.seconds_until_retry()
+            if wait > 0:
+                self.uploads.put(upload, front=True)
+                await asyncio.sleep(wait)  # backoff until the breaker lets a probe through
+                continue
+            try:
+                await self._upload(upload)
+            except ObjectTierUnavailable as exc:
+                log.info("upload of %s deferred: %s", upload.key.hex(), exc)
+                self.uploads.put(upload, front=True)
+                await asyncio.sleep(max(breaker.seconds_until_retry(), 0.01))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("upload of chunk %s failed; dropped", upload.key.hex())
+
+    async def _upload(self, u: Upload) -> None:
+        assert self.shared is not None
+        shared = self.shared
+        c = self.index.get(u.key)
+        if c is not None and shared.tier.name in c.lower:
+            return
+        target = c if c is not None else Chunk(u.key, u.layout_id, u.namespace, u.size, u.created, u.created,
+                                               position=u.position)
+        held = False
+        if u.payload is not None:
+            payload = memoryview(u.payload)
+        elif c is not None and c.slot is not None:
+            c.leases += 1  # hold the slot still while its bytes go out
+            held = True
+            payload = self.arena.view(c.slot, c.size)
+        elif c is not None and c.lower:
+            local = next(l for l in self.lower if l.tier.name in c.lower)
+            buf = bytearray(c.size)
+            if local.shared or not await self._tier_io(local, "read_into", c.key, memoryview(buf),
+                                                      layout_id=c.layout_id, payload_len=c.size):
+                self.uploads_lost += 1
+                return
+            payload = memoryview(buf)
+        else:
+            self.uploads_lost += 1
+            return
+        try:
+            if target.key in self.index and self.index[target.key] is not target:
+                return  # replaced meanwhile: its own upload entry covers it
+            ok = await self._write_lower(target, shared, payload, raise_unavailable=True)
+        finally:
+            if held:
+                assert c is not None
+                c.leases -= 1
+        if ok and target.key not in self.index:
+            self.index[target.key] = target  # a handed-down chunk: the object is its only copy now
+
+    async def _drain_uploads(self, timeout: float) -> None:
+        """At shutdown: give queued uploads up to `timeout` seconds to go out."""
+        deadline = time.monotonic() + timeout
+        while self.uploads and time.monotonic() < deadline and self.shared is not None:
+            if self.shared.tier.breaker.seconds_until_retry() > 0:  # type: ignore[attr-defined]
+                log.warning("object store unreachable at shutdown: %d queued uploads not sent", len(self.uploads))
+                return
+            u = await self.uploads.get()
+            try:
+                await asyncio.wait_for(self._upload(u), max(0.01, deadline - time.monotonic()))
+            except (ObjectTierUnavailable, asyncio.TimeoutError):
+                log.warning("upload of %s at shutdown failed; not sent", u.key.hex())
+        if self.uploads:
+            log.warning("%d queued uploads not sent at shutdown", len(self.uploads))
 
     # ----------------------------------------------------------------- metadata persistence
 
@@ -831,10 +1134,15 @@ class TieredStore:
         path = self._meta_path()
         if path is None or not self.lower:
             return
-        data = {
+        data: dict[Any, Any] = {
             c.key: {"last_access": c.last_access, "hits": c.hits, "pinned": c.pinned}
             for c in self.index.values() if c.lower
         }
+        if self.shared is not None:  # the objects this node wrote, to count them after a restart
+            name, url = self.shared.tier.name, getattr(self.shared.tier, "url", None)
+            for key in self.shared.lru.oldest_first():
+                c = self.index[key]
+                data[key]["object"] = [url, c.lower[name], c.layout_id, c.namespace, c.size, c.created]
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(msgpack.packb(data, use_bin_type=True))

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: Declared costs before any measurement: (bandwidth bytes/s, latency s). Order-of-magnitude
 #: values for a shared-memory copy and a local NVMe read through the daemon.
-DECLARED: dict[str, tuple[float, float]] = {"dram": (8e9, 20e-6), "nvme": (1.5e9, 300e-6)}
+DECLARED: dict[str, tuple[float, float]] = {"dram": (8e9, 20e-6), "nvme": (1.5e9, 300e-6), "object": (0.3e9, 20e-3)}
 _CAL_LAYOUT = "ca1b"  # a layout id no real layout has (real ones are 16 hex digits)
 _CAL_KEY = bytes(16)  # the all-zero key: never produced by chunk_keys' blake2b chain in practice
 
@@ -54,6 +54,8 @@ def calibrate_costs(store: "TieredStore", *, budget_s: float = 0.3) -> dict[str,
                                        budget_s=budget_s)
         for lower in store.lower:
             tier = lower.tier
+            if lower.shared:  # asynchronous and shared: refined from real promotions instead
+                continue
 
             def write(buf: memoryview, tier=tier) -> None:
                 tier.write(_CAL_KEY, _CAL_LAYOUT, "tierd-calibration", buf)

@@ -138,8 +138,8 @@ class Dispatcher:
         layout = Layout.from_dict(args["layout"])
         return {"layout_id": self.store.register_layout(layout), "chunk_bytes": layout.chunk_bytes}
 
-    def _lookup(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        prefix, codes = self.store.lookup(args["keys"])
+    async def _lookup(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        prefix, codes = await self.store.lookup_async(args["keys"])
         reply: dict[str, Any] = {"prefix": prefix, "codes": codes}
         if "plan" in args:
             reply["plan"] = self._plan(args["plan"], codes[:prefix])

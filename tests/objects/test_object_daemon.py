@@ -1,0 +1,201 @@
+"""The object tier through real daemons sharing a real S3 bucket (SeaweedFS on loopback)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import obstore
+import pytest
+
+from tests.conftest import SMALL, payload_for
+from tierd.client import Client
+from tierd.keys import chunk_keys
+from tierd.tiers.object_format import HEADER_BYTES, object_path
+from tierd.tiers.object_store import open_store
+
+
+def _tokens(seed: int, n_chunks: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 32000, 256 * n_chunks)
+
+
+def _object_tier(c: Client) -> dict[str, Any]:
+    return next(t for t in c.stat()["tiers"] if t["name"] == "object")
+
+
+def wait_for(what: str, cond: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Poll a condition with a deadline (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _uploaded(c: Client, n: int) -> Callable[[], bool]:
+    return lambda: (lambda t: t["upload_queued"] == 0 and t["chunks"] >= n)(_object_tier(c))
+
+
+def _read_all(c: Client, keys: list[bytes]) -> list[bool]:
+    """Lease the keys and compare each with its expected payload."""
+    with c.get(SMALL, keys) as lease:
+        return [lease.view(i).tobytes() == payload_for(k, SMALL.chunk_bytes).tobytes() if i < lease.count else False
+                for i, k in enumerate(keys)]
+
+
+def test_write_through_round_trip_and_stat(object_daemons, object_url):
+    d = object_daemons("a", object_url)
+    keys = chunk_keys(SMALL, _tokens(1, 6))
+    with Client.connect(d.socket) as c:
+        c.put_chunks(SMALL, keys, [payload_for(k, SMALL.chunk_bytes) for k in keys])
+        wait_for("uploads", _uploaded(c, 6))
+        tier = _object_tier(c)
+        assert tier["used_bytes"] == 6 * (HEADER_BYTES + SMALL.chunk_bytes)
+        assert tier["puts"] == 6 and tier["breaker"] == "closed" and tier["write_mode"] == "through"
+        # the bytes in the bucket are the chunk behind a verified header
+        store = open_store(object_url, env={**os.environ, "AWS_ENDPOINT_URL": _endpoint(d), **_creds()})
+        raw = obstore.get(store, object_path(keys[0])).bytes()
+        assert bytes(raw)[HEADER_BYTES:] == payload_for(keys[0], SMALL.chunk_bytes).tobytes()
+        c.evict(keys=keys, tier="dram")
+        c.evict(keys=keys, tier="nvme")
+        res = c.lookup(keys)
+        assert res.prefix == 6 and set(res.tiers) == {"object"}
+        assert all(_read_all(c, keys))  # promoted back from the object tier
+        assert c.inspect(keys[0])["object"]["node"] == "a"
+
+
+def test_demotion_chain_dram_nvme_object_and_back(object_daemons, object_url):
+    # 8 DRAM slots and room for 8 chunk files on NVMe; 40 chunks must reach the object tier
+    d = object_daemons("a", object_url, dram="4MiB", nvme=str(8 * (SMALL.chunk_bytes + 4096)),
+                       extra=("--object-write", "back"))
+    keys = chunk_keys(SMALL, _tokens(2, 40))
+    with Client.connect(d.socket) as c:
+        for i in range(0, 40, 4):  # a few chunks per request, as an engine does
+            c.put_chunks(SMALL, keys[i:i + 4], [payload_for(k, SMALL.chunk_bytes) for k in keys[i:i + 4]])
+        wait_for("write-back", lambda: _object_tier(c)["chunks"] >= 40 - 16 and _object_tier(c)["upload_queued"] == 0)
+        res = c.lookup(keys)
+        assert res.prefix == 40
+        assert res.tiers.count("object") >= 40 - 16 and "nvme" in res.tiers and "dram" in res.tiers
+        stat = {t["name"]: t for t in c.stat()["tiers"]}
+        assert stat["nvme"]["used_bytes"] <= stat["nvme"]["capacity_bytes"]
+        assert stat["object"]["upload_dropped"] == 0 and stat["object"]["uploads_lost"] == 0
+        assert stat["object"]["bytes_out"] == 0
+        for i in range(0, 40, 4):  # every chunk comes back byte-identical, whatever tier holds it
+            assert all(_read_all(c, keys[i:i + 4])), i
+        assert _object_tier(c)["bytes_out"] >= (40 - 16) * SMALL.chunk_bytes  # promoted from the bucket
+
+
+def test_two_daemons_share_one_bucket(object_daemons, object_url):
+    a = object_daemons("node-a", object_url)
+    b = object_daemons("node-b", object_url)
+    keys = chunk_keys(SMALL, _tokens(3, 8))
+    with Client.connect(a.socket) as ca, Client.connect(b.socket) as cb:
+        assert cb.lookup(keys).prefix == 0
+        ca.put_chunks(SMALL, keys, [payload_for(k, SMALL.chunk_bytes) for k in keys])
+        wait_for("uploads from a", _uploaded(ca, 8))
+        res = wait_for("b to see a's chunks", lambda: (r := cb.lookup(keys)).prefix == 8 and r)
+        assert set(res.tiers) == {"object"}
+        assert all(_read_all(cb, keys))
+        assert cb.lookup(keys).tiers == ["dram"] * 8
+        info = cb.inspect(keys[3])
+        assert info["object"]["node"] == "node-a" and not info["object"]["written_by_this_node"]
+        tb = _object_tier(cb)
+        assert tb["used_bytes"] == 0 and tb["remote_found"] >= 8  # b wrote nothing, found a's objects
+
+
+def test_corrupted_object_is_a_miss_on_another_node(object_daemons, object_url, s3):
+    a = object_daemons("node-a", object_url)
+    b = object_daemons("node-b", object_url)
+    keys = chunk_keys(SMALL, _tokens(4, 4))
+    with Client.connect(a.socket) as ca, Client.connect(b.socket) as cb:
+        ca.put_chunks(SMALL, keys, [payload_for(k, SMALL.chunk_bytes) for k in keys])
+        wait_for("uploads", _uploaded(ca, 4))
+        store = open_store(object_url, env=s3.env())
+        raw = bytearray(obstore.get(store, object_path(keys[2])).bytes())
+        raw[HEADER_BYTES + 777] ^= 0xFF  # one payload byte, header intact
+        obstore.put(store, object_path(keys[2]), bytes(raw))
+        assert cb.lookup(keys).prefix == 4  # the header still reads; the payload check is on load
+        with cb.get(SMALL, keys) as lease:
+            assert lease.count == 2  # chunks 0 and 1; chunk 2 failed its checksum: a miss
+            assert lease.view(1).tobytes() == payload_for(keys[1], SMALL.chunk_bytes).tobytes()
+        tb = _object_tier(cb)
+        assert tb["corrupt"] == 1 and tb["corrupt_deleted"] == 1
+        assert cb.lookup(keys).prefix == 2
+
+
+def test_store_down_then_back(object_daemons, object_url, s3):
+    """Unreachable store: lookups stay fast, local tiers keep serving, uploads wait; when the
+    store is back the tier recovers without a daemon restart."""
+    d = object_daemons("a", object_url, extra=("--object-timeout", "1", "--object-lookup-budget", "50ms"))
+    local = chunk_keys(SMALL, _tokens(5, 4))
+    later = chunk_keys(SMALL, _tokens(6, 4))
+    unknown = chunk_keys(SMALL, _tokens(7, 64))
+    with Client.connect(d.socket) as c:
+        c.put_chunks(SMALL, local, [payload_for(k, SMALL.chunk_bytes) for k in local])
+        wait_for("uploads", _uploaded(c, 4))
+        s3.kill()
+        try:
+            times = []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                assert c.lookup(unknown).prefix == 0
+                times.append(time.perf_counter() - t0)
+            assert max(times) < 1.0  # bounded by the lookup budget (+ frame overhead), never the timeout
+            assert sorted(times)[10] < 0.2
+            assert c.lookup(local).tiers == ["dram"] * 4 and all(_read_all(c, local))
+            c.put_chunks(SMALL, later, [payload_for(k, SMALL.chunk_bytes) for k in later])
+            assert all(_read_all(c, later))
+            wait_for("the circuit to open", lambda: _object_tier(c)["breaker"] != "closed")
+            assert _object_tier(c)["upload_queued"] >= 1
+        finally:
+            s3.start()
+        wait_for("recovery", lambda: (lambda t: t["breaker"] == "closed" and t["upload_queued"] == 0
+                                      and t["chunks"] >= 8)(_object_tier(c)), timeout=60)
+        assert _object_tier(c)["upload_dropped"] == 0
+        store = open_store(object_url, env=s3.env())
+        for k in later:  # the chunks put while the store was down are in the bucket now
+            assert bytes(obstore.get(store, object_path(k)).bytes())[HEADER_BYTES:] == \
+                payload_for(k, SMALL.chunk_bytes).tobytes()
+
+
+def test_upload_queue_drops_oldest_when_full(object_daemons, object_url, s3):
+    d = object_daemons("a", object_url, extra=("--object-queue", str(4 * SMALL.chunk_bytes),
+                                              "--object-timeout", "1"))
+    keys = chunk_keys(SMALL, _tokens(8, 12))
+    with Client.connect(d.socket) as c:
+        s3.kill()
+        try:
+            for i in range(12):
+                c.put_chunks(SMALL, keys[i:i + 1], [payload_for(keys[i], SMALL.chunk_bytes)])
+            tier = wait_for("drops", lambda: (t := _object_tier(c))["upload_dropped"] >= 1 and t)
+            assert tier["upload_queue_bytes"] <= 4 * SMALL.chunk_bytes
+            assert all(_read_all(c, keys))  # nothing local was lost
+        finally:
+            s3.start()
+
+
+@pytest.mark.parametrize("case, env, pattern", [
+    ("missing bucket", {}, "bucket does not exist"),
+    ("bad secret", {"AWS_SECRET_ACCESS_KEY": "nope"}, "refused our credentials"),
+])
+def test_bad_store_config_stops_the_daemon_at_start(object_daemons, s3, case, env, pattern):
+    url = "s3://no-such-bucket/x" if case == "missing bucket" else "s3://tierd/x"
+    with pytest.raises(RuntimeError, match=pattern):
+        object_daemons("bad", url, env=env)
+
+
+def _endpoint(d) -> str:
+    return d.env["AWS_ENDPOINT_URL"]
+
+
+def _creds() -> dict[str, str]:
+    from tests.s3server import ACCESS_KEY, SECRET_KEY
+
+    return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}

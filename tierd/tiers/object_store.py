@@ -1,0 +1,274 @@
+"""The object tier (L4): chunks as immutable objects in an S3-compatible bucket shared by all nodes.
+
+Built on obstore (S3, plus its local-filesystem and in-memory stores for embedded use). Unlike
+the NVMe tier this one is asynchronous — requests run on the daemon's event loop, many at
+once — and *shared*: other nodes write to the same prefix, so the local index never knows all
+of it. The store therefore asks it about keys it has not seen (`probe_headers`), counts only
+this node's own writes against `--object`, and never rebuilds an index by listing the bucket.
+
+Every call has a deadline, obstore retries transient errors with backoff, and a circuit
+breaker stops calling a store that keeps failing (calls then fail at once with
+`ObjectTierUnavailable`), probing it again after a cooldown. What a read returns is verified
+(header, size, xxh3 checksum): a bad object is a miss and is deleted, never data.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from datetime import timedelta
+from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+from urllib.parse import urlparse
+
+import obstore
+from obstore.exceptions import GenericError, NotFoundError, PermissionDeniedError, UnauthenticatedError
+
+from tierd.errors import ConfigError, ObjectTierUnavailable
+from tierd.tiers.base import StoredRecord
+from tierd.tiers.breaker import CircuitBreaker
+from tierd.tiers.object_format import (
+    HEADER_BYTES,
+    BadObject,
+    ObjectHeader,
+    check_header,
+    checksum,
+    object_path,
+    pack_header,
+    parse_header,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("s3", "s3a", "file", "memory")
+T = TypeVar("T")
+
+
+def open_store(url: str, *, env: Mapping[str, str] | None = None, timeout: float = 5.0) -> Any:
+    """An obstore store for `url`: s3://bucket/prefix (endpoint, region and credentials from the
+    standard AWS_* variables; AWS_ENDPOINT_URL for S3-compatible servers), file:///dir, memory://."""
+    env = os.environ if env is None else env
+    parsed = urlparse(url)
+    if parsed.scheme not in SCHEMES:
+        raise ConfigError(f"object_url {url!r}: use s3://bucket/prefix, file:///path or memory://")
+    if parsed.scheme == "memory":
+        return obstore.store.MemoryStore()
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            raise ConfigError(f"object_url {url!r}: a file:// URL needs an absolute path, like file:///var/tierd")
+        os.makedirs(parsed.path, exist_ok=True)
+        return obstore.store.LocalStore(parsed.path, mkdir=True)
+    if not parsed.netloc:
+        raise ConfigError(f"object_url {url!r}: name the bucket, like s3://my-bucket/tierd")
+    config: dict[str, Any] = {}
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT")
+    if endpoint:
+        config["endpoint"] = endpoint
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    config["region"] = region or "us-east-1"
+    for var, key in (("AWS_ACCESS_KEY_ID", "access_key_id"), ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
+                     ("AWS_SESSION_TOKEN", "session_token")):
+        if env.get(var):
+            config[key] = env[var]
+    client = {"timeout": timedelta(seconds=timeout), "connect_timeout": timedelta(seconds=min(timeout, 2.0)),
+              "allow_http": bool(endpoint and endpoint.startswith("http://"))}
+    retry = {"max_retries": 2, "retry_timeout": timedelta(seconds=timeout),
+             "backoff": {"init_backoff": timedelta(milliseconds=20), "max_backoff": timedelta(seconds=1), "base": 2}}
+    prefix = parsed.path.strip("/") or None
+    try:
+        return obstore.store.S3Store(parsed.netloc, prefix=prefix, config=config, client_options=client,
+                                     retry_config=retry)
+    except Exception as exc:  # obstore validates the config eagerly
+        raise ConfigError(f"object_url {url!r}: {exc}") from None
+
+
+class ObjectTier:
+    """Chunk objects under one store prefix. Async methods run on the caller's event loop."""
+
+    name = "object"
+    shared = True  # other nodes write here too: see the module docstring
+
+    def __init__(self, url: str, *, node: str, timeout: float = 5.0, part_bytes: int = 8 << 20,
+                 concurrency: int = 8, env: Mapping[str, str] | None = None, store: Any = None) -> None:
+        self.url = url
+        self.node = node
+        self.timeout = timeout
+        self.part_bytes = part_bytes
+        self.concurrency = concurrency
+        self.store = store if store is not None else open_store(url, env=env, timeout=timeout)
+        self.breaker = CircuitBreaker(f"object tier {url}")
+        self.counters = {"puts": 0, "put_skipped_existing": 0, "gets": 0, "probes": 0, "probe_found": 0,
+                         "errors": 0, "timeouts": 0, "corrupt_deleted": 0}
+
+    # ------------------------------------------------------------ LowerTier contract (sync part)
+
+    def stored_bytes(self, payload_len: int) -> int:
+        return HEADER_BYTES + payload_len
+
+    def scan(self) -> Iterable[StoredRecord]:
+        """Nothing: a shared bucket is never listed at start (it may hold millions of other
+        nodes' objects); the store learns of objects through lookups and its own writes."""
+        return ()
+
+    # ------------------------------------------------------------ calls with deadline and breaker
+
+    async def _call(self, what: str, make: Callable[[], Awaitable[T]], *, timeout: float | None = None) -> T:
+        """Run one store request under the deadline and the breaker. NotFoundError passes through
+        (an answer, not a failure); anything else counts against the breaker and becomes
+        ObjectTierUnavailable."""
+        if not self.breaker.allow():
+            raise ObjectTierUnavailable(
+                f"{what}: object store {self.url} is not answering (circuit open, retry in "
+                f"{self.breaker.seconds_until_retry():.1f}s)")
+        try:
+            result = await asyncio.wait_for(make(), timeout if timeout is not None else self.timeout)
+        except (FileNotFoundError, NotFoundError):
+            self.breaker.success()
+            raise
+        except asyncio.TimeoutError:
+            self.counters["timeouts"] += 1
+            self.breaker.failure()
+            raise ObjectTierUnavailable(f"{what}: no answer from {self.url} within {self.timeout}s") from None
+        except Exception as exc:
+            self.counters["errors"] += 1
+            self.breaker.failure()
+            raise ObjectTierUnavailable(f"{what}: {_first_line(exc)}") from None
+        self.breaker.success()
+        return result
+
+    async def check(self) -> None:
+        """At start: a missing bucket or credentials the store refuses are configuration errors;
+        a store that does not answer is not (the tier starts with its circuit open and recovers)."""
+        try:
+            stream = obstore.list(self.store, chunk_size=1)
+            await asyncio.wait_for(stream.__anext__(), self.timeout)
+        except StopAsyncIteration:
+            pass
+        except (PermissionDeniedError, UnauthenticatedError) as exc:
+            raise ConfigError(f"object_url {self.url!r}: the store refused our credentials "
+                              f"(check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): {_first_line(exc)}") from None
+        except GenericError as exc:
+            text = str(exc)
+            if "NoSuchBucket" in text:
+                raise ConfigError(f"object_url {self.url!r}: the bucket does not exist; create it first") from None
+            if any(s in text for s in ("403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId")):
+                raise ConfigError(f"object_url {self.url!r}: the store refused our credentials "
+                                  f"(check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): {_first_line(exc)}") from None
+            self._unreachable_at_start(exc)
+        except (asyncio.TimeoutError, OSError) as exc:
+            self._unreachable_at_start(exc)
+
+    def _unreachable_at_start(self, exc: BaseException) -> None:
+        log.warning("object store %s does not answer (%s); starting with local tiers only, retrying in the background",
+                    self.url, _first_line(exc) or type(exc).__name__)
+        for _ in range(self.breaker.threshold):
+            self.breaker.failure()
+
+    # ------------------------------------------------------------ chunk operations
+
+    async def write_async(self, key: bytes, layout_id: str, namespace: str, payload: memoryview) -> int:
+        """Upload a chunk unless it is already there. Returns the bytes this call wrote, or 0 when
+        another writer got there first (objects are immutable: the same key is the same bytes)."""
+        path = object_path(key)
+        try:
+            meta = await self._call(f"head {path}", lambda: obstore.head_async(self.store, path))
+            if meta["size"] == self.stored_bytes(len(payload)):
+                self.counters["put_skipped_existing"] += 1
+                return 0
+        except (FileNotFoundError, NotFoundError):
+            pass
+        header = pack_header(ObjectHeader(key, layout_id, namespace, len(payload), checksum(payload),
+                                          time.time(), self.node))
+        total = HEADER_BYTES + len(payload)
+        multipart = total > self.part_bytes
+        body: Any = [header, payload] if multipart else header + bytes(payload)
+        await self._call(
+            f"put {path}",
+            lambda: obstore.put_async(self.store, path, body, use_multipart=multipart, chunk_size=self.part_bytes,
+                              max_concurrency=self.concurrency),
+            timeout=self.timeout * max(1, total // (64 << 20) + 1),
+        )
+        self.counters["puts"] += 1
+        return total
+
+    async def read_into_async(self, key: bytes, dest: memoryview, *, layout_id: str, payload_len: int) -> bool:
+        """Fill `dest` with the verified payload. False on a missing or bad object (a bad one is
+        deleted); ObjectTierUnavailable if the store does not answer."""
+        path = object_path(key)
+        total = HEADER_BYTES + payload_len
+        starts = list(range(0, total, self.part_bytes))
+        ends = [min(s + self.part_bytes, total) for s in starts]
+        try:
+            parts = await self._call(
+                f"get {path}",
+                lambda: asyncio.gather(*(obstore.get_range_async(self.store, path, start=s, end=e) for s, e in zip(starts, ends))),
+                timeout=self.timeout * max(1, total // (64 << 20) + 1),
+            )
+        except (FileNotFoundError, NotFoundError):
+            return False
+        except ObjectTierUnavailable as exc:
+            if "Range" in str(exc) or "416" in str(exc):  # shorter than it must be: truncated
+                await self._drop_bad(key, path, "truncated object")
+                return False
+            raise
+        self.counters["gets"] += 1
+        try:
+            if any(len(p) != e - s for p, s, e in zip(parts, starts, ends)):
+                raise BadObject("object shorter than its header says")
+            first = memoryview(parts[0])
+            header = parse_header(first)
+            check_header(header, key, layout_id, payload_len)
+            pos = 0
+            for i, part in enumerate(parts):
+                view = memoryview(part)[HEADER_BYTES:] if i == 0 else memoryview(part)
+                dest[pos:pos + len(view)] = view
+                pos += len(view)
+            if checksum(dest[:payload_len]) != header.checksum:
+                raise BadObject("payload checksum mismatch")
+        except BadObject as exc:
+            await self._drop_bad(key, path, str(exc))
+            return False
+        return True
+
+    async def _drop_bad(self, key: bytes, path: str, why: str) -> None:
+        log.warning("object %s failed verification (%s): a miss; deleting it", key.hex(), why)
+        self.counters["corrupt_deleted"] += 1
+        try:
+            await self._call(f"delete {path}", lambda: obstore.delete_async(self.store, path))
+        except (ObjectTierUnavailable, FileNotFoundError, NotFoundError):
+            pass
+
+    async def read_header(self, key: bytes) -> ObjectHeader | None:
+        """The object's verified header (one small ranged GET), or None if there is none or it is bad."""
+        path = object_path(key)
+        try:
+            raw = await self._call(f"get header {path}",
+                                   lambda: obstore.get_range_async(self.store, path, start=0, end=HEADER_BYTES))
+            header = parse_header(memoryview(raw))
+            check_header(header, key, None, None)
+            return header
+        except (FileNotFoundError, NotFoundError):
+            return None
+        except BadObject as exc:
+            await self._drop_bad(key, path, str(exc))
+            return None
+
+    async def delete_async(self, key: bytes) -> int:
+        path = object_path(key)
+        try:
+            meta = await self._call(f"head {path}", lambda: obstore.head_async(self.store, path))
+            await self._call(f"delete {path}", lambda: obstore.delete_async(self.store, path))
+            return int(meta["size"])
+        except (FileNotFoundError, NotFoundError):
+            return 0
+        except ObjectTierUnavailable as exc:
+            log.warning("could not delete %s: %s", path, exc)
+            return 0
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counters, "breaker": self.breaker.state.value, "breaker_opened": self.breaker.opened,
+                "node": self.node, "url": self.url}
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
