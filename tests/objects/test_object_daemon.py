@@ -199,3 +199,71 @@ def _creds() -> dict[str, str]:
     from tests.s3server import ACCESS_KEY, SECRET_KEY
 
     return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tierd", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_cli_shows_the_object_tier(object_daemons, object_url):
+    d = object_daemons("cli-node", object_url)
+    keys = chunk_keys(SMALL, _tokens(9, 3))
+    with Client.connect(d.socket) as c:
+        c.put_chunks(SMALL, keys, [payload_for(k, SMALL.chunk_bytes) for k in keys])
+        wait_for("uploads", _uploaded(c, 3))
+    out = _cli("stat", "--socket", d.socket)
+    assert out.returncode == 0 and "object tier s3://" in out.stdout and "node cli-node" in out.stdout
+    assert any(line.startswith("object ") for line in out.stdout.splitlines())  # the tier's row
+    tiers = json.loads(_cli("stat", "--socket", d.socket, "--json").stdout)["tiers"]
+    assert [t["chunks"] for t in tiers if t["name"] == "object"] == [3]
+    out = _cli("ls", "--socket", d.socket, "--tier", "object", "--json")
+    assert out.returncode == 0 and {r["key"] for r in json.loads(out.stdout)} == {k.hex() for k in keys}
+    out = _cli("inspect", "--socket", d.socket, keys[0].hex())
+    assert out.returncode == 0 and "written by cli-node (this node)" in out.stdout
+
+
+def test_gc_by_age_and_size(s3, object_url):
+    from tierd.tiers.object_store import ObjectTier
+    import asyncio
+
+    tier = ObjectTier(object_url, node="n", env=s3.env())
+    keys = [os.urandom(16) for _ in range(5)]
+
+    async def put_all() -> None:
+        for k in keys:
+            await tier.write_async(k, "ab12", "ns", memoryview(b"\x01" * 100_000))
+
+    asyncio.run(put_all())
+    env = s3.env()
+    out = _cli("gc", "--object-url", object_url, "--max-size", str(3 * (HEADER_BYTES + 100_000)), "--dry-run",
+               "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["objects"] == 5 and rep["deleted_size"] == 2 and rep["dry_run"]
+    store = open_store(object_url, env=env)
+    assert sum(len(b) for b in obstore.list(store)) == 5  # a dry run deletes nothing
+    out = _cli("gc", "--object-url", object_url, "--max-size", str(3 * (HEADER_BYTES + 100_000)), "--json", env=env)
+    assert json.loads(out.stdout)["kept_objects"] == 3
+    assert sum(len(b) for b in obstore.list(store)) == 3
+    out = _cli("gc", "--object-url", object_url, "--max-age", "1000d", "--json", env=env)
+    assert json.loads(out.stdout)["deleted_age"] == 0
+    out = _cli("gc", "--object-url", object_url, "--max-age", "0.001s", "--json", env=env)
+    assert json.loads(out.stdout)["deleted_age"] == 3 and sum(len(b) for b in obstore.list(store)) == 0
+
+
+@pytest.mark.parametrize("args, pattern", [
+    ((), "give --max-age, --max-size or both"),
+    (("--max-age", "soon"), "--max-age='soon'"),
+    (("--max-size", "lots"), "--max-size"),
+])
+def test_gc_bad_input(s3, object_url, args, pattern):
+    out = _cli("gc", "--object-url", object_url, *args, env=s3.env())
+    assert out.returncode == 1 and pattern in out.stderr
+
+
+def test_gc_needs_a_url():
+    env = {k: v for k, v in os.environ.items() if k != "TIERD_OBJECT_URL"}
+    out = subprocess.run([sys.executable, "-m", "tierd", "gc", "--max-age", "1d"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 1 and "--object-url" in out.stderr

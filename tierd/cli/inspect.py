@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from tierd.cli.common import add_client_args, connect, parse_key, print_json
 
@@ -20,6 +21,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info)
     else:
+        obj = info.pop("object", None)
         for name, value in info.items():
             print(f"{name:12} {','.join(value) if isinstance(value, list) else value}")
+        if obj is not None:  # which node wrote the object-tier copy, and when
+            if "error" in obj:
+                print(f"{'object':12} unknown: {obj['error']}")
+            else:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(obj["written"]))
+                mine = " (this node)" if obj["written_by_this_node"] else ""
+                print(f"{'object':12} written by {obj['node']}{mine} at {when} UTC, {obj['stored_bytes']} bytes")
     return 0

@@ -24,6 +24,12 @@ def run(args: argparse.Namespace) -> int:
         for t in stat["tiers"]
     ]
     print_table(["tier", "capacity", "used", "chunks", "hits", "misses", "hit ratio", "evictions", "corrupt"], rows)
+    for t in stat["tiers"]:
+        if "url" in t:  # the shared object tier
+            print(f"\nobject tier {t['url']}: node {t['node']}, write-{t['write_mode']}, circuit {t['breaker']}; "
+                  f"uploads queued {t['upload_queued']} ({format_bytes(t['upload_queue_bytes'])}), "
+                  f"dropped {t['upload_dropped']}, lost {t['uploads_lost']}; found by lookups {t['remote_found']}, "
+                  f"lookups over budget {t['remote_budget_exceeded']}")
     print(f"\n{stat['chunks']} chunks, {stat['sessions']} clients, {stat['leases']} leases, "
           f"{stat['reservations']} reservations, {stat['lookups']} lookups")
     return 0
