@@ -86,6 +86,12 @@ PRECEDENCE = [
     ("max_frame_bytes", "1MiB", "2MiB", ["--max-frame-bytes", "4194304"], MiB, 2 * MiB, 4 * MiB),
     ("demote_high_watermark", 0.9, "0.97", ["--demote-high-watermark", "99%"], 0.9, 0.97, 0.99),
     ("demote_low_watermark", 0.5, "0.6", ["--demote-low-watermark", "0.7"], 0.5, 0.6, 0.7),
+    ("object_url", "memory://", "file:///srv/tierd", ["--object-url", "s3://kv-cache/node"],
+     "memory://", "file:///srv/tierd", "s3://kv-cache/node"),
+    ("object_write", "back", "through", ["--object-write", "back"], "back", "through", "back"),
+    ("object_lookup_budget", 0.02, "100ms", ["--object-lookup-budget", "0.2"], 0.02, 0.1, 0.2),
+    ("object", "1GiB", "2GiB", ["--object", "0"], GiB, 2 * GiB, 0),
+    ("node_id", "rack1-a", "rack1-b", ["--node-id", "rack1-c"], "rack1-a", "rack1-b", "rack1-c"),
 ]
 
 
@@ -250,6 +256,13 @@ BAD_STRINGS = [
     ("max_frame_bytes", ["100", "8GiB", "lots"]),
     ("socket_mode", ["0800", "9999", "0400", "rw", ""]),
     ("io_threads", ["0", "65", "four", "2.5", ""]),
+    ("object_url", ["ftp://bucket/x", "s3://", "s3://UPPER/x", "file://relative", "bucket/prefix", "memory"]),
+    ("object", ["lots", "-1"]),
+    ("object_write", ["sideways", "", "thru"]),
+    ("object_timeout", ["0", "-1", "forever", "601", "5min"]),
+    ("object_lookup_budget", ["0", "fast", "0ms"]),
+    ("object_queue", ["big", "-5"]),
+    ("node_id", ["", "two words", "x" * 65]),
 ]
 # --calibrate/--no-calibrate take no value, so argparse itself refuses a bad one
 BAD_CASES = [
