@@ -168,6 +168,7 @@ def _native_copier(layers: list[torch.Tensor], head_dim: int) -> native.Copier |
     if copier.backend != "cpp":
         log.info("tierd: KV copies use numpy (native C++ kernels: %s)", native.report()["cpu_library"])
         return None
+    log.info("tierd: KV copies use native's C++ kernels (%d thread(s))", getattr(copier, "threads", 1))
     return copier
 
 
