@@ -1,21 +1,26 @@
 """How far does a locally missing prefix continue in the shared object tier?
 
 Other nodes upload chunks this node has never seen, so a lookup that misses locally asks the
-object tier — but the engine's scheduler is waiting, so it must answer within a small budget
-(`--object-lookup-budget`, default 50 ms) whatever the store does. Keys are chained, so a
-prompt's chunks are present as a leading run: the probe reads object headers in waves that
-double in size (8, 16, 32, … concurrent ranged GETs), and stops at the first key that is
-missing, unanswered when the budget runs out, or refused. A prompt that misses everywhere costs
-one wave; a 512-chunk hit costs about seven round trips.
+object tier — but the engine's scheduler is waiting, so the lookup answers within a small budget
+(`--object-lookup-budget`, default 50 ms) whatever the store does.
 
-Found objects come back as verified headers (the store indexes them as chunks this node did
-not write). Misses are remembered for a short time (negative cache) so a burst of requests
-with the same new prefix does not ask the store again and again; the store forgets a key's
-miss as soon as it uploads that key itself.
+Keys are chained, so a prompt's chunks are present as a leading run: a *walk* reads object
+headers in waves that grow fourfold (16, 64, 256 … concurrent ranged GETs) and stops at the
+first key that is missing or refused. Each wave's finds are handed to the store (`on_found`)
+at once, so they are indexed — readable, and known to every later lookup — as soon as they are
+known. When the budget runs out the lookup answers with what is indexed by then, and the walk
+goes on in the background (at most `max_walks` at a time), so the next lookup of that prompt,
+or of any prompt sharing its prefix, finds the rest locally. A second lookup of a prompt whose
+walk is still running joins that walk instead of starting another.
+
+Misses are remembered for a short time (negative cache) so a burst of requests with the same
+new prefix does not ask the store again and again; the store forgets a key's miss as soon as it
+uploads that key itself.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from typing import Callable, Sequence
@@ -23,19 +28,27 @@ from typing import Callable, Sequence
 from tierd.tiers.object_format import ObjectHeader
 from tierd.tiers.object_store import ObjectTier
 
+log = logging.getLogger(__name__)
+
+FoundCallback = Callable[[Sequence[ObjectHeader]], None]
+
 
 class SharedTierProbe:
-    def __init__(self, tier: ObjectTier, *, budget: float = 0.05, first_wave: int = 8, max_wave: int = 128,
-                 negative_ttl: float = 1.0, max_negative: int = 65536,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, tier: ObjectTier, on_found: FoundCallback, *, budget: float = 0.05, first_wave: int = 16,
+                 growth: int = 4, max_wave: int = 256, max_walks: int = 8, negative_ttl: float = 1.0,
+                 max_negative: int = 65536, clock: Callable[[], float] = time.monotonic) -> None:
         self.tier = tier
+        self.on_found = on_found
         self.budget = budget
         self.first_wave = first_wave
+        self.growth = growth
         self.max_wave = max_wave
+        self.max_walks = max_walks
         self.negative_ttl = negative_ttl
         self.max_negative = max_negative
         self.clock = clock
         self._negative: OrderedDict[bytes, float] = OrderedDict()
+        self._walks: dict[bytes, asyncio.Task[None]] = {}
         self.probes = 0
         self.found = 0
         self.budget_exceeded = 0
@@ -59,52 +72,58 @@ class SharedTierProbe:
         while len(self._negative) > self.max_negative:
             self._negative.popitem(last=False)
 
-    async def leading(self, keys: Sequence[bytes]) -> list[ObjectHeader]:
-        """Headers of the leading run of `keys` present in the object tier, found within the budget."""
+    async def extend(self, keys: Sequence[bytes]) -> None:
+        """Index as much of the leading run of `keys` in the object tier as can be found within
+        the budget; keep looking in the background after it (see the module docstring)."""
         if not keys or not self.tier.breaker.would_allow():
-            return []
+            return
+        if self._known_missing(keys[0]):
+            self.negative_hits += 1
+            return
         self.probes += 1
-        deadline = self.clock() + self.budget
-        found: list[ObjectHeader] = []
+        walk = self._walks.get(keys[0])
+        if walk is None:
+            walk = asyncio.ensure_future(self._walk(list(keys)))
+            self._walks[keys[0]] = walk
+            walk.add_done_callback(lambda t, k=keys[0]: self._walks.pop(k, None) if self._walks.get(k) is t else None)
+        done, _ = await asyncio.wait([walk], timeout=self.budget)
+        if not done:
+            self.budget_exceeded += 1
+            if len(self._walks) > self.max_walks:
+                walk.cancel()  # too many walks behind already: this one stops here
+
+    async def _walk(self, keys: list[bytes]) -> None:
         wave = self.first_wave
         i = 0
         while i < len(keys):
-            batch = list(keys[i:i + wave])
+            batch = keys[i:i + wave]
             cut = next((j for j, k in enumerate(batch) if self._known_missing(k)), None)
             if cut is not None:
                 self.negative_hits += 1
                 batch = batch[:cut]
-            tasks = [asyncio.ensure_future(self.tier.read_header(k)) for k in batch]
-            stop = cut is not None
-            if tasks:
-                done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - self.clock()))
-                for t in pending:
-                    t.cancel()
-                if pending:
-                    self.budget_exceeded += 1
-                for key, t in zip(batch, tasks):
-                    if t not in done or t.cancelled() or t.exception() is not None:
-                        stop = True  # unanswered in time, or the store failed: unknown, not a miss
-                        break
-                    header = t.result()
-                    if header is None:
-                        self._remember_miss(key)
-                        stop = True
-                        break
-                    found.append(header)
-                # collect exceptions of the tasks after the stop so none is left unretrieved
-                for t in tasks:
-                    if t.done() and not t.cancelled():
-                        t.exception()
-            if stop:
-                break
+            results = await asyncio.gather(*(self.tier.read_header(k) for k in batch), return_exceptions=True)
+            run: list[ObjectHeader] = []
+            for key, r in zip(batch, results):
+                if isinstance(r, BaseException):  # the store failed or timed out: unknown, not a miss
+                    break
+                if r is None:
+                    self._remember_miss(key)
+                    break
+                run.append(r)
+            if run:
+                self.found += len(run)
+                self.on_found(run)
+            if len(run) < len(batch) or cut is not None:
+                return
             i += len(batch)
-            wave = min(wave * 2, self.max_wave)
-        self.found += len(found)
-        return found
+            wave = min(wave * self.growth, self.max_wave)
+
+    async def close(self) -> None:
+        for walk in list(self._walks.values()):
+            walk.cancel()
+        await asyncio.gather(*self._walks.values(), return_exceptions=True)
 
     def stats(self) -> dict[str, int]:
         return {"remote_lookups": self.probes, "remote_found": self.found,
                 "remote_budget_exceeded": self.budget_exceeded, "remote_negative_hits": self.negative_hits,
-                "remote_negative_cached": len(self._negative)}
-
+                "remote_negative_cached": len(self._negative), "remote_walks": len(self._walks)}

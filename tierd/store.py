@@ -203,7 +203,8 @@ class TieredStore:
         if self.shared is not None:
             from tierd.remote_lookup import SharedTierProbe
 
-            self.probe = SharedTierProbe(self.shared.tier, budget=lookup_budget)  # type: ignore[arg-type]
+            self.probe = SharedTierProbe(self.shared.tier, self._index_found,  # type: ignore[arg-type]
+                                         budget=lookup_budget)
         self._workers: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.layouts: dict[str, Layout] = {}
@@ -303,6 +304,8 @@ class TieredStore:
                 log.warning("flush of DRAM to %s timed out after %.0fs", self.lower[0].tier.name, flush_timeout)
             if self.shared is not None and self.uploads:
                 await self._drain_uploads(max(0.0, flush_timeout - (time.monotonic() - started)))
+        if self.probe is not None:
+            await self.probe.close()
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, *self._background, return_exceptions=True)
@@ -390,10 +393,8 @@ class TieredStore:
         _check_keys(keys)
         prefix, codes = self._local_codes(keys)
         if self.probe is not None and prefix < len(keys) and keys[prefix] not in self.reserved:
-            found = await self.probe.leading(keys[prefix:])
-            if found:
-                self._index_found(found)
-                prefix, codes = self._local_codes(keys)
+            await self.probe.extend(keys[prefix:])  # indexes what it finds
+            prefix, codes = self._local_codes(keys)
         return self._observed(keys, codes, prefix)
 
     def _index_found(self, headers: Sequence[Any]) -> None:

@@ -97,29 +97,46 @@ async def test_probe_finds_the_leading_run_in_waves():
     keys = [bytes([i]) * 16 for i in range(40)]
     for k in keys[:30]:
         await tier.write_async(k, "ab12", "ns", memoryview(b"\x07" * 1000))
-    probe = SharedTierProbe(tier, budget=5.0, first_wave=4)
-    found = await probe.leading(keys)
+    found: list = []
+    probe = SharedTierProbe(tier, found.extend, budget=5.0, first_wave=4, growth=2)
+    await probe.extend(keys)
     assert [h.key for h in found] == keys[:30] and all(h.payload_len == 1000 for h in found)
     # the miss at 30 is remembered: a second probe stops there without asking the store
-    gets = tier.counters["gets"]
-    assert [h.key for h in await probe.leading(keys[30:])] == [] and probe.negative_hits == 1
+    calls = []
+    real = tier.read_header
+    tier.read_header = lambda k: calls.append(k) or real(k)  # type: ignore[method-assign]
+    await probe.extend(keys[30:])
+    assert calls == [] and probe.negative_hits == 1
     probe.forget_miss(keys[30])
-    assert await probe.leading(keys[30:]) == []
-    assert tier.counters["gets"] == gets
+    await probe.extend(keys[30:])
+    assert calls == keys[30:34] and len(found) == 30
 
 
-async def test_probe_answers_within_its_budget_when_the_store_hangs():
+async def test_probe_answers_within_its_budget_and_goes_on_in_the_background():
     tier = ObjectTier("memory://", node="n")
+    keys = [os.urandom(16) for _ in range(64)]
+    for k in keys:
+        await tier.write_async(k, "ab12", "ns", memoryview(b"\x07" * 100))
+    gate = asyncio.Event()
+    real = tier.read_header
 
-    async def hang(key: bytes):
-        await asyncio.sleep(60)
+    async def slow(key: bytes):
+        await gate.wait()  # a store that answers only when the test says so
+        return await real(key)
 
-    tier.read_header = hang  # type: ignore[method-assign]  # a store that never answers
-    probe = SharedTierProbe(tier, budget=0.05)
+    tier.read_header = slow  # type: ignore[method-assign]
+    found: list = []
+    probe = SharedTierProbe(tier, found.extend, budget=0.05)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    assert await probe.leading([os.urandom(16) for _ in range(64)]) == []
-    assert loop.time() - t0 < 1.0 and probe.budget_exceeded == 1
+    await probe.extend(keys)
+    assert loop.time() - t0 < 1.0 and probe.budget_exceeded == 1 and found == []
+    assert probe.stats()["remote_walks"] == 1
+    await probe.extend(keys)  # joins the running walk instead of starting another
+    assert probe.stats()["remote_walks"] == 1
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*probe._walks.values()), 5)
+    assert [h.key for h in found] == keys  # found after the budget, indexed all the same
 
 
 def _config(tmp_path: Path, name: str, object_url: str, **kw) -> Config:
