@@ -27,7 +27,7 @@ setup(
     version="0.1.0",
     description="Tiered KV-cache storage daemon for LLM serving (DRAM, NVMe, object store)",
     packages=find_packages(include=["tierd", "tierd.*", "connectors", "connectors.*", "native", "native.*"]),
-    package_data={"native": ["csrc/*.cpp", "csrc/*.cu"]},
+    package_data={"native": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h"]},
     ext_modules=[NATIVE_CPU],
     python_requires=">=3.11",
     install_requires=[

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 CPU_SOURCE = HERE / "csrc" / "gather_scatter_cpu.cpp"
 CUDA_SOURCE = HERE / "csrc" / "gather_scatter.cu"
+CUDA_ITEM = HERE / "csrc" / "gather_scatter_item.h"  # included by the .cu (and the host emulation)
+EMULATION_SOURCE = HERE / "csrc" / "gather_scatter_emulated.cpp"
 #: Module name setup.py builds the CPU library under (an Extension; loaded with ctypes, not imported).
 CPU_EXTENSION = "_gather_scatter_cpu"
 CPU_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp")
@@ -58,6 +60,8 @@ def cache_dir() -> Path:
 def _key(source: Path, tool: str, flags: tuple[str, ...]) -> str:
     h = hashlib.blake2b(digest_size=8)
     h.update(source.read_bytes())
+    if source == CUDA_SOURCE:
+        h.update(CUDA_ITEM.read_bytes())
     h.update(" ".join((tool, *flags)).encode())
     return h.hexdigest()
 
@@ -160,6 +164,15 @@ def find_cuda_library() -> Found:
         log.warning("tierd native: could not build the CUDA gather/scatter library (%s)", why)
         return Found(None, why)
     return Found(out, "built on first use")
+
+
+def compile_cuda_emulation(out: Path) -> str | None:
+    """Build the host emulation of the CUDA kernel (tests only: the kernel's own addressing
+    code, run over the grid on the CPU). None on success, else the reason."""
+    cxx = compiler()
+    if cxx is None:
+        return "no C++ compiler"
+    return _compile([cxx, "-O1", "-std=c++17", "-fPIC", "-shared", str(EMULATION_SOURCE)], out)
 
 
 def compile_cuda_object(out: Path) -> str | None:

@@ -30,6 +30,19 @@ _PTR = ctypes.c_void_p
 VECTOR_BYTES = 16
 
 
+def vectorisable(cache: PagedCache, chunk_ptrs: np.ndarray) -> bool:
+    """Whether the kernel may move 16-byte groups: unit dim stride on the paged side, and every
+    head row starting 16-byte aligned on both sides (bases, strides and row lengths)."""
+    isz = cache.itemsize
+    return bool(
+        (cache.strides[:, :, 3] == 1).all()
+        and (cache.head_dim * isz) % VECTOR_BYTES == 0
+        and (cache.ptrs % VECTOR_BYTES == 0).all()
+        and ((cache.strides[:, :, :3] * isz) % VECTOR_BYTES == 0).all()
+        and (chunk_ptrs % VECTOR_BYTES == 0).all()
+    )
+
+
 class CudaKernels:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -74,14 +87,6 @@ class CudaCopier:
         self.stream = stream
         self._ptrs = torch.from_numpy(cache.ptrs.copy()).to(cache.device)
         self._strides = torch.from_numpy(cache.strides.copy()).to(cache.device)
-        isz = cache.itemsize
-        # 16-byte vectors need unit dim stride and 16-byte aligned rows on the paged side.
-        self._paged_vectorisable = bool(
-            (cache.strides[:, :, 3] == 1).all()
-            and (cache.head_dim * isz) % VECTOR_BYTES == 0
-            and (cache.ptrs % VECTOR_BYTES == 0).all()
-            and ((cache.strides[:, :, :3] * isz) % VECTOR_BYTES == 0).all()
-        )
 
     def gather(self, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None = None) -> None:
         self._copy(0, runs, chunks, layers)
@@ -103,7 +108,7 @@ class CudaCopier:
         want = layer_range(layers, c.num_layers)
         if not len(r) or not len(want):
             return
-        vectorise = self._paged_vectorisable and bool((batch.ptrs % VECTOR_BYTES == 0).all())
+        vectorise = vectorisable(c, batch.ptrs)
         stream = self.stream or torch.cuda.current_stream(c.device)
         with torch.cuda.stream(stream):
             runs_d = torch.from_numpy(r).pin_memory().to(c.device, non_blocking=True)

@@ -15,41 +15,18 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "gather_scatter_item.h"
+
 namespace {
 
-// One CTA per (run, layer, K/V); threads stride over (head, token, dim vector).
-// VEC is the element group one thread moves at once: 16 bytes when the head's row is
-// 16-byte aligned on both sides, else one element.
+// One CTA per (run, layer, K/V); its threads stride over (head, token, group).
 template <typename V>
 __global__ void copy_kernel(bool gather, const int64_t* __restrict__ ptrs, const int64_t* __restrict__ strides,
                             int64_t layer_lo, int64_t heads, int64_t head_dim, int64_t itemsize,
                             const int64_t* __restrict__ chunk_ptrs, int64_t chunk_tokens,
                             const int64_t* __restrict__ runs) {
-  const int64_t r = blockIdx.x;
-  const int64_t layer = layer_lo + blockIdx.y / 2;
-  const int64_t kv = blockIdx.y % 2;
-  const int64_t* run = runs + 5 * r;
-  const int64_t* s = strides + 8 * layer + 4 * kv;
-  const int64_t count = run[4];
-  const int64_t row = heads * head_dim;  // canonical elements per token
-  char* paged = reinterpret_cast<char*>(ptrs[2 * layer + kv]) + (run[2] * s[0] + run[3] * s[2]) * itemsize;
-  char* chunk = reinterpret_cast<char*>(chunk_ptrs[run[0]]) + ((layer * 2 + kv) * chunk_tokens + run[1]) * row * itemsize;
-  const int64_t per_vec = sizeof(V) / itemsize;  // elements per vector (1 when V is one element)
-  const int64_t vecs = head_dim / per_vec;       // vectors per head row
-  const int64_t total = heads * count * vecs;
-  for (int64_t i = threadIdx.x; i < total; i += blockDim.x) {
-    const int64_t v = i % vecs;
-    const int64_t t = (i / vecs) % count;
-    const int64_t h = i / (vecs * count);
-    const int64_t d = v * per_vec;
-    // With VEC > element the dim stride is 1 on the paged side (checked by the launcher).
-    V* p = reinterpret_cast<V*>(paged + (h * s[1] + t * s[2] + d * s[3]) * itemsize);
-    V* c = reinterpret_cast<V*>(chunk + (t * row + h * head_dim + d) * itemsize);
-    if (gather)
-      *c = *p;
-    else
-      *p = *c;
-  }
+  copy_run<V>(gather, ptrs, strides, layer_lo, heads, head_dim, itemsize, chunk_ptrs, chunk_tokens, runs, blockIdx.x,
+              blockIdx.y, threadIdx.x, blockDim.x);
 }
 
 template <typename V>

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from native import PagedCache
+from native import PagedCache, block_runs, concat
 
 KINDS = ("cpu_one_buffer", "cpu_per_layer", "gpu_LBNHC", "gpu_LBHNC", "gpu_BLNHC", "gpu_BLHNC", "gpu_padded",
          "kv_first", "separate")
@@ -105,3 +106,18 @@ def build(kind: str, layers: int, heads: int, head_dim: int, block_size: int, bl
     else:
         raise ValueError(kind)
     return Built(cache, [s.reshape(-1).view(torch.uint8) for s in storages], k_at, v_at)
+
+
+def random_runs(rng: np.random.Generator, nb: int, bs: int, n_chunks: int, tokens: int) -> np.ndarray:
+    """Per chunk: a random token window in random, distinct, non-contiguous blocks, starting and
+    ending mid-block."""
+    out = []
+    free = list(rng.permutation(nb))
+    for c in range(n_chunks):
+        first = int(rng.integers(0, tokens))
+        count = int(rng.integers(1, tokens - first + 1))
+        offset = int(rng.integers(0, bs))
+        need = -(-(offset + count) // bs)
+        blocks, free = free[:need], free[need:]
+        out.append(block_runs(blocks, bs, chunk=c, first_token=first, num_tokens=count, block_offset=offset))
+    return concat(*out)

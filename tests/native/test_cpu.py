@@ -17,10 +17,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from native import PagedCache, block_runs, concat, copier, slot_runs
+from native import PagedCache, block_runs, copier, slot_runs
 from native import cpu as native_cpu
 from native.backend import TorchCopier
-from tests.native.layouts import DTYPES, KINDS, build, random_bytes
+from tests.native.layouts import DTYPES, KINDS, build, random_bytes, random_runs
 from tierd.errors import InvalidArgumentError, LayoutMismatchError
 
 cpp_kernels, cpp_why = native_cpu.load()
@@ -37,21 +37,6 @@ def _covered(runs: np.ndarray, n: int, tokens: int) -> list[torch.Tensor]:
     for c, t, _, _, k in runs:
         masks[c][t:t + k] = True
     return masks
-
-
-def _random_runs(rng: np.random.Generator, nb: int, bs: int, n_chunks: int, tokens: int) -> np.ndarray:
-    """Per chunk: a random token window in random, distinct, non-contiguous blocks, starting and
-    ending mid-block."""
-    out = []
-    free = list(rng.permutation(nb))
-    for c in range(n_chunks):
-        first = int(rng.integers(0, tokens))
-        count = int(rng.integers(1, tokens - first + 1))
-        offset = int(rng.integers(0, bs))
-        need = -(-(offset + count) // bs)
-        blocks, free = free[:need], free[need:]
-        out.append(block_runs(blocks, bs, chunk=c, first_token=first, num_tokens=count, block_offset=offset))
-    return concat(*out)
 
 
 def _check_gather(built, runs, n_chunks, tokens, impl, layers=None):
@@ -99,7 +84,7 @@ def test_cpp_matches_reference_in_every_layout(kind, dtype):
     seed = abs(hash((kind, str(dtype)))) % 2**31
     make = lambda: build(kind, L, H, D, bs, nb, dtype, torch.Generator().manual_seed(seed))  # noqa: E731
     built = make()
-    runs = _random_runs(np.random.default_rng(seed), nb, bs, 2, T)
+    runs = random_runs(np.random.default_rng(seed), nb, bs, 2, T)
     _check_gather(built, runs, 2, T, copier(built.cache, "cpp"))
     _check_scatter(make, runs, 2, T, "cpp")
 
@@ -117,7 +102,7 @@ def test_cpp_matches_reference_on_random_layouts(kind, dtype, layers, heads, hea
     make = lambda: build(kind, layers, heads, head_dim, block_size, nb, dtype, torch.Generator().manual_seed(seed))  # noqa: E731
     built = make()
     rng = np.random.default_rng(seed)
-    runs = _random_runs(rng, nb, block_size, n_chunks, tokens)
+    runs = random_runs(rng, nb, block_size, n_chunks, tokens)
     lay = None
     if layer_part:
         lo = int(rng.integers(0, layers))
