@@ -1,0 +1,127 @@
+"""Between SGLang's host KV pool and tierd's canonical chunk: one page ↔ one chunk.
+
+A tierd chunk is `[layers, kv_factor, tokens, heads * head_dim]` (see `tierd.layout`), the
+same whatever the engine's host layout, so an SGLang instance with a `page_first` pool reads
+what a `layer_first` instance wrote, and no stored page depends on how a pool was laid out
+(SGLang's own file backend writes each pool's raw page bytes and cannot tell them apart).
+
+SGLang's host pools (0.5.23, `sglang/srt/mem_cache/pool_host/`) keep, for MHA (K and V) and
+MLA (one latent row per token, seen here as kv_factor 1 with one "head"):
+
+    layout              MHA kv_buffer                  MLA kv_buffer
+    layer_first         [2, L, tokens, H, D]           [L, tokens, 1, D]
+    page_first          [2, tokens, L, H, D]           [tokens, L, 1, D]
+    page_first_direct   [2, pages, L, page, H, D]      [pages, L, page, 1, D]
+
+With a leading kv axis of 1 added to MLA the two agree, so one table serves both. For each
+layout, `page(i)` is a *view* of the page starting at token `i`, permuted to canonical order
+`[L, kv, page, H, D]`; a save copies it straight into the arena slot and a load copies the
+slot straight back: one strided copy per page and direction, no temporary. The same
+permutation applied to a pool's "flat data page" (the host-order page that SGLang's plain
+`get`/`set` interface hands around) serves that interface.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tierd.errors import LayoutMismatchError
+from tierd.layout import DTYPE_SIZES, Layout
+
+#: Host layouts this module decodes: (host order of one page, permutation to canonical).
+HOST_LAYOUTS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "layer_first": ("kv,L,P,H,D", (1, 0, 2, 3, 4)),
+    "page_first": ("kv,P,L,H,D", (2, 0, 1, 3, 4)),
+    "page_first_direct": ("kv,L,P,H,D", (1, 0, 2, 3, 4)),
+}
+
+
+class HostPages:
+    """Canonical-order views of the pages of one SGLang host KV pool."""
+
+    def __init__(self, pool: Any, *, model: str, tp_rank: int, tp_size: int) -> None:
+        kind = pool_kind(pool)
+        layout_name = getattr(pool, "layout", None)
+        if layout_name not in HOST_LAYOUTS:
+            raise LayoutMismatchError(
+                f"SGLang host pool layout {layout_name!r}: tierd supports {', '.join(HOST_LAYOUTS)} "
+                "(set --hicache-mem-layout to one of them)"
+            )
+        dtype = str(pool.dtype).removeprefix("torch.")
+        if dtype not in DTYPE_SIZES:
+            raise LayoutMismatchError(f"SGLang host pool dtype {pool.dtype}: tierd stores {', '.join(DTYPE_SIZES)}")
+        buf = pool.kv_buffer
+        if not isinstance(buf, torch.Tensor) or buf.device.type != "cpu":
+            raise LayoutMismatchError(f"{type(pool).__name__} has no CPU kv_buffer tensor; tierd copies from host memory")
+        if getattr(pool, "dcp_size", 1) != 1:
+            raise LayoutMismatchError(f"{type(pool).__name__} with dcp_size={pool.dcp_size}: not supported by tierd yet")
+        if kind == "mha":
+            if pool.head_dim != pool.v_head_dim:
+                raise LayoutMismatchError(
+                    f"SGLang MHA pool with head_dim {pool.head_dim} != v_head_dim {pool.v_head_dim}: not supported by tierd"
+                )
+            kv, heads, dim, host = 2, pool.head_num, pool.head_dim, buf
+        else:
+            kv, heads, dim, host = 1, 1, pool.kv_cache_dim, buf.unsqueeze(0)
+        self.kind, self.host_layout = kind, layout_name
+        self.page_size = pool.page_size
+        self.layers = pool.layer_num
+        self.layout = Layout(model, dtype, self.layers, heads, dim, tp_rank=tp_rank, tp_size=tp_size,
+                             chunk_tokens=self.page_size, kv_factor=kv)
+        self.canonical_shape = (self.layers, kv, self.page_size, heads, dim)
+        order, self._perm = HOST_LAYOUTS[layout_name]
+        sizes = {"kv": kv, "L": self.layers, "P": self.page_size, "H": heads, "D": dim}
+        self._flat_shape = tuple(sizes[a] for a in order.split(","))
+        self._host = host
+        self._pool = pool
+        self.num_pages = pool.size // self.page_size
+
+    def page(self, index: int) -> torch.Tensor:
+        """The page whose first token is host index `index`, as a canonical-order view."""
+        i = int(index)
+        p = self.page_size
+        if i % p or not 0 <= i < self.num_pages * p:
+            raise IndexError(f"host index {i} is not the start of a page in a pool of {self.num_pages} pages of {p}")
+        h = self._host
+        if self.host_layout == "layer_first":
+            part = h[:, :, i : i + p]
+        elif self.host_layout == "page_first":
+            part = h[:, i : i + p]
+        else:
+            part = h[:, i // p]
+        return part.permute(self._perm)
+
+    def flat(self, data_page: torch.Tensor) -> torch.Tensor:
+        """A flat data page (host order, as SGLang's `get_data_page(flat=True)` gives) as a
+        canonical-order view. Raises if it is not exactly one page of this pool."""
+        if data_page.dtype != self._host.dtype or data_page.numel() != self.layout.chunk_bytes // self.layout.itemsize:
+            raise LayoutMismatchError(
+                f"data page of {data_page.numel()} {data_page.dtype} elements; this pool's pages are "
+                f"{self.layout.chunk_bytes // self.layout.itemsize} {self._host.dtype} elements"
+            )
+        return data_page.view(self._flat_shape).permute(self._perm)
+
+    def new_flat(self) -> torch.Tensor:
+        """An empty flat data page (for `get` without a target)."""
+        return self._pool.get_dummy_flat_data_page()
+
+    def chunk(self, slot: torch.Tensor) -> torch.Tensor:
+        """An arena slot (a canonical chunk tensor) as [L, kv, page, H, D]."""
+        return slot.view(self.canonical_shape)
+
+
+def pool_kind(pool: Any) -> str:
+    """"mha" or "mla" for SGLang's plain KV host pools; refuses the others (hybrid groups,
+    K-only index pools, asymmetric or packed-scale pools) whose pages are not plain KV."""
+    from sglang.srt.mem_cache.pool_host.mha import MHATokenToKVPoolHost
+    from sglang.srt.mem_cache.pool_host.mla import MLATokenToKVPoolHost
+
+    name = type(pool).__name__
+    if isinstance(pool, MLATokenToKVPoolHost) and name == "MLATokenToKVPoolHost":
+        return "mla"
+    if isinstance(pool, MHATokenToKVPoolHost) and name in ("MHATokenToKVPoolHost", "HiSparseMHATokenToKVPoolHost"):
+        return "mha"
+    raise LayoutMismatchError(
+        f"SGLang host pool {name}: tierd stores pages of MHATokenToKVPoolHost and MLATokenToKVPoolHost only"
+    )
