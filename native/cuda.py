@@ -4,9 +4,11 @@ One launch per call moves every run of every requested layer of a batch of chunk
 side may be device memory or pinned host memory (a torch pinned tensor, or the arena after
 `native.pinned.pin`), so a gather can DMA straight into the arena.
 
-NOT RUN on the development machine (no GPU there): the source compiles with nvcc 13.0 and
-the tests compile it wherever nvcc exists, but this wrapper and the kernels have not executed
-yet. tests/native/test_cuda.py runs them against the reference wherever torch sees a GPU.
+NOT RUN on a GPU yet (none on the development machine). What is checked without one: the
+source compiles with nvcc (tests compile it wherever nvcc exists), and the kernel's body
+(csrc/gather_scatter_item.h) is compiled for the host and run over the same grid against the
+pure-torch reference, 16-byte groups included (tests/native/test_cuda_emulated.py). This
+wrapper, streams and pinning run only in tests/native/test_cuda.py, wherever torch sees a GPU.
 """
 from __future__ import annotations
 

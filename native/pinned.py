@@ -5,6 +5,9 @@ PCIe speed; once the arena is registered (`cudaHostRegister`), device<->arena co
 and with unified addressing the kernels can read and write the arena directly (zero-copy
 gather into a slot). Registration is per process and must be undone before the mapping goes.
 
+Kernels address the registered arena by its host address, which assumes unified addressing
+with `cudaDevAttrCanUseHostPointerForRegisteredMem` (64-bit Linux on any current NVIDIA GPU).
+
 NOT RUN on the development machine (no GPU there); `pin` returns None wherever torch sees no
 CUDA device, so callers need no branch of their own.
 """
