@@ -4,9 +4,11 @@ Other nodes upload chunks this node has never seen, so a lookup that misses loca
 object tier — but the engine's scheduler is waiting, so the lookup answers within a small budget
 (`--object-lookup-budget`, default 50 ms) whatever the store does.
 
-Keys are chained, so a prompt's chunks are present as a leading run: a *walk* reads object
-headers in waves that grow fourfold (16, 64, 256 … concurrent ranged GETs) and stops at the
-first key that is missing or refused. Each wave's finds are handed to the store (`on_found`)
+Keys are chained, so a prompt's chunks are present as a leading run: a *walk* asks for the
+objects' sizes in waves that grow fourfold (16, 64, 256 … concurrent HEADs, the cheapest
+request a store answers) and stops at the first key that is missing or refused. A size is all
+the index needs: the key already names the layout (keys are seeded with it), and every read
+verifies the object's header, layout and checksum before a byte is served. Each wave's finds are handed to the store (`on_found`)
 at once, so they are indexed — readable, and known to every later lookup — as soon as they are
 known. When the budget runs out the lookup answers with what is indexed by then, and the walk
 goes on in the background (at most `max_walks` at a time), so the next lookup of that prompt,
@@ -23,14 +25,28 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from tierd.tiers.object_format import ObjectHeader
+from tierd.tiers.object_format import HEADER_BYTES
 from tierd.tiers.object_store import ObjectTier
 
 log = logging.getLogger(__name__)
 
-FoundCallback = Callable[[Sequence[ObjectHeader]], None]
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """An object of the shared tier this node had not indexed. Layout and namespace are known
+    only when its header was read (`inspect`); a lookup's HEAD gives the size alone."""
+
+    key: bytes
+    payload_len: int
+    layout_id: str = ""
+    namespace: str = ""
+    created: float = 0.0
+
+
+FoundCallback = Callable[[Sequence[Found]], None]
 
 
 class SharedTierProbe:
@@ -101,15 +117,15 @@ class SharedTierProbe:
             if cut is not None:
                 self.negative_hits += 1
                 batch = batch[:cut]
-            results = await asyncio.gather(*(self.tier.read_header(k) for k in batch), return_exceptions=True)
-            run: list[ObjectHeader] = []
+            results = await asyncio.gather(*(self.tier.stored_size(k) for k in batch), return_exceptions=True)
+            run: list[Found] = []
             for key, r in zip(batch, results):
                 if isinstance(r, BaseException):  # the store failed or timed out: unknown, not a miss
                     break
                 if r is None:
                     self._remember_miss(key)
                     break
-                run.append(r)
+                run.append(Found(key, r - HEADER_BYTES))
             if run:
                 self.found += len(run)
                 self.on_found(run)

@@ -199,6 +199,7 @@ class TieredStore:
         self.object_write = object_write
         self.uploads = UploadQueue(upload_queue_bytes)
         self.uploads_lost = 0  # queued chunks whose every local copy went before their upload
+        self._uploading = 0
         self.probe: SharedTierProbe | None = None
         if self.shared is not None:
             from tierd.remote_lookup import SharedTierProbe
@@ -397,17 +398,18 @@ class TieredStore:
             prefix, codes = self._local_codes(keys)
         return self._observed(keys, codes, prefix)
 
-    def _index_found(self, headers: Sequence[Any]) -> None:
-        """Index objects other nodes wrote (found by a lookup): readable here, not ours to evict."""
+    def _index_found(self, found: Sequence[Any]) -> None:
+        """Index objects other nodes wrote (`remote_lookup.Found`): readable here, not ours to
+        evict. A layout id of "" means not known yet: the first read verifies it."""
         assert self.shared is not None
         name = self.shared.tier.name
         now = time.time()
-        for h in headers:
+        for h in found:
             if h.key in self.reserved:
                 break  # being written here right now: the local commit wins
             c = self.index.get(h.key)
             if c is None:
-                c = self.index[h.key] = Chunk(h.key, h.layout_id, h.namespace, h.payload_len, h.created, now)
+                c = self.index[h.key] = Chunk(h.key, h.layout_id, h.namespace, h.payload_len, h.created or now, now)
             if name not in c.lower:
                 c.lower[name] = self.shared.tier.stored_bytes(h.payload_len)
                 self.shared.stats.chunks += 1
@@ -533,7 +535,7 @@ class TieredStore:
         wanted: list[Chunk | None] = []
         for key in keys:
             c = self.index.get(key)
-            if c is None or c.layout_id != layout_id:
+            if c is None or c.layout_id not in (layout_id, ""):  # "": found remotely, checked on read
                 wanted.append(None)
                 if prefix_only:
                     break
@@ -543,7 +545,7 @@ class TieredStore:
             lease.chunks.append(c)
         promoting = [c for c in wanted if c is not None and c.slot is None]
         started = time.perf_counter()
-        results = await asyncio.gather(*(self._ensure_in_dram(c) for c in wanted if c is not None))
+        results = await asyncio.gather(*(self._ensure_in_dram(c, layout_id) for c in wanted if c is not None))
         if promoting:  # the batch's effective throughput, credited to the slowest tier it read
             slowest = self.tier_names[max(c.tier_code for c in promoting if c.tier_code != ABSENT)
                                       if any(c.tier_code != ABSENT for c in promoting) else 0]
@@ -579,7 +581,7 @@ class TieredStore:
         self._check_pressure()
         return len(lease.chunks)
 
-    async def _ensure_in_dram(self, c: Chunk) -> bool:
+    async def _ensure_in_dram(self, c: Chunk, layout_id: str) -> bool:
         """Promote a leased chunk into DRAM if it is only on a lower tier."""
         while c.slot is None and c.moving is not None:
             await asyncio.shield(c.moving)
@@ -597,7 +599,7 @@ class TieredStore:
             unavailable = False
             try:
                 ok = await self._tier_io(lower, "read_into", c.key, self.arena.view(slot, c.size),
-                                         layout_id=c.layout_id, payload_len=c.size)
+                                         layout_id=c.layout_id or layout_id, payload_len=c.size)
             except ObjectTierUnavailable as exc:  # the store is down: a miss, the copy stays known
                 log.warning("reading chunk %s: %s", c.key.hex(), exc)
                 ok, unavailable = False, True
@@ -611,6 +613,8 @@ class TieredStore:
                 fut.set_result(False)
                 continue
             if ok:
+                if not c.layout_id:  # found by a lookup: the read verified the object's header
+                    c.layout_id, c.namespace = ok.layout_id, ok.namespace  # type: ignore[union-attr]
                 c.slot = slot
                 self._retier(c)
                 self.dram.chunks += 1
@@ -733,9 +737,13 @@ class TieredStore:
                                         f"could not be asked: {exc}") from None
                 return {**self._describe(c), "object": {"error": str(exc)}}
             if header is not None:
-                if c is None:
-                    self._index_found([header])
+                if c is None or not c.layout_id:
+                    from tierd.remote_lookup import Found
+
+                    self._index_found([Found(key, header.payload_len, header.layout_id, header.namespace,
+                                             header.created)])
                     c = self.index[key]
+                    c.layout_id, c.namespace = header.layout_id, header.namespace
                 return {**self._describe(c), "object": {
                     "node": header.node, "written": header.created, "stored_bytes": header.object_bytes,
                     "written_by_this_node": key in shared.lru, "url": getattr(shared.tier, "url", None)}}
@@ -769,7 +777,8 @@ class TieredStore:
             tiers[-1].update(self.uploads.stats())
             assert self.probe is not None
             tiers[-1].update(self.probe.stats())
-            tiers[-1].update({"uploads_lost": self.uploads_lost, "write_mode": self.object_write})
+            tiers[-1].update({"uploads_lost": self.uploads_lost, "upload_inflight": self._uploading,
+                              "write_mode": self.object_write})
         return {
             "tiers": tiers,
             "chunks": len(self.index),
@@ -1052,6 +1061,7 @@ class TieredStore:
                 self.uploads.put(upload, front=True)
                 await asyncio.sleep(wait)  # backoff until the breaker lets a probe through
                 continue
+            self._uploading += 1
             try:
                 await self._upload(upload)
             except ObjectTierUnavailable as exc:
@@ -1062,6 +1072,8 @@ class TieredStore:
                 raise
             except Exception:
                 log.exception("upload of chunk %s failed; dropped", upload.key.hex())
+            finally:
+                self._uploading -= 1
 
     async def _upload(self, u: Upload) -> None:
         assert self.shared is not None

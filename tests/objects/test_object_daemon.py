@@ -39,8 +39,12 @@ def wait_for(what: str, cond: Callable[[], Any], timeout: float = 30.0) -> Any:
         time.sleep(0.02)
 
 
+def _settled(t: dict[str, Any]) -> bool:
+    return t["upload_queued"] == 0 and t["upload_inflight"] == 0
+
+
 def _uploaded(c: Client, n: int) -> Callable[[], bool]:
-    return lambda: (lambda t: t["upload_queued"] == 0 and t["chunks"] >= n)(_object_tier(c))
+    return lambda: (lambda t: _settled(t) and t["chunks"] >= n)(_object_tier(c))
 
 
 def _read_all(c: Client, keys: list[bytes]) -> list[bool]:
@@ -79,7 +83,7 @@ def test_demotion_chain_dram_nvme_object_and_back(object_daemons, object_url):
     with Client.connect(d.socket) as c:
         for i in range(0, 40, 4):  # a few chunks per request, as an engine does
             c.put_chunks(SMALL, keys[i:i + 4], [payload_for(k, SMALL.chunk_bytes) for k in keys[i:i + 4]])
-        wait_for("write-back", lambda: _object_tier(c)["chunks"] >= 40 - 16 and _object_tier(c)["upload_queued"] == 0)
+        wait_for("write-back", _uploaded(c, 40 - 16))
         res = c.lookup(keys)
         assert res.prefix == 40
         assert res.tiers.count("object") >= 40 - 16 and "nvme" in res.tiers and "dram" in res.tiers
@@ -156,7 +160,7 @@ def test_store_down_then_back(object_daemons, object_url, s3):
             assert _object_tier(c)["upload_queued"] >= 1
         finally:
             s3.start()
-        wait_for("recovery", lambda: (lambda t: t["breaker"] == "closed" and t["upload_queued"] == 0
+        wait_for("recovery", lambda: (lambda t: t["breaker"] == "closed" and _settled(t)
                                       and t["chunks"] >= 8)(_object_tier(c)), timeout=60)
         assert _object_tier(c)["upload_dropped"] == 0
         store = open_store(object_url, env=s3.env())

@@ -103,8 +103,8 @@ async def test_probe_finds_the_leading_run_in_waves():
     assert [h.key for h in found] == keys[:30] and all(h.payload_len == 1000 for h in found)
     # the miss at 30 is remembered: a second probe stops there without asking the store
     calls = []
-    real = tier.read_header
-    tier.read_header = lambda k: calls.append(k) or real(k)  # type: ignore[method-assign]
+    real = tier.stored_size
+    tier.stored_size = lambda k: calls.append(k) or real(k)  # type: ignore[method-assign]
     await probe.extend(keys[30:])
     assert calls == [] and probe.negative_hits == 1
     probe.forget_miss(keys[30])
@@ -118,13 +118,13 @@ async def test_probe_answers_within_its_budget_and_goes_on_in_the_background():
     for k in keys:
         await tier.write_async(k, "ab12", "ns", memoryview(b"\x07" * 100))
     gate = asyncio.Event()
-    real = tier.read_header
+    real = tier.stored_size
 
     async def slow(key: bytes):
         await gate.wait()  # a store that answers only when the test says so
         return await real(key)
 
-    tier.read_header = slow  # type: ignore[method-assign]
+    tier.stored_size = slow  # type: ignore[method-assign]
     found: list = []
     probe = SharedTierProbe(tier, found.extend, budget=0.05)
     loop = asyncio.get_running_loop()

@@ -191,9 +191,12 @@ class ObjectTier:
         self.counters["puts"] += 1
         return total
 
-    async def read_into_async(self, key: bytes, dest: memoryview, *, layout_id: str, payload_len: int) -> bool:
-        """Fill `dest` with the verified payload. False on a missing or bad object (a bad one is
-        deleted); ObjectTierUnavailable if the store does not answer."""
+    async def read_into_async(self, key: bytes, dest: memoryview, *, layout_id: str,
+                              payload_len: int) -> ObjectHeader | bool:
+        """Fill `dest` with the verified payload and return the object's header (true, as the
+        LowerTier contract wants; the store learns namespace and writer from it). False on a
+        missing or bad object (a bad one is deleted); ObjectTierUnavailable if the store does
+        not answer."""
         path = object_path(key)
         total = HEADER_BYTES + payload_len
         starts = list(range(0, total, self.part_bytes))
@@ -217,6 +220,10 @@ class ObjectTier:
                 raise BadObject("object shorter than its header says")
             first = memoryview(parts[0])
             header = parse_header(first)
+            if header.key == key and (header.layout_id != layout_id or header.payload_len != payload_len):
+                log.warning("object %s is of layout %s, %d bytes; asked for %s, %d: a miss", key.hex(),
+                            header.layout_id, header.payload_len, layout_id, payload_len)
+                return False
             check_header(header, key, layout_id, payload_len)
             pos = 0
             for i, part in enumerate(parts):
@@ -228,7 +235,7 @@ class ObjectTier:
         except BadObject as exc:
             await self._drop_bad(key, path, str(exc))
             return False
-        return True
+        return header
 
     async def _drop_bad(self, key: bytes, path: str, why: str) -> None:
         log.warning("object %s failed verification (%s): a miss; deleting it", key.hex(), why)
@@ -237,6 +244,16 @@ class ObjectTier:
             await self._call(f"delete {path}", lambda: obstore.delete_async(self.store, path))
         except (ObjectTierUnavailable, FileNotFoundError, NotFoundError):
             pass
+
+    async def stored_size(self, key: bytes) -> int | None:
+        """The object's size (one HEAD, the cheapest request a store answers), or None if absent."""
+        path = object_path(key)
+        try:
+            meta = await self._call(f"head {path}", lambda: obstore.head_async(self.store, path))
+        except (FileNotFoundError, NotFoundError):
+            return None
+        size = int(meta["size"])
+        return size if size >= HEADER_BYTES else None
 
     async def read_header(self, key: bytes) -> ObjectHeader | None:
         """The object's verified header (one small ranged GET), or None if there is none or it is bad."""
