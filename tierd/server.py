@@ -9,6 +9,7 @@ exit 0.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -46,7 +47,8 @@ class Daemon:
         await self.store.start()
         if self.config.calibrate:
             store = self.store
-            store.costs = await asyncio.get_running_loop().run_in_executor(None, calibrate_costs, store)
+            loop = asyncio.get_running_loop()
+            store.costs = await loop.run_in_executor(None, functools.partial(calibrate_costs, store, loop=loop))
         recorder = None
         if self.config.record_trace:
             from tierd.trace_recorder import TraceRecorder

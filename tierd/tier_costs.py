@@ -9,8 +9,10 @@ shape and measured prefill throughput (`tierd.costmodel.CostModel`).
 """
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -34,8 +36,23 @@ def declared_costs(store: "TieredStore") -> dict[str, TierCost]:
     return {name: TierCost(name, *DECLARED.get(name, (1e9, 1e-3))) for name in store.tier_names}
 
 
-def calibrate_costs(store: "TieredStore", *, budget_s: float = 0.3) -> dict[str, TierCost]:
-    """Measure every tier (blocking: run it in a thread). Needs 4 MiB + 64 KiB of free arena."""
+def _blocking(tier: Any, loop: asyncio.AbstractEventLoop | None) -> Callable[..., Any]:
+    """Call a tier method by name from this (non-loop) thread: an `<op>_async` coroutine runs
+    on `loop` and is waited for; a blocking method is called directly."""
+    def call(op: str, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(tier, op + "_async", None)
+        if method is not None and loop is not None:
+            return asyncio.run_coroutine_threadsafe(method(*args, **kwargs), loop).result()
+        return getattr(tier, op)(*args, **kwargs)
+
+    return call
+
+
+def calibrate_costs(store: "TieredStore", *, budget_s: float = 0.3,
+                    loop: asyncio.AbstractEventLoop | None = None) -> dict[str, TierCost]:
+    """Measure every tier (blocking: run it in a thread). Needs 4 MiB + 64 KiB of free arena.
+    An asynchronous tier (the object store) is measured through `loop`, the store's event loop;
+    without one it keeps its declared cost until real promotions refine it."""
     costs = declared_costs(store)
     size = 4 << 20
     slot = store.alloc.alloc(size)
@@ -54,22 +71,29 @@ def calibrate_costs(store: "TieredStore", *, budget_s: float = 0.3) -> dict[str,
                                        budget_s=budget_s)
         for lower in store.lower:
             tier = lower.tier
-            if lower.shared:  # asynchronous and shared: refined from real promotions instead
+            if lower.shared and loop is None:
                 continue
+            # the object tier is shared: each node calibrates on a key of its own
+            key = _CAL_KEY if not lower.shared else hashlib.blake2b(
+                b"tierd-calibration:" + getattr(tier, "node", "").encode(), digest_size=16).digest()
+            call = _blocking(tier, loop)
 
-            def write(buf: memoryview, tier=tier) -> None:
-                tier.write(_CAL_KEY, _CAL_LAYOUT, "tierd-calibration", buf)
+            def write(buf: memoryview, call=call, key=key) -> None:
+                call("write", key, _CAL_LAYOUT, "tierd-calibration", buf)
 
-            def read(n: int, tier=tier) -> None:
-                if not tier.read_into(_CAL_KEY, arena[:n], layout_id=_CAL_LAYOUT, payload_len=n):
-                    raise OSError(f"calibration chunk on {tier.name} did not read back")
+            def read(n: int, call=call, key=key, name=tier.name) -> None:
+                if not call("read_into", key, arena[:n], layout_id=_CAL_LAYOUT, payload_len=n):
+                    raise OSError(f"calibration chunk on {name} did not read back")
 
             try:
                 costs[tier.name] = calibrate_tier(write, read, name=tier.name, budget_s=budget_s)
             except (OSError, TierdError) as exc:
                 log.warning("calibrating %s failed (%s); using declared costs", tier.name, exc)
             finally:
-                tier.delete(_CAL_KEY)
+                try:
+                    call("delete", key)
+                except (OSError, TierdError):
+                    pass
     finally:
         store.alloc.free(slot, size)
     for cost in costs.values():

@@ -271,3 +271,15 @@ def test_gc_needs_a_url():
     out = subprocess.run([sys.executable, "-m", "tierd", "gc", "--max-age", "1d"], capture_output=True, text=True,
                          env=env, timeout=60)
     assert out.returncode == 1 and "--object-url" in out.stderr
+
+
+def test_object_tier_is_calibrated_at_start(object_daemons, object_url):
+    from tierd.tier_costs import DECLARED
+
+    d = object_daemons("cal", object_url, extra=("--calibrate",))
+    with Client.connect(d.socket) as c:
+        obj = c._call("costs")["tiers"]["object"]
+        measured = (obj["bandwidth_bytes_per_s"], obj["latency_s"])
+        assert measured != DECLARED["object"]  # measured at start, not declared
+        assert measured[0] > 1e6 and measured[1] >= 0
+        assert _object_tier(c)["used_bytes"] == 0  # the calibration object was removed
