@@ -31,7 +31,7 @@ from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageC
 from connectors.sglang.config import BackendConfig
 from connectors.sglang.keys import PageKeys
 from connectors.sglang.link import CONNECTION_ERRORS, DaemonLink
-from connectors.sglang.pages import HostPages
+from connectors.sglang.pages import HostPages, copy
 from tierd.client import Client
 from tierd.errors import DaemonUnavailableError, TierdError
 
@@ -80,14 +80,14 @@ class TierdHiCacheStorage(HiCacheStorage):
                      extra_info: Optional[HiCacheStorageExtraInfo] = None) -> List[bool]:
         pages = self._pages()
         starts = self._page_starts(host_indices, len(keys))
-        return self._put(keys, lambda i, slot: pages.chunk(slot).copy_(pages.page(starts[i])),
+        return self._put(keys, lambda i, slot: pages.save(starts[i], slot),
                          first_position=_position(extra_info))
 
     def batch_get_v1(self, keys: List[str], host_indices: torch.Tensor,
                      extra_info: Optional[HiCacheStorageExtraInfo] = None) -> List[bool]:
         pages = self._pages()
         starts = self._page_starts(host_indices, len(keys))
-        return self._get(keys, lambda i, slot: pages.page(starts[i]).copy_(pages.chunk(slot)), prefix_only=True)
+        return self._get(keys, lambda i, slot: pages.load(slot, starts[i]), prefix_only=True)
 
     # ------------------------------------------------------------------ plain interface (flat data pages)
 
@@ -100,7 +100,7 @@ class TierdHiCacheStorage(HiCacheStorage):
         targets = list(target_locations) if target_locations is not None else [None] * len(keys)
         targets = [t if t is not None else pages.new_flat() for t in targets]
         views = [pages.flat(t) for t in targets]
-        done = self._get(keys, lambda i, slot: views[i].copy_(pages.chunk(slot)), prefix_only=False)
+        done = self._get(keys, lambda i, slot: copy(views[i], pages.chunk(slot)), prefix_only=False)
         return [t if ok else None for t, ok in zip(targets, done)]
 
     def set(self, key: str, value: Optional[Any] = None, target_location: Optional[Any] = None,
@@ -115,7 +115,7 @@ class TierdHiCacheStorage(HiCacheStorage):
                       "no" if values is None else len(values))
             return False
         views = [pages.flat(v) for v in values]  # a value that is not one page raises here, before any write
-        return all(self._put(keys, lambda i, slot: pages.chunk(slot).copy_(views[i])))
+        return all(self._put(keys, lambda i, slot: copy(pages.chunk(slot), views[i])))
 
     def exists(self, key: str) -> bool:
         return self.batch_exists([key]) == 1

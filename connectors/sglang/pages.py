@@ -16,7 +16,12 @@ MLA (one latent row per token, seen here as kv_factor 1 with one "head"):
 With a leading kv axis of 1 added to MLA the two agree, so one table serves both. For each
 layout, `page(i)` is a *view* of the page starting at token `i`, permuted to canonical order
 `[L, kv, page, H, D]`; a save copies it straight into the arena slot and a load copies the
-slot straight back: one strided copy per page and direction, no temporary. The same
+slot straight back: one strided copy per page and direction, no temporary. The copies run in
+numpy, single-threaded, on same-width integer views of the same memory: SGLang calls the
+backend from its storage threads while the scheduler keeps torch's thread pool busy, and a copy
+that fans out over busy cores stalls (the vLLM connector measured the same, see
+connectors/vllm/paged.py; here torch's copy_ dropped to 0.27 GB/s on a loaded 2-core machine
+where numpy held 1 GB/s). The same
 permutation applied to a pool's "flat data page" (the host-order page that SGLang's plain
 `get`/`set` interface hands around) serves that interface.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from tierd.errors import LayoutMismatchError
@@ -109,6 +115,23 @@ class HostPages:
     def chunk(self, slot: torch.Tensor) -> torch.Tensor:
         """An arena slot (a canonical chunk tensor) as [L, kv, page, H, D]."""
         return slot.view(self.canonical_shape)
+
+    def save(self, index: int, slot: torch.Tensor) -> None:
+        """Copy the page at host index `index` into an arena slot."""
+        copy(self.chunk(slot), self.page(index))
+
+    def load(self, slot: torch.Tensor, index: int) -> None:
+        """Copy an arena slot into the page at host index `index`."""
+        copy(self.page(index), self.chunk(slot))
+
+
+_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst[...] = src, bit for bit, as one single-threaded strided numpy copy (any dtype: the
+    elements are moved as integers of the same width)."""
+    np.copyto(dst.view(_INT[dst.element_size()]).numpy(), src.view(_INT[src.element_size()]).numpy())
 
 
 def pool_kind(pool: Any) -> str:

@@ -1,0 +1,190 @@
+"""SGLang HiCache L3: tierd's backend against SGLang's in-tree HiCacheFile, same pages, one run.
+
+    python -m bench.sglang_backend [--quick] [--layout page_first] [--dir DIR]
+
+Both backends sit under one directory (tierd's NVMe tier in DIR/tierd, HiCacheFile's files in
+DIR/hicache) and move the same pages of one SGLang host KV pool (real
+`MHATokenToKVPoolHost`, bf16, Llama-3-8B shape per TP rank: 32 layers, 8 KV heads, head dim
+128; page 64 tokens = 8 MiB), with SGLang's own page keys. Each backend is driven the way
+SGLang's cache controller drives it:
+
+- tierd with `interface_v1`: `batch_set_v1` / `batch_get_v1` on host-pool indices (one copy
+  between the pool and the shared arena per page);
+- HiCacheFile through the generic path (`_generic_page_set` / `_generic_page_get`):
+  `get_data_page` + `batch_set`, and `batch_get` into `get_dummy_flat_data_page` buffers +
+  `set_from_flat_data_page`;
+- tierd through that same generic path too, for a same-interface comparison.
+
+Figures: batch_set and batch_get GB/s (128 pages per call, SGLang's STORAGE_BATCH_SIZE, fresh
+keys for every set), and batch_exists latency for 128 present pages. Ratios are tierd over
+HiCacheFile (throughput) and HiCacheFile over tierd (latency), so higher is better. Reads are
+warm on both sides: tierd's from its DRAM arena, HiCacheFile's from the page cache.
+
+SGLang is imported with `connectors.sglang.cpu_import` (stand-ins for triton and torchvision
+while its modules import, on a machine without them; see that module).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from bench.figures import best_seconds, figure
+from connectors.sglang.cpu_import import import_sglang
+from tierd.launch import DaemonProcess
+
+import_sglang()
+
+from sglang.srt.mem_cache.device_pool_info import KVBufferLayout, KVBuffers, MHABufferInfo  # noqa: E402
+from sglang.srt.mem_cache.hicache_storage import STORAGE_BATCH_SIZE, HiCacheStorage, HiCacheStorageConfig  # noqa: E402
+from sglang.srt.mem_cache.pool_host.mha import MHATokenToKVPoolHost  # noqa: E402
+from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory  # noqa: E402
+from sglang.srt.mem_cache.utils import get_hash_str  # noqa: E402
+
+MODEL = "meta-llama/Meta-Llama-3-8B"
+GB = 1e9
+
+
+def host_pool(layout: str, layers: int, page: int, pages: int) -> MHATokenToKVPoolHost:
+    """SGLang's host pool for `pages` pages, built from CPU "device" buffers (SGLang builds it
+    the same way from GPU ones)."""
+    heads, dim, tokens = 8, 128, 2 * page  # the device pool only lends geometry here
+    k = [torch.zeros(tokens, heads, dim, dtype=torch.bfloat16) for _ in range(layers)]
+    v = [torch.zeros(tokens, heads, dim, dtype=torch.bfloat16) for _ in range(layers)]
+
+    def ptrs(ts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.tensor([t.data_ptr() for t in ts], dtype=torch.uint64)
+
+    info = MHABufferInfo(buffers=KVBuffers(k=tuple(k), v=tuple(v), k_data_ptrs=ptrs(k), v_data_ptrs=ptrs(v),
+                                           layout=KVBufferLayout.NHD),
+                         page_size=page, head_num=heads, head_dim=dim, v_head_dim=dim, dtype=torch.bfloat16,
+                         device=torch.device("cpu"))
+    pool = MHATokenToKVPoolHost(info, 1.0, 0, page, layout, pin_memory=False, device="cpu",
+                                device_capacity_tokens=tokens, start_layer=0, end_layer=layers,
+                                host_token_capacity=pages * page)
+    raw = pool.kv_buffer.view(torch.uint8)
+    raw.copy_(torch.randint(0, 256, raw.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+    return pool
+
+
+def config(extra: dict[str, Any]) -> HiCacheStorageConfig:
+    return HiCacheStorageConfig(tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1,
+                                is_mla_model=False, enable_storage_metrics=False, is_page_first_layout=False,
+                                model_name=MODEL, extra_config=extra)
+
+
+def generic_set(backend: HiCacheStorage, pool: Any, keys: list[str], idx: torch.Tensor) -> bool:
+    """SGLang's HiCacheController._generic_page_set."""
+    p = pool.page_size
+    return backend.batch_set(keys, [pool.get_data_page(idx[i * p]) for i in range(len(keys))])
+
+
+def generic_get(backend: HiCacheStorage, pool: Any, keys: list[str], idx: torch.Tensor) -> int:
+    """SGLang's HiCacheController._generic_page_get: leading pages read into the pool."""
+    p = pool.page_size
+    data = backend.batch_get(keys, [pool.get_dummy_flat_data_page() for _ in keys])
+    n = 0
+    for i, page in enumerate(data or []):
+        if page is None:
+            break
+        pool.set_from_flat_data_page(idx[i * p], page)
+        n += 1
+    return n
+
+
+def run(args: argparse.Namespace) -> None:
+    layers, page = (8, 64) if args.quick else (32, 64)
+    batch = STORAGE_BATCH_SIZE // 4 if args.quick else STORAGE_BATCH_SIZE
+    repeats = 3 if args.quick else 5
+    pool = host_pool(args.layout, layers, page, 2 * batch)
+    page_bytes = pool.get_data_page(0).numel() * 2
+    nbytes = batch * page_bytes
+    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="tierd-sglang-bench-"))
+    writes = repeats + 1  # warm-up + measured sets, each of fresh pages
+    sets_per_backend = 2 * writes  # the v1 and the generic runs
+    arena = max(256 << 20, int(1.3 * sets_per_backend * nbytes))
+    print(f"layout {args.layout}: {layers} layers x 8 heads x 128 x bf16, page {page} tokens = "
+          f"{page_bytes / 2**20:.1f} MiB; {batch} pages ({nbytes / 2**20:.0f} MiB) per call; directory {root}")
+    daemon = DaemonProcess(root / "tierd.sock", ["--dram", str(arena), "--nvme-dir", str(root / "tierd"),
+                                                 "--nvme", str(2 * arena), "--no-calibrate"],
+                           log_path=root / "tierd.log").start()
+    tierd = file = None
+    try:
+        reg = {"backend_name": "tierd", "module_path": "connectors.sglang.backend",
+               "class_name": "TierdHiCacheStorage", "interface_v1": 1, "socket": daemon.socket}
+        tierd = StorageBackendFactory.create_backend("dynamic", config(reg), pool)
+        file = StorageBackendFactory.create_backend("file", config({"file_storage_path": str(root / "hicache")}), pool)
+        for b in (tierd, file):
+            b.register_mem_pool_host(pool)
+        src, dst = pool.alloc(batch * page), pool.alloc(batch * page)
+        want = [pool.get_data_page(src[i * page]).clone() for i in range(batch)]
+        salts = iter(range(10**6))
+
+        def fresh_keys() -> list[str]:
+            s = next(salts)
+            return get_hash_str([s * 10**7 + t for t in range(batch * page)], None, page_size=page)
+
+        def timed_sets(store: Callable[[list[str]], object]) -> tuple[float, list[str]]:
+            last: list[str] = []
+
+            def once() -> None:
+                nonlocal last
+                last = fresh_keys()
+                assert store(last), "a set failed"
+            return best_seconds(once, repeats=repeats), last
+
+        set_v1, keys_v1 = timed_sets(lambda k: all(tierd.batch_set_v1(k, src)))
+        set_plain, keys_plain = timed_sets(lambda k: generic_set(tierd, pool, k, src))
+        set_file, keys_file = timed_sets(lambda k: generic_set(file, pool, k, src))
+
+        def check(keys: list[str], read: Callable[[list[str]], object]) -> None:
+            for i in range(batch):  # the timed reads already filled dst: clear it, read once more
+                pool.get_data_page(dst[i * page], flat=False).zero_()
+            read(keys)
+            for i in range(batch):
+                assert torch.equal(pool.get_data_page(dst[i * page]).view(torch.int16), want[i].view(torch.int16))
+
+        get_v1 = best_seconds(lambda: tierd.batch_get_v1(keys_v1, dst), repeats=repeats)
+        check(keys_v1, lambda k: tierd.batch_get_v1(k, dst))
+        get_plain = best_seconds(lambda: generic_get(tierd, pool, keys_plain, dst), repeats=repeats)
+        check(keys_plain, lambda k: generic_get(tierd, pool, k, dst))
+        get_file = best_seconds(lambda: generic_get(file, pool, keys_file, dst), repeats=repeats)
+        check(keys_file, lambda k: generic_get(file, pool, k, dst))
+
+        exists_reps = 20 if args.quick else 50
+        assert tierd.batch_exists(keys_v1) == batch and file.batch_exists(keys_file) == batch
+        ex_tierd = best_seconds(lambda: tierd.batch_exists(keys_v1), repeats=exists_reps)
+        ex_file = best_seconds(lambda: file.batch_exists(keys_file), repeats=exists_reps)
+    finally:
+        for b in (tierd, file):
+            if b is not None and hasattr(b, "close"):
+                b.close()
+        daemon.stop()
+        if not args.dir and not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    common = {"layout": args.layout, "page_mib": round(page_bytes / 2**20, 2), "pages_per_call": batch}
+    figure("sglang_batch_set_v1", nbytes / set_v1 / GB, "GB/s", "HiCacheFile", nbytes / set_file / GB, **common)
+    figure("sglang_batch_get_v1", nbytes / get_v1 / GB, "GB/s", "HiCacheFile", nbytes / get_file / GB, **common)
+    figure("sglang_batch_set_generic", nbytes / set_plain / GB, "GB/s", "HiCacheFile", nbytes / set_file / GB, **common)
+    figure("sglang_batch_get_generic", nbytes / get_plain / GB, "GB/s", "HiCacheFile", nbytes / get_file / GB, **common)
+    figure(f"sglang_batch_exists_{batch}", ex_tierd * 1e3, "ms", "HiCacheFile", ex_file * 1e3, higher_is_better=False,
+           **common)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.sglang_backend", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="8 layers, 32 pages per call (under a minute)")
+    ap.add_argument("--layout", default="page_first", choices=("layer_first", "page_first", "page_first_direct"),
+                    help="SGLang host pool layout (--hicache-mem-layout)")
+    ap.add_argument("--dir", help="directory for both backends (default: a fresh temporary one, removed after)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
