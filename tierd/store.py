@@ -34,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import msgpack
 
@@ -54,10 +54,8 @@ from tierd.policies.lru import LRUPolicy
 from tierd.tiers.allocator import ExtentAllocator
 from tierd.tiers.arena import SharedArena
 from tierd.tiers.base import LowerTier
+from tierd.remote_lookup import SharedTierProbe
 from tierd.uploads import Upload, UploadQueue
-
-if TYPE_CHECKING:
-    from tierd.remote_lookup import SharedTierProbe
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +200,6 @@ class TieredStore:
         self._uploading = 0
         self.probe: SharedTierProbe | None = None
         if self.shared is not None:
-            from tierd.remote_lookup import SharedTierProbe
-
             self.probe = SharedTierProbe(self.shared.tier, self._index_found,  # type: ignore[arg-type]
                                          budget=lookup_budget)
         self._workers: list[asyncio.Task[None]] = []

@@ -8,7 +8,7 @@ import numpy as np
 import obstore
 import pytest
 
-from tests.objects.conftest import BUCKET
+from tests.conftest import BUCKET
 from tierd.errors import ConfigError, ObjectTierUnavailable
 from tierd.tiers.breaker import BreakerState
 from tierd.tiers.object_format import HEADER_BYTES, object_path
