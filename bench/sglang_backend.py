@@ -15,8 +15,9 @@ SGLang's cache controller drives it:
   `set_from_flat_data_page`;
 - tierd through that same generic path too, for a same-interface comparison.
 
-Figures: batch_set and batch_get GB/s (128 pages per call, SGLang's STORAGE_BATCH_SIZE, fresh
-keys for every set), and batch_exists latency for 128 present pages. Ratios are tierd over
+Figures: batch_set and batch_get GB/s (32 pages per call, 256 MiB; fresh keys for every set),
+and batch_exists latency for 128 present pages (SGLang's STORAGE_BATCH_SIZE, its largest
+query). The backends run in turns, round after round, and each figure is the median round. Ratios are tierd over
 HiCacheFile (throughput) and HiCacheFile over tierd (latency), so higher is better. Reads are
 warm on both sides: tierd's from its DRAM arena, HiCacheFile's from the page cache.
 
@@ -27,13 +28,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from bench.figures import best_seconds, figure
+from bench.figures import figure
 from connectors.sglang.cpu_import import import_sglang
 from tierd.launch import DaemonProcess
 
@@ -96,16 +99,28 @@ def generic_get(backend: HiCacheStorage, pool: Any, keys: list[str], idx: torch.
     return n
 
 
+def alternating(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, run in turns (one warm-up round, then `repeats` rounds of
+    all of them), so load from other processes on a shared machine hits every side alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for rnd in range(repeats + 1):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if rnd:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def run(args: argparse.Namespace) -> None:
     layers, page = (8, 64) if args.quick else (32, 64)
-    batch = STORAGE_BATCH_SIZE // 4 if args.quick else STORAGE_BATCH_SIZE
-    repeats = 3 if args.quick else 5
+    batch = 32  # pages per set/get call (SGLang sends up to STORAGE_BATCH_SIZE = 128)
+    repeats = 3 if args.quick else 4
     pool = host_pool(args.layout, layers, page, 2 * batch)
     page_bytes = pool.get_data_page(0).numel() * 2
     nbytes = batch * page_bytes
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="tierd-sglang-bench-"))
-    writes = repeats + 1  # warm-up + measured sets, each of fresh pages
-    sets_per_backend = 2 * writes  # the v1 and the generic runs
+    sets_per_backend = 2 * (repeats + 1)  # v1 and generic, warm-up + measured rounds, each of fresh pages
     arena = max(256 << 20, int(1.3 * sets_per_backend * nbytes))
     print(f"layout {args.layout}: {layers} layers x 8 heads x 128 x bf16, page {page} tokens = "
           f"{page_bytes / 2**20:.1f} MiB; {batch} pages ({nbytes / 2**20:.0f} MiB) per call; directory {root}")
@@ -128,37 +143,44 @@ def run(args: argparse.Namespace) -> None:
             s = next(salts)
             return get_hash_str([s * 10**7 + t for t in range(batch * page)], None, page_size=page)
 
-        def timed_sets(store: Callable[[list[str]], object]) -> tuple[float, list[str]]:
-            last: list[str] = []
+        written: dict[str, list[str]] = {}
+        everything: dict[str, list[str]] = {"v1": [], "generic": [], "file": []}
 
+        def setter(name: str, store: Callable[[list[str]], object]) -> Callable[[], None]:
             def once() -> None:
-                nonlocal last
-                last = fresh_keys()
-                assert store(last), "a set failed"
-            return best_seconds(once, repeats=repeats), last
+                keys = fresh_keys()
+                assert store(keys), f"{name}: a set failed"
+                written[name] = keys
+                everything[name] += keys
+            return once
 
-        set_v1, keys_v1 = timed_sets(lambda k: all(tierd.batch_set_v1(k, src)))
-        set_plain, keys_plain = timed_sets(lambda k: generic_set(tierd, pool, k, src))
-        set_file, keys_file = timed_sets(lambda k: generic_set(file, pool, k, src))
+        sets = alternating({
+            "v1": setter("v1", lambda k: all(tierd.batch_set_v1(k, src))),
+            "generic": setter("generic", lambda k: generic_set(tierd, pool, k, src)),
+            "file": setter("file", lambda k: generic_set(file, pool, k, src)),
+        }, repeats)
 
-        def check(keys: list[str], read: Callable[[list[str]], object]) -> None:
+        def check(read: Callable[[], object]) -> None:
             for i in range(batch):  # the timed reads already filled dst: clear it, read once more
                 pool.get_data_page(dst[i * page], flat=False).zero_()
-            read(keys)
+            read()
             for i in range(batch):
                 assert torch.equal(pool.get_data_page(dst[i * page]).view(torch.int16), want[i].view(torch.int16))
 
-        get_v1 = best_seconds(lambda: tierd.batch_get_v1(keys_v1, dst), repeats=repeats)
-        check(keys_v1, lambda k: tierd.batch_get_v1(k, dst))
-        get_plain = best_seconds(lambda: generic_get(tierd, pool, keys_plain, dst), repeats=repeats)
-        check(keys_plain, lambda k: generic_get(tierd, pool, k, dst))
-        get_file = best_seconds(lambda: generic_get(file, pool, keys_file, dst), repeats=repeats)
-        check(keys_file, lambda k: generic_get(file, pool, k, dst))
+        readers: dict[str, Callable[[], object]] = {
+            "v1": lambda: tierd.batch_get_v1(written["v1"], dst),
+            "generic": lambda: generic_get(tierd, pool, written["generic"], dst),
+            "file": lambda: generic_get(file, pool, written["file"], dst),
+        }
+        gets = alternating(readers, repeats)
+        for read in readers.values():
+            check(read)
 
-        exists_reps = 20 if args.quick else 50
-        assert tierd.batch_exists(keys_v1) == batch and file.batch_exists(keys_file) == batch
-        ex_tierd = best_seconds(lambda: tierd.batch_exists(keys_v1), repeats=exists_reps)
-        ex_file = best_seconds(lambda: file.batch_exists(keys_file), repeats=exists_reps)
+        # exists: one STORAGE_BATCH_SIZE query of present pages (all the sets' pages together)
+        ex_t, ex_f = everything["v1"][:STORAGE_BATCH_SIZE], everything["file"][:STORAGE_BATCH_SIZE]
+        assert tierd.batch_exists(ex_t) == len(ex_t) == STORAGE_BATCH_SIZE == file.batch_exists(ex_f)
+        exists = alternating({"tierd": lambda: tierd.batch_exists(ex_t),
+                              "file": lambda: file.batch_exists(ex_f)}, 20 if args.quick else 50)
     finally:
         for b in (tierd, file):
             if b is not None and hasattr(b, "close"):
@@ -168,17 +190,17 @@ def run(args: argparse.Namespace) -> None:
             shutil.rmtree(root, ignore_errors=True)
 
     common = {"layout": args.layout, "page_mib": round(page_bytes / 2**20, 2), "pages_per_call": batch}
-    figure("sglang_batch_set_v1", nbytes / set_v1 / GB, "GB/s", "HiCacheFile", nbytes / set_file / GB, **common)
-    figure("sglang_batch_get_v1", nbytes / get_v1 / GB, "GB/s", "HiCacheFile", nbytes / get_file / GB, **common)
-    figure("sglang_batch_set_generic", nbytes / set_plain / GB, "GB/s", "HiCacheFile", nbytes / set_file / GB, **common)
-    figure("sglang_batch_get_generic", nbytes / get_plain / GB, "GB/s", "HiCacheFile", nbytes / get_file / GB, **common)
-    figure(f"sglang_batch_exists_{batch}", ex_tierd * 1e3, "ms", "HiCacheFile", ex_file * 1e3, higher_is_better=False,
-           **common)
+    for op, times in (("set", sets), ("get", gets)):
+        for path in ("v1", "generic"):
+            figure(f"sglang_batch_{op}_{path}", nbytes / times[path] / GB, "GB/s", "HiCacheFile",
+                   nbytes / times["file"] / GB, **common)
+    figure(f"sglang_batch_exists_{STORAGE_BATCH_SIZE}", exists["tierd"] * 1e3, "ms", "HiCacheFile",
+           exists["file"] * 1e3, higher_is_better=False, layout=args.layout, pages_per_call=STORAGE_BATCH_SIZE)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.sglang_backend", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="8 layers, 32 pages per call (under a minute)")
+    ap.add_argument("--quick", action="store_true", help="8 layers (2 MiB pages), 3 rounds (under a minute)")
     ap.add_argument("--layout", default="page_first", choices=("layer_first", "page_first", "page_first_direct"),
                     help="SGLang host pool layout (--hicache-mem-layout)")
     ap.add_argument("--dir", help="directory for both backends (default: a fresh temporary one, removed after)")
