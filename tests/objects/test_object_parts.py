@@ -178,3 +178,29 @@ def test_owned_objects_are_counted_again_after_a_restart(tmp_path):
     with Client.embedded(_config(tmp_path, "a", url)) as a:
         obj = next(t for t in a.stat()["tiers"] if t["name"] == "object")
         assert obj["chunks"] == 3 and obj["used_bytes"] == 3 * (512 + SMALL.chunk_bytes)
+
+
+def test_object_cap_evicts_this_nodes_oldest_uploads(tmp_path):
+    url = f"file://{tmp_path}/bucket"
+    stored = 512 + SMALL.chunk_bytes
+    keys = chunk_keys(SMALL, np.random.default_rng(10).integers(0, 32000, 256 * 6))
+    with Client.embedded(_config(tmp_path, "a", url, object=3 * stored)) as c:
+        for i, k in enumerate(keys):  # one at a time, so upload order is put order
+            c.put_chunks(SMALL, [k], [payload_for(k, SMALL.chunk_bytes)])
+            _wait_settled(c, min(i + 1, 3))
+        obj = next(t for t in c.stat()["tiers"] if t["name"] == "object")
+        assert obj["used_bytes"] == 3 * stored and obj["evictions"] == 3
+    names = {p.name.removesuffix(".chunk") for p in (tmp_path / "bucket").rglob("*.chunk")}
+    assert names == {k.hex() for k in keys[3:]}  # the three newest stayed in the bucket
+
+
+def _wait_settled(c: Client, chunks: int, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        t = next(t for t in c.stat()["tiers"] if t["name"] == "object")
+        if t["upload_queued"] == 0 and t["upload_inflight"] == 0 and t["chunks"] >= chunks:
+            return
+        assert time.monotonic() < deadline, t
+        time.sleep(0.01)  # polling with a deadline
