@@ -54,7 +54,8 @@ from tierd.policies.lru import LRUPolicy
 from tierd.tiers.allocator import ExtentAllocator
 from tierd.tiers.arena import SharedArena
 from tierd.tiers.base import LowerTier
-from tierd.remote_lookup import SharedTierProbe
+from tierd.remote_lookup import Found, SharedTierProbe
+from tierd.tiers.object_format import ObjectHeader
 from tierd.uploads import Upload, UploadQueue
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ class TieredStore:
         self.uploads = UploadQueue(upload_queue_bytes)
         self.uploads_lost = 0  # queued chunks whose every local copy went before their upload
         self._uploading = 0
+        self._upload_idle = asyncio.Event()
         self.probe: SharedTierProbe | None = None
         if self.shared is not None:
             self.probe = SharedTierProbe(self.shared.tier, self._index_found,  # type: ignore[arg-type]
@@ -299,7 +301,7 @@ class TieredStore:
                 await asyncio.wait_for(self._flush_dram(), flush_timeout)
             except asyncio.TimeoutError:
                 log.warning("flush of DRAM to %s timed out after %.0fs", self.lower[0].tier.name, flush_timeout)
-            if self.shared is not None and self.uploads:
+            if self.shared is not None:
                 await self._drain_uploads(max(0.0, flush_timeout - (time.monotonic() - started)))
         if self.probe is not None:
             await self.probe.close()
@@ -494,7 +496,7 @@ class TieredStore:
                 continue
             if c is None:
                 c = self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, position=r.position)
-            c.slot = r.slot
+            c.layout_id, c.namespace, c.slot = r.layout_id, r.namespace, r.slot  # (a found chunk may lack them)
             self._retier(c)
             self.dram_lru.touch(key)
             self.dram.chunks += 1
@@ -609,8 +611,8 @@ class TieredStore:
                 fut.set_result(False)
                 continue
             if ok:
-                if not c.layout_id:  # found by a lookup: the read verified the object's header
-                    c.layout_id, c.namespace = ok.layout_id, ok.namespace  # type: ignore[union-attr]
+                if not c.layout_id and isinstance(ok, ObjectHeader):  # found by a lookup; the read verified it
+                    c.layout_id, c.namespace = ok.layout_id, ok.namespace
                 c.slot = slot
                 self._retier(c)
                 self.dram.chunks += 1
@@ -634,15 +636,13 @@ class TieredStore:
         """Write a promoted chunk to the first lower tier as well, keeping its DRAM copy."""
         if c.slot is None or c.moving is not None or c.key not in self.index:
             return
-        c.moving = asyncio.get_running_loop().create_future()
+        fut = c.moving = asyncio.get_running_loop().create_future()
+        ok = False
         try:
             ok = await self._write_lower(c, self.lower[0], self.arena.view(c.slot, c.size))
-            fut, c.moving = c.moving, None
+        finally:
+            c.moving = None
             fut.set_result(ok)
-        except BaseException:
-            fut, c.moving = c.moving, None
-            fut.set_result(False)
-            raise
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -734,8 +734,6 @@ class TieredStore:
                 return {**self._describe(c), "object": {"error": str(exc)}}
             if header is not None:
                 if c is None or not c.layout_id:
-                    from tierd.remote_lookup import Found
-
                     self._index_found([Found(key, header.payload_len, header.layout_id, header.namespace,
                                              header.created)])
                     c = self.index[key]
@@ -1070,6 +1068,8 @@ class TieredStore:
                 log.exception("upload of chunk %s failed; dropped", upload.key.hex())
             finally:
                 self._uploading -= 1
+                if not self._uploading:
+                    self._upload_idle.set()
 
     async def _upload(self, u: Upload) -> None:
         assert self.shared is not None
@@ -1109,8 +1109,15 @@ class TieredStore:
             self.index[target.key] = target  # a handed-down chunk: the object is its only copy now
 
     async def _drain_uploads(self, timeout: float) -> None:
-        """At shutdown: give queued uploads up to `timeout` seconds to go out."""
+        """At shutdown: let the uploads in flight finish and give the queued ones up to
+        `timeout` seconds to go out."""
         deadline = time.monotonic() + timeout
+        if self._uploading:
+            self._upload_idle.clear()
+            try:
+                await asyncio.wait_for(self._upload_idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("%d uploads still in flight at shutdown", self._uploading)
         while self.uploads and time.monotonic() < deadline and self.shared is not None:
             if self.shared.tier.breaker.seconds_until_retry() > 0:  # type: ignore[attr-defined]
                 log.warning("object store unreachable at shutdown: %d queued uploads not sent", len(self.uploads))
