@@ -16,6 +16,11 @@ packages, and only while those imports run:
   host-pool and storage paths calls a triton kernel or a torchvision transform, and anything
   that did would fail loudly on a placeholder rather than compute.
 
+Importing `sglang` also sets default environment variables for third-party JIT caches
+(`sglang.srt.environ.redirect_third_party_caches`: TORCHINDUCTOR_CACHE_DIR and the like). A
+test run imports SGLang into the same process that later starts vLLM engines, so the variables
+SGLang added are removed again once its modules are imported (its host-side code does not JIT).
+
 The storage backend (`connectors.sglang.backend`) never imports this module: in an SGLang
 deployment triton and torchvision are installed and SGLang imports as it is.
 """
@@ -25,6 +30,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import types
 from typing import Any, Iterator, Sequence
@@ -124,6 +130,7 @@ def import_sglang(modules: Sequence[str] = SGLANG_MODULES) -> list[str]:
 
         has_triton_package()
     finder = _StandInFinder(missing)
+    env_before = set(os.environ)
     sys.meta_path.insert(0, finder)
     try:
         for name in modules:
@@ -132,6 +139,8 @@ def import_sglang(modules: Sequence[str] = SGLANG_MODULES) -> list[str]:
         sys.meta_path.remove(finder)
         for name in list(_stand_in_names(missing)):
             del sys.modules[name]
+        for key in set(os.environ) - env_before:
+            del os.environ[key]
     return missing
 
 
