@@ -152,3 +152,16 @@ def test_a_page_evicted_after_exists_is_a_miss_not_stale_kv(daemon: Any, backend
     before = pages_of(pool, dst)
     assert b.batch_get_v1(keys, dst) == [True, False, False]
     assert pages_of(pool, dst)[1:] == before[1:]  # nothing was written for the missing pages
+
+
+def test_clear_evicts_this_namespace_only(daemon: Any, backend_factory: BackendFactory) -> None:
+    pool = make_pool("mha", "layer_first")
+    fill_random(pool, 9)
+    mine = backend_factory(daemon.socket, pool, extra={"namespace": "mine"})
+    theirs = backend_factory(daemon.socket, pool, extra={"namespace": "theirs"})
+    keys = page_keys(2, salt=7)
+    idx = pool.alloc(2 * PAGE)
+    assert mine.batch_set_v1(keys, idx) == [True] * 2 and theirs.batch_set_v1(keys, idx) == [True] * 2
+    assert mine.clear() is True
+    assert mine.batch_exists(keys) == 0
+    assert theirs.batch_exists(keys) == 2
