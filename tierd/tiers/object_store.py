@@ -149,6 +149,9 @@ class ObjectTier:
                               f"(check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): {_first_line(exc)}") from None
         except GenericError as exc:
             text = str(exc)
+            if "169.254.169.254" in text or "/latest/api/token" in text:
+                raise ConfigError(f"object_url {self.url!r}: no credentials in the environment and no instance "
+                                  f"metadata service answered; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
             if "NoSuchBucket" in text:
                 raise ConfigError(f"object_url {self.url!r}: the bucket does not exist; create it first") from None
             if any(s in text for s in ("403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId")):
