@@ -101,10 +101,14 @@ def generic_get(backend: HiCacheStorage, pool: Any, keys: list[str], idx: torch.
 
 def alternating(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds of each function, run in turns (one warm-up round, then `repeats` rounds of
-    all of them), so load from other processes on a shared machine hits every side alike."""
+    all of them), so load from other processes on a shared machine hits every side alike. The
+    order rotates every round: whoever runs right after another side's frees gets its memory
+    back already mapped (the generic path allocates a fresh page buffer per page)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     for rnd in range(repeats + 1):
-        for name, fn in fns.items():
+        for name in names[rnd % len(names):] + names[: rnd % len(names)]:
+            fn = fns[name]
             t0 = time.perf_counter()
             fn()
             if rnd:
@@ -115,7 +119,7 @@ def alternating(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
 def run(args: argparse.Namespace) -> None:
     layers, page = (8, 64) if args.quick else (32, 64)
     batch = 32  # pages per set/get call (SGLang sends up to STORAGE_BATCH_SIZE = 128)
-    repeats = 3 if args.quick else 4
+    repeats = 3 if args.quick else 6
     pool = host_pool(args.layout, layers, page, 2 * batch)
     page_bytes = pool.get_data_page(0).numel() * 2
     nbytes = batch * page_bytes
