@@ -6,6 +6,8 @@ On a machine without CUDA the runtime tests are skipped with the reason; none of
 on the development machine (no GPU there)."""
 from __future__ import annotations
 
+import ctypes.util
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ import torch
 from native import block_runs, concat, copier
 from native import cuda as native_cuda
 from native.backend import TorchCopier
-from native.build import compile_cuda_object, nvcc
+from native.build import compile_cuda_library, compile_cuda_object, nvcc
 from tests.native.layouts import DTYPES, KINDS, build, random_bytes
 
 
@@ -38,6 +40,21 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
     why = compile_cuda_object(out)
     assert why is None, why
     assert out.stat().st_size > 0
+
+
+@pytest.mark.skipif(nvcc() is None, reason="nvcc not found: cannot build the CUDA library")
+@pytest.mark.skipif(torch.cuda.is_available() or ctypes.util.find_library("cuda") is not None,
+                    reason="a CUDA driver is present: a launch would run (the real kernels are tested instead)")
+def test_cuda_library_links_loads_and_reports_a_launch_without_a_driver(tmp_path):
+    """Without a CUDA driver the library still loads (its calling convention is checked) and a
+    launch returns the CUDA error to Python instead of crashing."""
+    out = tmp_path / "libtierd_gs_cuda.so"
+    why = compile_cuda_library(out)
+    assert why is None, why
+    kernels = native_cuda.CudaKernels(out)
+    runs = np.array([[0, 0, 0, 0, 1]], dtype=np.int64)
+    with pytest.raises(RuntimeError, match="cudaError"):
+        kernels.launch(0, 0, 0, range(0, 1), 1, 8, 2, 0, 8, runs.ctypes.data, 1, False, 0)
 
 
 def _runs(nb: int, bs: int, tokens: int, seed: int) -> np.ndarray:
