@@ -2,9 +2,10 @@
 
 SGLang's package imports `triton` (a GPU kernel compiler) and, through its model configs,
 `torchvision` at module level, even on the path to `HiCacheStorage` and the host KV pools.
-Neither has a CPU build on our package indexes that matches torch 2.13.0 CPU: installing
-triton makes torch believe a GPU compiler exists, and the only torchvision wheels are CUDA
-builds whose operators fail to register against CPU torch. So on such a machine this module
+Neither is wanted on a CPU test machine: triton is a ~290 MB GPU kernel compiler that CPU
+torch does not need (and whose presence changes what torch and vLLM probe at import), and the
+only torchvision wheels on our package indexes are CUDA builds whose operators fail to
+register against CPU torch 2.13.0. So where they are missing, this module
 imports the SGLang modules tierd needs with **stand-in modules** for exactly those two
 packages, and only while those imports run:
 
@@ -12,9 +13,10 @@ packages, and only while those imports run:
 - the stand-ins leave `sys.modules` when the imports are done, so nothing imported later
   (torch, transformers, vLLM) ever sees them;
 - they provide decorators (`triton.jit`, `triton.autotune`, ...) that return the function
-  unchanged and attributes that are inert placeholders: no SGLang code that runs on the
-  host-pool and storage paths calls a triton kernel or a torchvision transform, and anything
-  that did would fail loudly on a placeholder rather than compute.
+  unchanged and attributes that are inert placeholders: no SGLang code on the host-pool and
+  storage paths launches a triton kernel or a torchvision transform; a launch
+  (`kernel[grid](...)`) would raise a TypeError, and a placeholder is never a number or a
+  tensor, so it fails at its first use instead of computing.
 
 Importing `sglang` also sets default environment variables for third-party JIT caches
 (`sglang.srt.environ.redirect_third_party_caches`: TORCHINDUCTOR_CACHE_DIR and the like). A
@@ -110,7 +112,14 @@ class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def missing_packages() -> list[str]:
     """Which of STAND_INS are not installed here (those get stand-ins)."""
-    return [name for name in STAND_INS if name not in sys.modules and importlib.util.find_spec(name) is None]
+    return [name for name in STAND_INS if name not in sys.modules and not _installed(name)]
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a finder that refuses the name: not importable here
+        return False
 
 
 def import_sglang(modules: Sequence[str] = SGLANG_MODULES) -> list[str]:
