@@ -35,6 +35,7 @@ import importlib.util
 import os
 import sys
 import types
+import warnings
 from typing import Any, Iterator, Sequence
 
 #: Packages replaced while SGLang's modules import, when they are not installed.
@@ -142,8 +143,11 @@ def import_sglang(modules: Sequence[str] = SGLANG_MODULES) -> list[str]:
     env_before = set(os.environ)
     sys.meta_path.insert(0, finder)
     try:
-        for name in modules:
-            importlib.import_module(name)
+        with warnings.catch_warnings():
+            # SGLang's quantization modules warn at import that they need CUDA: known, and noise here
+            warnings.filterwarnings("ignore", message=r"Only CUDA", category=UserWarning)
+            for name in modules:
+                importlib.import_module(name)
     finally:
         sys.meta_path.remove(finder)
         for name in list(_stand_in_names(missing)):
