@@ -2,10 +2,11 @@
 
 SGLang's package imports `triton` (a GPU kernel compiler) and, through its model configs,
 `torchvision` at module level, even on the path to `HiCacheStorage` and the host KV pools.
-Neither is wanted on a CPU test machine: triton is a ~290 MB GPU kernel compiler that CPU
-torch does not need (and whose presence changes what torch and vLLM probe at import), and the
-only torchvision wheels on our package indexes are CUDA builds whose operators fail to
-register against CPU torch 2.13.0. So where they are missing, this module
+A CPU test machine may lack either: the only torchvision wheels on our package indexes are
+CUDA builds whose operators fail to register against CPU torch 2.13.0, so it is never
+installed; triton (a ~290 MB GPU compiler CPU torch does not need) arrives with vLLM's
+dependencies in `tests/setup_env.py`, but not on a machine set up without them. So where
+they are missing, this module
 imports the SGLang modules tierd needs with **stand-in modules** for exactly those two
 packages, and only while those imports run:
 
