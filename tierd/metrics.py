@@ -25,6 +25,20 @@ _COUNTERS = {
     "promotions": "Chunks read up into this tier",
     "corrupt": "Chunks dropped because they failed verification",
 }
+#: The shared object tier's own figures (present only when it is configured).
+_OBJECT_GAUGES = {"upload_queued": "Chunks waiting for upload", "upload_queue_bytes": "Bytes waiting for upload",
+                  "upload_inflight": "Uploads in progress"}
+_OBJECT_COUNTERS = {
+    "puts": "Objects this node uploaded",
+    "put_skipped_existing": "Uploads skipped because another node had written the object",
+    "upload_dropped": "Queued uploads dropped (queue over its bound)",
+    "uploads_lost": "Queued uploads whose local copies were gone before they went out",
+    "remote_found": "Chunks found in the bucket by lookups",
+    "remote_budget_exceeded": "Lookups that answered at their time budget",
+    "corrupt_deleted": "Objects that failed verification and were deleted",
+    "errors": "Object-store requests that failed",
+    "timeouts": "Object-store requests that timed out",
+}
 RPC_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.2, 1.0, 5.0)
 
 
@@ -52,6 +66,14 @@ class _StoreCollector:
             for t in stat["tiers"]:
                 c.add_metric([t["name"]], t[name])
             yield c
+        obj = next((t for t in stat["tiers"] if "breaker" in t), None)
+        if obj is not None:
+            for name, doc in _OBJECT_GAUGES.items():
+                yield GaugeMetricFamily(f"tierd_object_{name}", doc, value=obj[name])
+            for name, doc in _OBJECT_COUNTERS.items():
+                yield CounterMetricFamily(f"tierd_object_{name}", doc, value=obj[name])
+            yield GaugeMetricFamily("tierd_object_circuit_open", "1 while the object store is considered down",
+                                    value=0 if obj["breaker"] == "closed" else 1)
         yield GaugeMetricFamily("tierd_leases", "Leases held by clients", value=stat["leases"])
         yield GaugeMetricFamily("tierd_sessions", "Connected clients", value=stat["sessions"])
 

@@ -283,3 +283,19 @@ def test_object_tier_is_calibrated_at_start(object_daemons, object_url):
         assert measured != DECLARED["object"]  # measured at start, not declared
         assert measured[0] > 1e6 and measured[1] >= 0
         assert _object_tier(c)["used_bytes"] == 0  # the calibration object was removed
+
+
+def test_metrics_show_the_object_tier(object_daemons, object_url):
+    import urllib.request
+
+    d = object_daemons("m", object_url, extra=("--metrics-port", "0"))
+    port = int(d.banner.rsplit(":", 1)[1].rstrip(")\n "))
+    keys = chunk_keys(SMALL, _tokens(11, 2))
+    with Client.connect(d.socket) as c:
+        c.put_chunks(SMALL, keys, [payload_for(k, SMALL.chunk_bytes) for k in keys])
+        wait_for("uploads", _uploaded(c, 2))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'tierd_tier_chunks{tier="object"} 2.0' in text
+    assert "tierd_object_puts_total 2.0" in text
+    assert "tierd_object_circuit_open 0.0" in text
+    assert "tierd_object_upload_queued 0.0" in text
