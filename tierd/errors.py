@@ -31,6 +31,10 @@ class LayoutMismatchError(TierdError):
     """A chunk or layout does not match the registered layout (size, dtype, shape)."""
 
 
+class CodecError(TierdError):
+    """A codec spec that does not exist, or an encoded chunk that does not decode (a miss)."""
+
+
 class NotReservedError(TierdError):
     """Commit or abort of a key that this connection has not reserved."""
 
