@@ -39,6 +39,7 @@ setup(
         "sortedcontainers>=2.4",
         "numpy>=1.26",
         "obstore>=0.12",
+        "zstandard>=0.22",
     ],
     extras_require={
         "torch": [TORCH],
