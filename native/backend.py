@@ -18,7 +18,7 @@ import numpy as np
 
 from native import cpu, cuda, reference
 from native.cache import PagedCache
-from native.chunks import Buffer, chunk_batch
+from native.chunks import Buffer, ChunkBatch, chunk_batch
 from native.runs import layer_range, validate
 from tierd.errors import InvalidArgumentError
 
@@ -57,7 +57,8 @@ class TorchCopier:
         batch, r, want = self._check(runs, chunks, writable=False, layers=layers)
         reference.scatter(self.cache, batch.tensors(self.cache), r, want)
 
-    def _check(self, runs, chunks, *, writable, layers):  # type: ignore[no-untyped-def]
+    def _check(self, runs: np.ndarray, chunks: Sequence[Buffer], *, writable: bool,
+               layers: range | None) -> tuple[ChunkBatch, np.ndarray, range]:
         c = self.cache
         batch = chunk_batch(c, chunks, writable=writable)
         r = validate(runs, num_chunks=len(batch.ptrs), chunk_tokens=batch.tokens, num_blocks=c.num_blocks,
