@@ -165,3 +165,39 @@ def test_clear_evicts_this_namespace_only(daemon: Any, backend_factory: BackendF
     assert mine.clear() is True
     assert mine.batch_exists(keys) == 0
     assert theirs.batch_exists(keys) == 2
+
+
+def test_sglangs_storage_threads_can_share_one_backend(daemon: Any, backend_factory: BackendFactory) -> None:
+    """SGLang's prefetch, backup and query threads call one backend at once."""
+    import threading
+
+    pool = make_pool("mha", "page_first", ratio=8.0)
+    fill_random(pool, 10)
+    b = backend_factory(daemon.socket, pool)
+    jobs = []
+    for t in range(4):
+        keys = page_keys(4, salt=100 + t)
+        src, dst = pool.alloc(4 * PAGE), pool.alloc(4 * PAGE)
+        jobs.append((keys, src, dst, pages_of(pool, src)))
+    errors: list[BaseException] = []
+    results: dict[int, tuple[list[bool], list[bool], int]] = {}
+
+    def work(t: int) -> None:
+        keys, src, dst, _ = jobs[t]
+        try:
+            stored = b.batch_set_v1(keys, src)
+            found = b.batch_exists(keys)
+            read = b.batch_get_v1(keys, dst)
+            results[t] = (stored, read, found)
+        except BaseException as exc:  # reported below, with the thread's result
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert not errors and all(not th.is_alive() for th in threads)
+    for t, (keys, src, dst, want) in enumerate(jobs):
+        assert results[t] == ([True] * 4, [True] * 4, 4)
+        assert pages_of(pool, dst) == want
