@@ -141,3 +141,10 @@ def test_metrics_endpoint(daemon_factory):
     assert 'tierd_tier_chunks{tier="dram"} 2.0' in text
     assert 'tierd_rpc_seconds_count{op="lookup"} 1.0' in text
     assert 'tierd_tier_capacity_bytes{tier="nvme"}' in text
+
+
+def test_doctor_reports_the_copy_implementation():
+    r = subprocess.run([sys.executable, "-m", "tierd", "doctor", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["cpu_backend"] in ("cpp", "torch") and "cuda_backend" in info
