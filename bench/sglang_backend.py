@@ -19,7 +19,10 @@ Figures: batch_set and batch_get GB/s (32 pages per call, 256 MiB; fresh keys fo
 and batch_exists latency for 128 present pages (SGLang's STORAGE_BATCH_SIZE, its largest
 query). The backends run in turns, round after round, and each figure is the median round. Ratios are tierd over
 HiCacheFile (throughput) and HiCacheFile over tierd (latency), so higher is better. Reads are
-warm on both sides: tierd's from its DRAM arena, HiCacheFile's from the page cache.
+warm on both sides: tierd's from its DRAM arena, HiCacheFile's from the page cache. The
+default `page_first` layout is tierd's hardest case: reordering a page into the canonical
+chunk moves 2 KiB runs (heads x head_dim), where `layer_first` and `page_first_direct` move
+whole page-long runs per layer.
 
 SGLang is imported with `connectors.sglang.cpu_import` (stand-ins for triton and torchvision
 while its modules import, on a machine without them; see that module).

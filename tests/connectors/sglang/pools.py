@@ -6,9 +6,9 @@ SGLang's scheduler makes a device KV pool on the GPU, describes its per-layer bu
 ([tokens, heads, head_dim] per layer for MHA, [tokens, 1, kv_cache_dim] for MLA); the host
 pools, their layouts, allocators and page accessors are SGLang's own code, unchanged.
 
-SGLang itself is imported with `connectors.sglang.cpu_import.import_sglang`, which stands in
-for the GPU-only `triton` and the `torchvision` package *only while SGLang's modules import*,
-because neither has a CPU build here (see that module's docstring); everything used below is
+SGLang itself is imported with `connectors.sglang.cpu_import.import_sglang`, which puts inert
+stand-ins in place of `torchvision` (no CPU build here) and of `triton` where it is missing,
+*only while SGLang's modules import* (see that module's docstring); everything used below is
 real SGLang code.
 """
 from __future__ import annotations
