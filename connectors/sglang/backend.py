@@ -64,7 +64,8 @@ class TierdHiCacheStorage(HiCacheStorage):
         store as plain KV, which fails SGLang's attach at start rather than storing garbage."""
         super().register_mem_pool_host(mem_pool_host)
         c = self.config
-        self.pages = HostPages(mem_pool_host, model=c.model, tp_rank=c.tp_rank, tp_size=c.tp_size)
+        self.pages = HostPages(mem_pool_host, model=c.model, tp_rank=c.tp_rank, tp_size=c.tp_size,
+                               kv_cache_dtype=c.kv_cache_dtype)
         self.keys = PageKeys(self.pages.layout, c.namespace, c.shard_tag)
         self.link.set_layout(self.pages.layout)
         log.info("tierd HiCache backend: %s %s pages of %d tokens, %d bytes each, namespace %r, socket %s",

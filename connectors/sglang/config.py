@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from tierd.errors import ConfigError
 
 #: Our keys in `--hicache-storage-backend-extra-config`.
-KEYS = ("socket", "namespace", "model_id", "require_daemon")
+KEYS = ("socket", "namespace", "model_id", "require_daemon", "kv_cache_dtype")
 #: Keys SGLang itself reads from the same JSON (the dynamic loader's, `interface_v1`, and the
 #: prefetch knobs SGLang normally pops before the backend sees them): accepted and ignored.
 SGLANG_KEYS = (
@@ -43,6 +43,7 @@ class BackendConfig:
     is_mla: bool
     shard_tag: str
     require_daemon: bool = False
+    kv_cache_dtype: str | None = None  # SGLang's --kv-cache-dtype, when its pool stores raw bytes
 
     @classmethod
     def from_storage_config(cls, storage_config: Any) -> "BackendConfig":
@@ -65,6 +66,9 @@ class BackendConfig:
         require = extra.get("require_daemon", False)
         if not isinstance(require, bool):
             raise ConfigError(f"{PREFIX}.require_daemon {require!r}: use true or false")
+        kv_dtype = extra.get("kv_cache_dtype")
+        if kv_dtype is not None and (not isinstance(kv_dtype, str) or not kv_dtype or "\x00" in kv_dtype):
+            raise ConfigError(f"{PREFIX}.kv_cache_dtype {kv_dtype!r}: give SGLang's --kv-cache-dtype, e.g. \"fp8_e4m3\"")
         for name in ("attn_cp_size", "dcp_size"):
             size = getattr(storage_config, name, 1) or 1
             if size != 1:
@@ -81,7 +85,7 @@ class BackendConfig:
         is_mla = bool(getattr(storage_config, "is_mla_model", False))
         if is_mla:
             tp_rank, tp_size = 0, 1
-        return cls(socket, namespace, model, tp_rank, tp_size, is_mla, f"pp{pp_rank}of{pp_size}", require)
+        return cls(socket, namespace, model, tp_rank, tp_size, is_mla, f"pp{pp_rank}of{pp_size}", require, kv_dtype)
 
 
 def _extra(storage_config: Any) -> dict[str, Any]:

@@ -35,6 +35,9 @@ import torch
 from tierd.errors import LayoutMismatchError
 from tierd.layout import DTYPE_SIZES, Layout
 
+#: Buffer dtypes that hold KV as raw bytes whose format the dtype does not name (fp8 caches).
+RAW_BYTE_DTYPES = ("uint8", "int8")
+
 #: Host layouts this module decodes: (host order of one page, permutation to canonical).
 HOST_LAYOUTS: dict[str, tuple[str, tuple[int, ...]]] = {
     "layer_first": ("kv,L,P,H,D", (1, 0, 2, 3, 4)),
@@ -46,7 +49,7 @@ HOST_LAYOUTS: dict[str, tuple[str, tuple[int, ...]]] = {
 class HostPages:
     """Canonical-order views of the pages of one SGLang host KV pool."""
 
-    def __init__(self, pool: Any, *, model: str, tp_rank: int, tp_size: int) -> None:
+    def __init__(self, pool: Any, *, model: str, tp_rank: int, tp_size: int, kv_cache_dtype: str | None = None) -> None:
         kind = pool_kind(pool)
         layout_name = getattr(pool, "layout", None)
         if layout_name not in HOST_LAYOUTS:
@@ -57,6 +60,16 @@ class HostPages:
         dtype = str(pool.dtype).removeprefix("torch.")
         if dtype not in DTYPE_SIZES:
             raise LayoutMismatchError(f"SGLang host pool dtype {pool.dtype}: tierd stores {', '.join(DTYPE_SIZES)}")
+        if dtype in RAW_BYTE_DTYPES:
+            # SGLang keeps fp8 KV caches in uint8 buffers: the buffer dtype does not say which
+            # fp8 format the bytes are, so the keys must, or two formats would share pages.
+            if kv_cache_dtype is None:
+                raise LayoutMismatchError(
+                    f"SGLang host pool stores KV as raw {dtype} bytes (an fp8 KV cache): set \"kv_cache_dtype\" in "
+                    "--hicache-storage-backend-extra-config to SGLang's --kv-cache-dtype (e.g. \"fp8_e4m3\"), so "
+                    "pages of different formats never share keys"
+                )
+            model = f"{model}|kv_cache_dtype={kv_cache_dtype}"
         buf = pool.kv_buffer
         if not isinstance(buf, torch.Tensor) or buf.device.type != "cpu":
             raise LayoutMismatchError(f"{type(pool).__name__} has no CPU kv_buffer tensor; tierd copies from host memory")
@@ -143,7 +156,7 @@ def pool_kind(pool: Any) -> str:
     name = type(pool).__name__
     if isinstance(pool, MLATokenToKVPoolHost) and name == "MLATokenToKVPoolHost":
         return "mla"
-    if isinstance(pool, MHATokenToKVPoolHost) and name in ("MHATokenToKVPoolHost", "HiSparseMHATokenToKVPoolHost"):
+    if isinstance(pool, MHATokenToKVPoolHost) and name == "MHATokenToKVPoolHost":
         return "mha"
     raise LayoutMismatchError(
         f"SGLang host pool {name}: tierd stores pages of MHATokenToKVPoolHost and MLATokenToKVPoolHost only"

@@ -201,3 +201,16 @@ def test_sglangs_storage_threads_can_share_one_backend(daemon: Any, backend_fact
     for t, (keys, src, dst, want) in enumerate(jobs):
         assert results[t] == ([True] * 4, [True] * 4, 4)
         assert pages_of(pool, dst) == want
+
+
+def test_fp8_pages_stored_as_bytes_round_trip(daemon: Any, backend_factory: BackendFactory, kind: str) -> None:
+    """An fp8 KV cache (SGLang keeps it in uint8 buffers), with its format named in the config."""
+    pool = make_pool(kind, "page_first", dtype=torch.uint8)
+    fill_random(pool, 11)
+    b = backend_factory(daemon.socket, pool, extra={"kv_cache_dtype": "fp8_e4m3"}, mla=kind == "mla")
+    src, dst = pool.alloc(3 * PAGE), pool.alloc(3 * PAGE)
+    want = pages_of(pool, src)
+    keys = page_keys(3, salt=8)
+    assert b.batch_set_v1(keys, src) == [True] * 3
+    assert b.batch_get_v1(keys, dst) == [True] * 3
+    assert pages_of(pool, dst) == want

@@ -28,6 +28,7 @@ def _create(extra: dict[str, Any], **config: Any) -> TierdHiCacheStorage:
     ({"socket": ""}, {}, r"give the daemon's socket path"),
     ({"namespace": ""}, {}, r"namespace '': use a non-empty string"),
     ({"require_daemon": "yes"}, {}, r"require_daemon 'yes': use true or false"),
+    ({"kv_cache_dtype": 8}, {}, r"kv_cache_dtype 8: give SGLang's --kv-cache-dtype"),
     ({}, {"model": None}, r"model_id None: SGLang passed no model name; set \"model_id\""),
     ({}, {"tp_rank": 2, "tp_size": 2}, r"tp_rank=2, tp_size=2"),
     ({}, {"attn_cp_rank": 0, "attn_cp_size": 2}, r"attn_cp_size=2: the tierd backend does not key context-parallel"),
@@ -80,3 +81,25 @@ def test_a_dtype_tierd_does_not_store_is_refused(short_dir: Path) -> None:
             b.register_mem_pool_host(make_pool("mha", "layer_first", dtype=torch.float64))
     finally:
         b.close()
+
+
+def test_an_fp8_pool_needs_its_format_in_the_keys(short_dir: Path) -> None:
+    """SGLang keeps fp8 KV in uint8 buffers: without kv_cache_dtype, e4m3 and e5m2 pages would share keys."""
+    import torch
+
+    socket = str(short_dir / "t.sock")
+    b = _create({"socket": socket})
+    try:
+        with pytest.raises(LayoutMismatchError, match=r"raw uint8 bytes .*set \"kv_cache_dtype\""):
+            b.register_mem_pool_host(make_pool("mha", "layer_first", dtype=torch.uint8))
+    finally:
+        b.close()
+    e4m3, e5m2 = (_create({"socket": socket, "kv_cache_dtype": d}) for d in ("fp8_e4m3", "fp8_e5m2"))
+    try:
+        for b in (e4m3, e5m2):
+            b.register_mem_pool_host(make_pool("mha", "layer_first", dtype=torch.uint8))
+        assert e4m3.keys is not None and e5m2.keys is not None
+        assert e4m3.keys(["abc"]) != e5m2.keys(["abc"])
+    finally:
+        e4m3.close()
+        e5m2.close()
