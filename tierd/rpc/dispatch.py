@@ -211,7 +211,7 @@ class Dispatcher:
             raise InvalidArgumentError(f"observe_prefill: need 0 <= start < end and seconds > 0, got {start}, {end}, {seconds}")
         if self._model is None:
             return {"observed": False}  # no shape yet: the engine has not asked for a plan
-        self._learned.observe(self._model.shape.prefill_flops(end, start), seconds)
+        self._learned.observe_split(*self._model.shape.flops_parts(end, start), seconds)
         return {"observed": True, "device": self._learned.to_dict()}
 
     def _costs(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
