@@ -593,6 +593,10 @@ class TieredStore:
             slot = await self._alloc_slot(c.size, time.monotonic() + 5.0)
             if slot is None:
                 return False
+            if c.slot is not None or c.moving is not None:
+                # Another acquire promoted it, or started to, while this one waited for room.
+                self._free_slot(slot, c.size)
+                return await self._ensure_in_dram(c, layout_id)
             c.moving = asyncio.get_running_loop().create_future()
             unavailable = False
             try:
