@@ -26,7 +26,11 @@ hits if the kernel ignored the advice). It is one sequential reader, queue depth
 bound for a multi-threaded tier.
 
 Effective load bandwidth of raw bytes through the tier with a codec, read and decode not
-overlapped: 1 / (1 / (read_bw * ratio) + 1 / decode_bw); without a codec it is read_bw.
+overlapped: 1 / (1 / (read_bw * ratio) + 1 / decode_bw); without a codec it is read_bw. That
+is the model; the tier itself is also measured: `NvmeChunkFiles` with each codec (`--nvme-codec`)
+writes the chunk under several keys in `--dir` and reads them all back into an aligned buffer
+(verified file reads with O_DIRECT where the filesystem allows, then decoding), against the same
+tier storing raw chunks in the same run (`nvme_tier_load_*` figures).
 
     python -m bench.codecs [--quick] [--dir DIR] [--repeats N] [--threads 1]
 """
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import mmap
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -51,7 +56,9 @@ import torch  # noqa: E402
 
 from bench.figures import best_seconds, figure  # noqa: E402
 from tierd.codecs import get_codec  # noqa: E402
+from tierd.codecs.sample import synthetic_kv  # noqa: E402
 from tierd.layout import Layout  # noqa: E402
+from tierd.tiers.nvme import NvmeChunkFiles  # noqa: E402
 
 LAYOUT = Layout("bench-8b-like", "bfloat16", num_layers=32, num_kv_heads=8, head_dim=128, chunk_tokens=256)
 QUICK_SPECS = ("raw", "zstd:1", "zstd:3", "zstd-shuffle:1", "zstd-shuffle:3", "int8k-tq3v", "int8k-tq4v")
@@ -75,11 +82,7 @@ class CodecResult:
 
 def kv_chunk(seed: int = 0) -> bytes:
     """Canonical bf16 bytes of random-normal KV with 4 x20 outlier key channels per head."""
-    gen = torch.Generator().manual_seed(seed)
-    chunk = torch.randn(LAYOUT.chunk_shape, generator=gen)
-    keys = chunk[:, 0].view(LAYOUT.num_layers, LAYOUT.chunk_tokens, LAYOUT.num_kv_heads, LAYOUT.head_dim)
-    keys[..., torch.randperm(LAYOUT.head_dim, generator=gen)[:4]] *= 20.0
-    return chunk.to(torch.bfloat16).view(torch.uint8).numpy().tobytes()
+    return synthetic_kv(LAYOUT, seed)
 
 
 def memcpy_seconds(payload: bytes, repeats: int) -> float:
@@ -162,6 +165,34 @@ def nvme_read_bandwidth(directory: Path, payload: bytes, repeats: int) -> tuple[
         path.unlink(missing_ok=True)
 
 
+def nvme_tier_load(directory: Path, specs: tuple[str, ...], payload: bytes, copies: int,
+                   repeats: int) -> dict[str, float]:
+    """GB/s of raw chunk bytes read back through the NVMe tier (verify + decode) per codec spec."""
+    dest = mmap.mmap(-1, LAYOUT.chunk_bytes)
+    out: dict[str, float] = {}
+    try:
+        for spec in specs:
+            root = Path(tempfile.mkdtemp(prefix=f"tierd-bench-tier-{spec.replace(':', '_')}-", dir=directory))
+            try:
+                tier = NvmeChunkFiles(root, codec=spec)
+                tier.codec.layouts = {LAYOUT.layout_id: LAYOUT}
+                keys = [i.to_bytes(16, "little") for i in range(1, copies + 1)]
+                for key in keys:
+                    tier.write(key, LAYOUT.layout_id, "bench", payload)
+
+                def read_all() -> None:
+                    for key in keys:
+                        if not tier.read_into(key, dest, layout_id=LAYOUT.layout_id, payload_len=LAYOUT.chunk_bytes):
+                            raise SystemExit(f"{spec}: chunk {key.hex()} did not read back")
+
+                out[spec] = copies * LAYOUT.chunk_bytes / best_seconds(read_all, repeats=repeats) / 1e9
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+    finally:
+        dest.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer codecs and repeats: under a minute")
@@ -207,6 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         figure(f"nvme_effective_load_{name}", effective[r.spec], "GB/s", "nvme_read_no_codec", read_gbs,
                read_mode=read_mode)
     figure("codec_ratio_zstd-shuffle_3_uniform_random", uniform_ratio, "x", "raw_bytes", 1.0)
+
+    tier_specs = ("raw", "zstd-shuffle:1", "int8k-tq3v", "int8k-tq4v")
+    tier_gbs = nvme_tier_load(args.dir, tier_specs, payload, copies=2 if args.quick else 4, repeats=repeats)
+    print(f"# NVMe tier (NvmeChunkFiles) load, raw GB/s read + verified + decoded: "
+          + ", ".join(f"{s} {g:.3f}" for s, g in tier_gbs.items()))
+    for spec, gbs in tier_gbs.items():
+        if spec != "raw":
+            figure(f"nvme_tier_load_{spec.replace(':', '_')}", gbs, "GB/s", "nvme_tier_raw", tier_gbs["raw"])
+    figure("nvme_tier_load_raw", tier_gbs["raw"], "GB/s", "nvme_read_no_codec", read_gbs, read_mode=read_mode)
     return 0
 
 

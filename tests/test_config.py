@@ -92,6 +92,8 @@ PRECEDENCE = [
     ("object_lookup_budget", 0.02, "100ms", ["--object-lookup-budget", "0.2"], 0.02, 0.1, 0.2),
     ("object", "1GiB", "2GiB", ["--object", "0"], GiB, 2 * GiB, 0),
     ("node_id", "rack1-a", "rack1-b", ["--node-id", "rack1-c"], "rack1-a", "rack1-b", "rack1-c"),
+    ("nvme_codec", "zstd", "ZSTD-shuffle:1", ["--nvme-codec", "int8k-tq3v"], "zstd:3", "zstd-shuffle:1", "int8k-tq3v"),
+    ("object_codec", "zstd:1", "int8k-tq4v", ["--object-codec", "zstd:-3"], "zstd:1", "int8k-tq4v", "zstd:-3"),
 ]
 
 
@@ -263,6 +265,8 @@ BAD_STRINGS = [
     ("object_lookup_budget", ["0", "fast", "0ms"]),
     ("object_queue", ["big", "-5"]),
     ("node_id", ["", "two words", "x" * 65]),
+    ("nvme_codec", ["lz4", "", "zstd:0", "zstd:23", "zstd:fast", "int8k-tq2v", "raw:1"]),
+    ("object_codec", ["gzip", "zstd-shuffle:-8", "int8"]),
 ]
 # --calibrate/--no-calibrate take no value, so argparse itself refuses a bad one
 BAD_CASES = [
@@ -299,7 +303,7 @@ BAD_NATIVES = [
     ("dram", True), ("dram", 1.5), ("dram", [1]), ("nvme", -1), ("io_threads", True), ("io_threads", 4.0),
     ("calibrate", 1), ("metrics_port", True), ("metrics_port", 1.5), ("log_level", 10), ("socket", 5),
     ("record_trace", 5), ("nvme_dir", ["a"]), ("socket_mode", 1000), ("socket_mode", True),
-    ("demote_high_watermark", True), ("metrics_host", 127),
+    ("demote_high_watermark", True), ("metrics_host", 127), ("nvme_codec", 3), ("object_codec", ["zstd"]),
 ]
 
 

@@ -18,11 +18,12 @@ def build_store(config: "Config") -> TieredStore:
     if config.nvme > 0:
         from tierd.tiers.nvme import NvmeChunkFiles
 
-        lower.append((NvmeChunkFiles(Path(config.nvme_dir)), config.nvme))
+        lower.append((NvmeChunkFiles(Path(config.nvme_dir), codec=config.nvme_codec), config.nvme))
     if config.object_url:
         from tierd.tiers.object_store import ObjectTier
 
-        lower.append((ObjectTier(config.object_url, node=config.node_id, timeout=config.object_timeout),
+        lower.append((ObjectTier(config.object_url, node=config.node_id, timeout=config.object_timeout,
+                                  codec=config.object_codec),
                       config.object))
     store = TieredStore(
         dram_bytes=config.dram,

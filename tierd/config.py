@@ -138,6 +138,17 @@ def _parse_object_write(value: object, where: str, base: str | None) -> str:
     return mode
 
 
+def _parse_codec(value: object, where: str, base: str | None) -> str:
+    """A chunk codec spec (tierd.codecs), stored in its canonical form ("zstd" -> "zstd:3")."""
+    from tierd.codecs import get_codec
+    from tierd.errors import CodecError
+
+    try:
+        return get_codec(value).name  # type: ignore[arg-type]
+    except CodecError as exc:
+        raise ConfigError(f"{where}={value!r}: {exc}") from None
+
+
 def _parse_seconds(value: object, where: str, base: str | None) -> float:
     """A duration in seconds: 5, 0.05, "50ms", "2s"."""
     number: float | None = None
@@ -382,6 +393,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("object_queue", _parse_nvme, "SIZE",
             "bytes of chunks waiting for upload; beyond it the oldest are dropped (default: 1GiB)"),
     _Option("node_id", _parse_node_id, "NAME", "this node's name in the objects it writes (default: host name)"),
+    _Option("nvme_codec", _parse_codec, "CODEC",
+            "how the NVMe tier stores chunks: raw, zstd[:LEVEL], zstd-shuffle[:LEVEL] (lossless), "
+            "int8k-tq3v or int8k-tq4v (lossy) (default: raw)"),
+    _Option("object_codec", _parse_codec, "CODEC",
+            "how this node writes chunks to the object tier; same choices as --nvme-codec (default: raw)"),
 )
 
 _BY_NAME: dict[str, _Option] = {opt.name: opt for opt in _OPTIONS}
@@ -419,6 +435,8 @@ class Config:
     object_lookup_budget: float = 0.05
     object_queue: int = 1 << 30
     node_id: str = dataclasses.field(default_factory=socket.gethostname)
+    nvme_codec: str = "raw"
+    object_codec: str = "raw"
 
     def __post_init__(self) -> None:
         for opt in _OPTIONS:

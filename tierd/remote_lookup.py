@@ -40,10 +40,11 @@ class Found:
     only when its header was read (`inspect`); a lookup's HEAD gives the size alone."""
 
     key: bytes
-    payload_len: int
+    payload_len: int  # the raw chunk's size when the header was read; from a HEAD, the stored size
     layout_id: str = ""
     namespace: str = ""
     created: float = 0.0
+    object_bytes: int = 0  # the object's size, when known (0: not known)
 
 
 FoundCallback = Callable[[Sequence[Found]], None]
@@ -125,7 +126,7 @@ class SharedTierProbe:
                 if r is None:
                     self._remember_miss(key)
                     break
-                run.append(Found(key, r - HEADER_BYTES))
+                run.append(Found(key, r - HEADER_BYTES, object_bytes=r))
             if run:
                 self.found += len(run)
                 self.on_found(run)

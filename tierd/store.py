@@ -54,6 +54,7 @@ from tierd.policies.lru import LRUPolicy
 from tierd.tiers.allocator import ExtentAllocator
 from tierd.tiers.arena import SharedArena
 from tierd.tiers.base import LowerTier
+from tierd.tiers.encoding import TierCodec
 from tierd.remote_lookup import Found, SharedTierProbe
 from tierd.tiers.object_format import ObjectHeader
 from tierd.uploads import Upload, UploadQueue
@@ -189,6 +190,11 @@ class TieredStore:
         # A shared tier stays even with capacity 0: this node then only reads what others wrote.
         self.lower = [_Lower(t, TierStats(t.name, cap)) for t, cap in lower_tiers
                       if cap > 0 or getattr(t, "shared", False)]
+        self.layouts: dict[str, Layout] = {}
+        for lower in self.lower:  # tiers with a codec encode and decode with the layouts registered here
+            codec = getattr(lower.tier, "codec", None)
+            if isinstance(codec, TierCodec):
+                codec.layouts = self.layouts
         if any(l.shared for l in self.lower[:-1]):
             raise InvalidArgumentError("a shared (object) tier must be the last tier")
         if object_write not in ("through", "back"):
@@ -206,7 +212,6 @@ class TieredStore:
                                          budget=lookup_budget)
         self._workers: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
-        self.layouts: dict[str, Layout] = {}
         self.index: dict[bytes, Chunk] = {}
         self.reserved: dict[bytes, Reservation] = {}
         self.high_watermark = high_watermark
@@ -409,7 +414,7 @@ class TieredStore:
             if c is None:
                 c = self.index[h.key] = Chunk(h.key, h.layout_id, h.namespace, h.payload_len, h.created or now, now)
             if name not in c.lower:
-                c.lower[name] = self.shared.tier.stored_bytes(h.payload_len)
+                c.lower[name] = h.object_bytes or self.shared.tier.stored_bytes(h.payload_len)
                 self.shared.stats.chunks += 1
                 self._retier(c)
 
@@ -587,6 +592,8 @@ class TieredStore:
             return True
         if c.key not in self.index:
             return False
+        if not c.layout_id:  # found by a lookup's HEAD: the raw size is the layout's, the read checks it
+            c.size = self.layouts[layout_id].chunk_bytes
         for lower in self.lower:
             if lower.tier.name not in c.lower:
                 continue
@@ -601,7 +608,8 @@ class TieredStore:
             unavailable = False
             try:
                 ok = await self._tier_io(lower, "read_into", c.key, self.arena.view(slot, c.size),
-                                         layout_id=c.layout_id or layout_id, payload_len=c.size)
+                                         layout_id=c.layout_id or layout_id, payload_len=c.size,
+                                         stored_bytes=c.lower.get(lower.tier.name))
             except ObjectTierUnavailable as exc:  # the store is down: a miss, the copy stays known
                 log.warning("reading chunk %s: %s", c.key.hex(), exc)
                 ok, unavailable = False, True
@@ -723,11 +731,14 @@ class TieredStore:
         return result
 
     async def inspect(self, key: bytes) -> dict[str, Any]:
-        """One chunk's metadata; for an object-tier copy also which node wrote it and when (read
-        from the object's header, so it works for chunks other nodes wrote)."""
+        """One chunk's metadata, with how each lower tier stores it (codec, stored bytes, ratio,
+        read from the tier's own header); for an object-tier copy also which node wrote it and
+        when (so it works for chunks other nodes wrote)."""
         _check_keys([key])
         c = self.index.get(key)
         shared = self.shared
+        extra: dict[str, Any] = {}
+        headers: dict[str, Any] = {}
         if shared is not None and (c is None or shared.tier.name in c.lower):
             try:
                 header = await shared.tier.read_header(key)  # type: ignore[attr-defined]
@@ -735,22 +746,30 @@ class TieredStore:
                 if c is None:
                     raise NotFoundError(f"key {key.hex()} is not stored locally, and the object tier "
                                         f"could not be asked: {exc}") from None
-                return {**self._describe(c), "object": {"error": str(exc)}}
-            if header is not None:
-                if c is None or not c.layout_id:
-                    self._index_found([Found(key, header.payload_len, header.layout_id, header.namespace,
-                                             header.created)])
-                    c = self.index[key]
-                    c.layout_id, c.namespace = header.layout_id, header.namespace
-                return {**self._describe(c), "object": {
-                    "node": header.node, "written": header.created, "stored_bytes": header.object_bytes,
-                    "written_by_this_node": key in shared.lru, "url": getattr(shared.tier, "url", None)}}
-            if c is not None:  # gone from the bucket (another node's gc): forget it
-                self._forget_lower_copy(c, shared)
-                c = self.index.get(key)
+                header, extra = None, {"object": {"error": str(exc)}}
+            else:
+                if header is not None:
+                    if c is None or not c.layout_id:
+                        self._index_found([Found(key, header.payload_len, header.layout_id, header.namespace,
+                                                 header.created, header.object_bytes)])
+                        c = self.index[key]
+                        c.layout_id, c.namespace, c.size = header.layout_id, header.namespace, header.payload_len
+                    headers[shared.tier.name] = header
+                    extra = {"object": {
+                        "node": header.node, "written": header.created, "stored_bytes": header.object_bytes,
+                        "written_by_this_node": key in shared.lru, "url": getattr(shared.tier, "url", None)}}
+                elif c is not None:  # gone from the bucket (another node's gc): forget it
+                    self._forget_lower_copy(c, shared)
+                    c = self.index.get(key)
         if c is None:
             raise NotFoundError(f"key {key.hex()} is not stored")
-        return self._describe(c)
+        for lower in self.lower:
+            if lower.tier.name in c.lower and lower.tier.name not in headers and not lower.shared:
+                headers[lower.tier.name] = await self._tier_io(lower, "read_header", key)
+        stored = {name: {"codec": h.codec or "raw", "stored_bytes": h.stored,
+                         "ratio": h.payload_len / h.stored if h.stored else None}
+                  for name, h in headers.items() if h is not None}
+        return {**self._describe(c), **extra, "stored": stored}
 
     def ls(
         self, *, tier: str | None = None, namespace: str | None = None, key_prefix: str | None = None,
@@ -770,6 +789,10 @@ class TieredStore:
     def stat(self) -> dict[str, Any]:
         self.dram.used_bytes = self.alloc.used
         tiers = [self.dram.to_dict()] + [l.stats.to_dict() for l in self.lower]
+        for row, lower in zip(tiers[1:], self.lower):
+            codec = getattr(lower.tier, "codec", None)
+            if isinstance(codec, TierCodec):
+                row.update(codec.stats())
         if self.shared is not None:
             tiers[-1].update(self.shared.tier.stats())  # type: ignore[attr-defined]
             tiers[-1].update(self.uploads.stats())

@@ -6,19 +6,28 @@ verified chunk-file read into an arena slot, as a promotion does it) within a sm
 Without calibration (`--no-calibrate`) the declared defaults below are used until real
 promotions update them. Lookups that ask for a plan combine these with the engine's model
 shape and measured prefill throughput (`tierd.costmodel.CostModel`).
+
+A tier with a codec moves fewer bytes but must decode them, so its cost per raw byte is
+1 / (medium bandwidth x ratio) + 1 / decode throughput. Calibration measures the medium with
+raw bytes and the codec on a synthetic chunk (ratio and decode time), and combines the two;
+real promotions (which include decoding) refine the result like any tier's.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from tierd.calibrate import calibrate_tier
+from tierd.codecs.sample import synthetic_kv
 from tierd.costmodel import TierCost
 from tierd.errors import TierdError
+from tierd.layout import Layout
+from tierd.tiers.encoding import TierCodec
 
 if TYPE_CHECKING:
     from tierd.store import TieredStore
@@ -46,6 +55,34 @@ def _blocking(tier: Any, loop: asyncio.AbstractEventLoop | None) -> Callable[...
         return getattr(tier, op)(*args, **kwargs)
 
     return call
+
+
+#: The chunk a codec is measured on at start: bf16, 4 layers x 8 KV heads x 128 x 256 tokens (4 MiB).
+CODEC_CAL_LAYOUT = Layout("tierd-codec-calibration", "bfloat16", 4, 8, 128, chunk_tokens=256)
+
+
+def codec_speed(codec: TierCodec, repeats: int = 2) -> tuple[float, float]:
+    """(ratio, decode bytes/s) of the tier's codec on a synthetic chunk (fastest of `repeats`)."""
+    assert codec.codec is not None
+    layout = CODEC_CAL_LAYOUT
+    payload = synthetic_kv(layout)
+    blob = codec.codec.encode(payload, layout)
+    out = memoryview(bytearray(layout.chunk_bytes))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        codec.codec.decode(blob, layout, out)
+        best = min(best, time.perf_counter() - t0)
+    return layout.chunk_bytes / len(blob), layout.chunk_bytes / max(best, 1e-9)
+
+
+def with_codec(medium: TierCost, codec: TierCodec) -> TierCost:
+    """The cost per raw byte of a tier whose medium costs `medium` and which stores `codec` blobs."""
+    ratio, decode_bw = codec_speed(codec)
+    seconds_per_byte = 1.0 / (medium.bandwidth * ratio) + 1.0 / decode_bw
+    log.info("tier %s: codec %s, ratio %.2f, decode %.2f GB/s: %.2f GB/s effective (medium %.2f GB/s)",
+             medium.name, codec.spec, ratio, decode_bw / 1e9, 1e-9 / seconds_per_byte, medium.bandwidth / 1e9)
+    return TierCost(medium.name, 1.0 / seconds_per_byte, medium.latency)
 
 
 def calibrate_costs(store: "TieredStore", *, budget_s: float = 0.3,
@@ -87,6 +124,9 @@ def calibrate_costs(store: "TieredStore", *, budget_s: float = 0.3,
 
             try:
                 costs[tier.name] = calibrate_tier(write, read, name=tier.name, budget_s=budget_s)
+                codec = getattr(tier, "codec", None)
+                if isinstance(codec, TierCodec) and codec.codec is not None:
+                    costs[tier.name] = with_codec(costs[tier.name], codec)
             except (OSError, TierdError) as exc:
                 log.warning("calibrating %s failed (%s); using declared costs", tier.name, exc)
             finally:

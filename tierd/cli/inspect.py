@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(info)
     else:
         obj = info.pop("object", None)
+        stored = info.pop("stored", {})
         for name, value in info.items():
             print(f"{name:12} {','.join(value) if isinstance(value, list) else value}")
         if obj is not None:  # which node wrote the object-tier copy, and when
@@ -31,4 +32,7 @@ def run(args: argparse.Namespace) -> int:
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(obj["written"]))
                 mine = " (this node)" if obj["written_by_this_node"] else ""
                 print(f"{'object':12} written by {obj['node']}{mine} at {when} UTC, {obj['stored_bytes']} bytes")
+        for tier, form in stored.items():  # how each lower tier holds it
+            ratio = f", {form['ratio']:.2f}x smaller" if form["ratio"] and form["codec"] != "raw" else ""
+            print(f"{'stored ' + tier:12} {form['codec']}, {form['stored_bytes']} bytes{ratio}")
     return 0

@@ -25,6 +25,15 @@ def run(args: argparse.Namespace) -> int:
     ]
     print_table(["tier", "capacity", "used", "chunks", "hits", "misses", "hit ratio", "evictions", "corrupt"], rows)
     for t in stat["tiers"]:
+        if t.get("codec", "raw") != "raw":
+            ratio = f"{t['codec_ratio']:.2f}x" if t["codec_ratio"] else "-"
+            decode = f"{t['codec_decode_bytes_per_s'] / 1e9:.2f} GB/s" if t["codec_decode_bytes_per_s"] else "-"
+            lossy = "" if t["codec_lossless"] else " (lossy)"
+            print(f"
+{t['name']} codec {t['codec']}{lossy}: ratio {ratio}, decode {decode}; {t['codec_encoded']} "
+                  f"encoded, {t['codec_stored_raw']} stored raw, {t['codec_decoded']} decoded, "
+                  f"{t['codec_decode_failures']} failed to decode")
+    for t in stat["tiers"]:
         if "url" in t:  # the shared object tier
             print(f"\nobject tier {t['url']}: node {t['node']}, write-{t['write_mode']}, circuit {t['breaker']}; "
                   f"uploads queued {t['upload_queued']} ({format_bytes(t['upload_queue_bytes'])}), "

@@ -9,25 +9,32 @@ On-disk layout (all integers little-endian)::
 
     DIR/<first key byte, 2 hex digits>/<key, 32 hex digits>.chunk
 
-    offset 0     header block, 4096 bytes:
+    offset 0     header block, 4096 bytes (format version 2):
                    0  magic        8s   b"TIERDCK1"
-                   8  version      u16  1
-                  10  flags        u16  0 (reserved for compression etc.)
+                   8  version      u16  2 (version 1 files, written before codecs, are still read)
+                  10  flags        u16  0 (reserved)
                   12  layout_len   u16  length of layout_id (<= 32)
                   14  ns_len       u16  length of namespace in UTF-8 bytes (<= 256)
                   16  key          16s
                   32  layout_id    32s  ASCII hex, zero padded
-                  64  payload_len  u64
-                  72  checksum     u64  xxh3_64 of the payload
+                  64  payload_len  u64  bytes of the raw chunk (what a read returns)
+                  72  checksum     u64  xxh3_64 of the stored bytes
                   80  created      f64  unix time
-                  88  namespace    256s UTF-8, zero padded
-                 344  header_hash  u64  xxh3_64 of bytes [0, 344) -- detects a torn/flipped header
-                 352  zeros up to 4096
-    offset 4096  payload, then zeros up to the next multiple of 4096
+                  88  stored_len   u64  bytes stored after the header (== payload_len when raw)
+                  96  codec        16s  codec spec of the stored bytes, "" when raw (tierd.codecs)
+                 112  namespace    256s UTF-8, zero padded
+                 368  header_hash  u64  xxh3_64 of bytes [0, 368) -- detects a torn/flipped header
+                 376  zeros up to 4096
+    offset 4096  stored bytes, then zeros up to the next multiple of 4096
 
-Every file is therefore `4096 + round_up(payload_len, 4096)` bytes, in both I/O modes, so
-O_DIRECT can write and read it in whole aligned blocks and `file_bytes_for` is exact before
-anything is written.
+    (version 1: the same fields up to `created`, no stored_len or codec, namespace at 88 and
+    header_hash at 344.)
+
+A tier with a codec (`tierd.tiers.encoding`) stores a codec blob instead of the raw chunk when
+that is smaller; a read decodes it into the destination. Every file is therefore `4096 + round_up(stored_len, 4096)` bytes, in both I/O modes, so
+O_DIRECT can write and read it in whole aligned blocks; `file_bytes_for(payload_len)` is exact
+for a raw chunk and an upper bound for an encoded one (a tier never stores more than the raw
+chunk), so capacity can be reserved before anything is written.
 
 Durability: a chunk is written to a temp file in its shard directory, fdatasync'ed, renamed
 over its final name and the directory is fsync'ed; a crash leaves either the old state plus a
@@ -51,8 +58,9 @@ from typing import Callable, Sequence
 import numpy as np
 import xxhash
 
-from tierd.errors import CapacityError, ConfigError, InvalidArgumentError, TierdError
+from tierd.errors import CapacityError, CodecError, ConfigError, InvalidArgumentError, TierdError, UnknownLayoutError
 from tierd.tiers.base import StoredRecord
+from tierd.tiers.encoding import TierCodec
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +68,18 @@ log = logging.getLogger(__name__)
 BLOCK = 4096
 HEADER_BYTES = BLOCK
 MAGIC = b"TIERDCK1"
-VERSION = 1
+VERSION = 2
 KEY_BYTES = 16
 MAX_LAYOUT_ID = 32
 MAX_NAMESPACE_BYTES = 256
 CHUNK_SUFFIX = ".chunk"
 TEMP_SUFFIX = ".tmp"
 
-_FIXED = struct.Struct("<8sHHHH16s32sQQd")  # 88 bytes, see module docstring
+_FIXED_V1 = struct.Struct("<8sHHHH16s32sQQd")  # 88 bytes, see module docstring
+_FIXED = struct.Struct("<8sHHHH16s32sQQdQ16s")  # 112 bytes
 _NS_OFFSET = _FIXED.size
 _HASH_OFFSET = _NS_OFFSET + MAX_NAMESPACE_BYTES
+_HASH_OFFSET_V1 = _FIXED_V1.size + MAX_NAMESPACE_BYTES
 _HASH = struct.Struct("<Q")
 _HEADER_USED = _HASH_OFFSET + _HASH.size
 _HEX = frozenset(string.hexdigits)
@@ -93,6 +103,13 @@ class ChunkHeader:
     payload_len: int
     checksum: int
     created: float
+    stored_len: int = -1  # -1: the raw chunk (== payload_len)
+    codec: str = ""
+
+    @property
+    def stored(self) -> int:
+        """Bytes after the header block (before padding)."""
+        return self.payload_len if self.stored_len < 0 else self.stored_len
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +122,8 @@ class StoredChunk(StoredRecord):
     """
 
     checksum: int
+    stored_len: int = -1
+    codec: str = ""
 
     @property
     def file_bytes(self) -> int:
@@ -112,14 +131,15 @@ class StoredChunk(StoredRecord):
 
     @property
     def header(self) -> ChunkHeader:
-        return ChunkHeader(self.key, self.layout_id, self.namespace, self.payload_len, self.checksum, self.created)
+        return ChunkHeader(self.key, self.layout_id, self.namespace, self.payload_len, self.checksum, self.created,
+                           self.stored_len, self.codec)
 
     @classmethod
     def from_header(cls, header: ChunkHeader, file_bytes: int, mtime: float) -> "StoredChunk":
         return cls(
             key=header.key, layout_id=header.layout_id, namespace=header.namespace,
             payload_len=header.payload_len, stored_bytes=file_bytes, created=header.created,
-            mtime=mtime, checksum=header.checksum,
+            mtime=mtime, checksum=header.checksum, stored_len=header.stored, codec=header.codec,
         )
 
 
@@ -188,10 +208,11 @@ def encode_header(header: ChunkHeader, into: memoryview) -> None:
     """Write `header` as the 4096-byte header block into `into` (zeroing the rest of it)."""
     layout = _check_layout_id(header.layout_id)
     ns = _check_namespace(header.namespace)
+    codec = header.codec.encode("ascii")
     into[:HEADER_BYTES] = bytes(HEADER_BYTES)
     _FIXED.pack_into(
         into, 0, MAGIC, VERSION, 0, len(layout), len(ns), header.key, layout,
-        header.payload_len, header.checksum, header.created,
+        header.payload_len, header.checksum, header.created, header.stored, codec,
     )
     into[_NS_OFFSET : _NS_OFFSET + len(ns)] = ns
     _HASH.pack_into(into, _HASH_OFFSET, xxhash.xxh3_64_intdigest(into[:_HASH_OFFSET]))
@@ -202,22 +223,30 @@ def decode_header(block: memoryview | bytes) -> ChunkHeader:
     if len(block) < _HEADER_USED:
         raise _CorruptChunk(f"header is {len(block)} bytes, shorter than {_HEADER_USED}")
     block = memoryview(block)
-    (stored_hash,) = _HASH.unpack_from(block, _HASH_OFFSET)
-    if xxhash.xxh3_64_intdigest(block[:_HASH_OFFSET]) != stored_hash:
+    (version,) = struct.unpack_from("<H", block, 8)
+    fixed, ns_at, hash_at = (_FIXED, _NS_OFFSET, _HASH_OFFSET) if version == VERSION else \
+        (_FIXED_V1, _FIXED_V1.size, _HASH_OFFSET_V1)
+    (stored_hash,) = _HASH.unpack_from(block, hash_at)
+    if xxhash.xxh3_64_intdigest(block[:hash_at]) != stored_hash:
         raise _CorruptChunk("header hash mismatch (torn or flipped header)")
-    magic, version, flags, layout_len, ns_len, key, layout, payload_len, checksum, created = _FIXED.unpack_from(block, 0)
+    fields = fixed.unpack_from(block, 0)
+    magic, version, flags, layout_len, ns_len, key, layout, payload_len, checksum, created = fields[:10]
+    stored_len, codec_raw = fields[10:] if version == VERSION else (payload_len, b"")
     if magic != MAGIC:
         raise _CorruptChunk(f"bad magic {magic!r}")
-    if version != VERSION or flags != 0:
+    if version not in (1, VERSION) or flags != 0:
         raise _CorruptChunk(f"unsupported version {version} / flags {flags:#x}")
     if not 0 < layout_len <= MAX_LAYOUT_ID or ns_len > MAX_NAMESPACE_BYTES:
         raise _CorruptChunk(f"field lengths out of range (layout {layout_len}, namespace {ns_len})")
+    if stored_len > payload_len or (not codec_raw.strip(b"\0") and stored_len != payload_len):
+        raise _CorruptChunk(f"stored_len {stored_len} does not fit payload_len {payload_len}")
     try:
         layout_id = layout[:layout_len].decode("ascii")
-        namespace = bytes(block[_NS_OFFSET : _NS_OFFSET + ns_len]).decode("utf-8")
+        namespace = bytes(block[ns_at : ns_at + ns_len]).decode("utf-8")
+        codec = codec_raw.rstrip(b"\0").decode("ascii")
     except UnicodeDecodeError as exc:
         raise _CorruptChunk(f"undecodable header text: {exc}") from None
-    return ChunkHeader(key, layout_id, namespace, payload_len, checksum, created)
+    return ChunkHeader(key, layout_id, namespace, payload_len, checksum, created, stored_len, codec)
 
 
 def _transfer_all(
@@ -244,11 +273,18 @@ class _ThreadBuffers(threading.local):
         self.small = mmap.mmap(-1, 2 * BLOCK)
         self.small_view = memoryview(self.small)
         self.bounce_view: memoryview | None = None
+        self.scratch_view: memoryview | None = None
 
     def bounce(self) -> memoryview:
         if self.bounce_view is None:
             self.bounce_view = memoryview(mmap.mmap(-1, _BOUNCE_BYTES))
         return self.bounce_view
+
+    def scratch(self, nbytes: int) -> memoryview:
+        """A page-aligned buffer of at least `nbytes` (an encoded chunk on its way to the decoder)."""
+        if self.scratch_view is None or len(self.scratch_view) < nbytes:
+            self.scratch_view = memoryview(mmap.mmap(-1, _round_up(max(nbytes, BLOCK))))
+        return self.scratch_view
 
 
 class NvmeChunkFiles:
@@ -261,6 +297,9 @@ class NvmeChunkFiles:
     do. A read returns True only for bytes that match the header's key, layout, length and the
     payload checksum; anything else deletes the file and is a miss (`corrupt` counts them).
 
+    `codec`: what this tier writes (a `tierd.codecs` spec or a `TierCodec`; "raw" by default).
+    Reads decode whatever codec a file's header names.
+
     `direct_io`: None probes O_DIRECT on the directory's filesystem and uses it where it works
     (durable writes run several times faster than buffered writes + fdatasync on the machines
     measured by `bench/nvme_tier.py`, and chunk bytes do not crowd the page cache that the DRAM
@@ -269,7 +308,9 @@ class NvmeChunkFiles:
 
     name = "nvme"
 
-    def __init__(self, directory: str | Path, *, direct_io: bool | None = None) -> None:
+    def __init__(self, directory: str | Path, *, direct_io: bool | None = None,
+                 codec: str | TierCodec = "raw") -> None:
+        self.codec = codec if isinstance(codec, TierCodec) else TierCodec(codec)
         self.root = Path(directory)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -324,8 +365,8 @@ class NvmeChunkFiles:
     ) -> int:
         """Store `payload` under `key` durably, replacing any existing file of that key.
 
-        Returns the file's size, always `file_bytes_for(len(payload))`.
-        With O_DIRECT an aligned payload goes to disk straight from its buffer in one syscall
+        Returns the file's size: `file_bytes_for(len(payload))` for a raw chunk, less for one the
+        tier's codec made smaller (encoding runs here, on the calling I/O thread). With O_DIRECT an aligned payload goes to disk straight from its buffer in one syscall
         (header block, aligned body, zero-padded tail block). Raises CapacityError when the disk
         is full and TierdError on other I/O errors; either way no file of this write remains.
         """
@@ -333,14 +374,19 @@ class NvmeChunkFiles:
         _check_layout_id(layout_id)
         _check_namespace(namespace)
         view = _byte_view(payload, writable=False, what=f"payload for key {key.hex()}")
+        raw_len = len(view)
+        stored, codec = self.codec.encode(view, layout_id)
+        view = memoryview(stored).cast("B")
         n = len(view)
         header = ChunkHeader(
             key=key,
             layout_id=layout_id,
             namespace=namespace,
-            payload_len=n,
+            payload_len=raw_len,
             checksum=xxhash.xxh3_64_intdigest(view),
             created=time.time() if created is None else float(created),
+            stored_len=n,
+            codec=codec,
         )
         final = self.path_for(key)
         tmp = final.with_name(f".{key.hex()}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
@@ -405,15 +451,20 @@ class NvmeChunkFiles:
     # -- read -----------------------------------------------------------------------------
 
     def read_into(
-        self, key: bytes, dest: memoryview | bytearray, *, layout_id: str, payload_len: int
+        self, key: bytes, dest: memoryview | bytearray, *, layout_id: str, payload_len: int,
+        stored_bytes: int | None = None,
     ) -> bool:
-        """Fill `dest[:payload_len]` with the chunk's payload; True only if every check passed.
+        """Fill `dest[:payload_len]` with the chunk's raw payload; True only if every check passed.
 
-        Checks: file size, header hash, key, layout id, payload length, payload checksum. On any
+        Checks: file size, header hash, key, layout id, payload length, the checksum of the
+        stored bytes and, for an encoded chunk, the codec's own checks while decoding. On any
         failure or I/O error the file is deleted, counted in `corrupt` and False is returned
-        (the caller treats it as a miss; `dest` may then hold partial bytes). A missing file is
-        a plain False. With O_DIRECT and an aligned `dest` the header and payload arrive in one
-        preadv, straight into `dest`.
+        (the caller treats it as a miss; `dest` may then hold partial bytes). A missing file is a
+        plain False, and so is an encoded chunk of a layout not registered in this daemon (kept).
+        A raw chunk with O_DIRECT and an aligned `dest` arrives, header and payload, in one
+        preadv straight into `dest`; an encoded one is read into a scratch buffer and decoded
+        into `dest` on this thread. (`stored_bytes` is the LowerTier hint; the file's own size
+        is used instead.)
         """
         key = _check_key(key)
         _check_layout_id(layout_id)
@@ -435,26 +486,64 @@ class NvmeChunkFiles:
             return self._reject(path, key, f"open failed: {exc}")
         try:
             size = os.fstat(fd).st_size
-            expected = self.file_bytes_for(payload_len)
-            if size != expected:
-                raise _CorruptChunk(f"file is {size} bytes, expected {expected} for payload_len {payload_len}")
-            head = self._read_file(fd, view)
-            header = decode_header(head)
+            if size == self.file_bytes_for(payload_len):  # raw, or encoded to the same rounded size
+                header = decode_header(self._read_file(fd, view))
+                stored = view
+            else:  # encoded (smaller), or damaged: the header says which
+                header = decode_header(self._read_header_block(fd))
+                stored = None
             if header.key != key:
                 raise _CorruptChunk(f"header key {header.key.hex()} does not match")
             if header.layout_id != layout_id:
                 raise _CorruptChunk(f"header layout {header.layout_id!r}, requested {layout_id!r}")
             if header.payload_len != payload_len:
                 raise _CorruptChunk(f"header payload_len {header.payload_len}, requested {payload_len}")
-            if xxhash.xxh3_64_intdigest(view) != header.checksum:
-                raise _CorruptChunk("payload checksum mismatch")
-        except _CorruptChunk as exc:
+            expected = HEADER_BYTES + _round_up(header.stored)
+            if size != expected:
+                raise _CorruptChunk(f"file is {size} bytes, expected {expected} for stored_len {header.stored}")
+            if header.codec:
+                blob = self._buffers.scratch(header.stored)[: header.stored]
+                if stored is None:
+                    self._read_stored(fd, blob)
+                else:
+                    blob[:] = stored[: header.stored]
+                stored = blob
+            assert stored is not None
+            if xxhash.xxh3_64_intdigest(stored) != header.checksum:
+                raise _CorruptChunk("checksum mismatch of the stored bytes")
+            if header.codec:
+                self.codec.decode_into(stored, header.codec, layout_id, view)
+        except UnknownLayoutError as exc:
+            log.warning("chunk %s: %s; a miss for now, the file is kept", key.hex(), exc)
+            return False
+        except (_CorruptChunk, CodecError) as exc:
             return self._reject(path, key, str(exc))
         except OSError as exc:
             return self._reject(path, key, f"read failed: {exc}")
         finally:
             os.close(fd)
         return True
+
+    def read_header(self, key: bytes) -> ChunkHeader | None:
+        """The verified header of the chunk's file (its codec and stored size, for `inspect`), or
+        None if there is no file or its header is damaged (the next read deletes it)."""
+        path = self.path_for(key)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                header = decode_header(f.read(HEADER_BYTES))
+        except (OSError, _CorruptChunk):
+            return None
+        return header if header.key == key else None
+
+    def _read_header_block(self, fd: int) -> memoryview:
+        head = self._buffers.small_view[:BLOCK]
+        _transfer_all(os.preadv, fd, [head], 0)
+        return head
+
+    def _read_stored(self, fd: int, blob: memoryview) -> None:
+        """Read the stored bytes after the header into `blob`, a prefix of the aligned scratch."""
+        whole = self._buffers.scratch(len(blob))[: _round_up(len(blob))]
+        _transfer_all(os.preadv, fd, [whole], HEADER_BYTES)
 
     def _read_file(self, fd: int, view: memoryview) -> memoryview:
         """Read header and payload (into `view`); returns the header block."""
@@ -567,7 +656,7 @@ class NvmeChunkFiles:
             return None, f"unreadable: {exc}"
         if header.key != key:
             return None, f"header key {header.key.hex()} differs from the file name"
-        expected = HEADER_BYTES + _round_up(header.payload_len)
+        expected = HEADER_BYTES + _round_up(header.stored)
         if st.st_size != expected:
             return None, f"file is {st.st_size} bytes, header says {expected} (truncated or extended)"
         return StoredChunk.from_header(header, st.st_size, st.st_mtime), ""

@@ -3,25 +3,29 @@
 Objects are content-addressed (the chunk key is the object's name), so they are immutable and
 any node may read what any other node wrote. The header makes every object prove itself on
 read — key, layout, size and an xxh3_64 checksum of the payload — and says which node wrote it
-and when (`tierd inspect`). All integers little-endian::
+and when (`tierd inspect`). All integers little-endian (format version 2)::
 
       0  magic        8s   b"TIERDOB1"
-      8  version      u16  1
-     10  flags        u16  0 (reserved for codecs)
+      8  version      u16  2 (version 1 objects, written before codecs, are still read)
+     10  flags        u16  0 (reserved)
      12  layout_len   u16  length of layout_id (<= 32)
      14  ns_len       u16  namespace length in UTF-8 bytes (<= 256)
      16  node_len     u16  writer node id length in UTF-8 bytes (<= 64)
      18  (zero)       u16
      20  key          16s
      36  layout_id    32s  ASCII hex, zero padded
-     68  payload_len  u64
-     76  checksum     u64  xxh3_64 of the payload
+     68  payload_len  u64  bytes of the raw chunk
+     76  checksum     u64  xxh3_64 of the stored bytes
      84  created      f64  unix time of the write
-     92  namespace    256s UTF-8, zero padded
-    348  node         64s  UTF-8, zero padded
-    412  header_hash  u64  xxh3_64 of bytes [0, 412)
-    420  zeros up to 512
-    512  payload (payload_len bytes)
+     92  stored_len   u64  bytes stored after the header (== payload_len when raw)
+    100  codec        16s  codec spec of the stored bytes, "" when raw (tierd.codecs)
+    116  namespace    256s UTF-8, zero padded
+    372  node         64s  UTF-8, zero padded
+    436  header_hash  u64  xxh3_64 of bytes [0, 436)
+    444  zeros up to 512
+    512  stored bytes (stored_len of them)
+
+(Version 1 had no stored_len or codec: namespace at 92, node at 348, header_hash at 412.)
 """
 from __future__ import annotations
 
@@ -34,17 +38,25 @@ from tierd.errors import InvalidArgumentError
 
 HEADER_BYTES = 512
 MAGIC = b"TIERDOB1"
-VERSION = 1
+VERSION = 2
 KEY_BYTES = 16
 MAX_LAYOUT_ID = 32
 MAX_NAMESPACE = 256
 MAX_NODE = 64
 
-_FIXED = struct.Struct("<8sHHHHHH16s32sQQd")
-_NS_AT = _FIXED.size
-_NODE_AT = _NS_AT + MAX_NAMESPACE
-_HASH_AT = _NODE_AT + MAX_NODE
+MAX_CODEC = 16
+
+_FIXED = struct.Struct("<8sHHHHHH16s32sQQdQ16s")
+_FIXED_V1 = struct.Struct("<8sHHHHHH16s32sQQd")
 _HASH = struct.Struct("<Q")
+
+
+def _offsets(fixed: struct.Struct) -> tuple[int, int, int]:
+    """(namespace, node, header hash) offsets after a fixed part of this size."""
+    return fixed.size, fixed.size + MAX_NAMESPACE, fixed.size + MAX_NAMESPACE + MAX_NODE
+
+
+_NS_AT, _NODE_AT, _HASH_AT = _offsets(_FIXED)
 
 
 class BadObject(Exception):
@@ -60,10 +72,17 @@ class ObjectHeader:
     checksum: int
     created: float
     node: str
+    stored_len: int = -1  # -1: the raw chunk (== payload_len)
+    codec: str = ""
+
+    @property
+    def stored(self) -> int:
+        """Bytes after the header."""
+        return self.payload_len if self.stored_len < 0 else self.stored_len
 
     @property
     def object_bytes(self) -> int:
-        return HEADER_BYTES + self.payload_len
+        return HEADER_BYTES + self.stored
 
 
 def object_path(key: bytes) -> str:
@@ -88,9 +107,12 @@ def pack_header(h: ObjectHeader) -> bytes:
         raise InvalidArgumentError(f"namespace {h.namespace!r}: at most {MAX_NAMESPACE} UTF-8 bytes")
     if len(node) > MAX_NODE:
         raise InvalidArgumentError(f"node id {h.node!r}: at most {MAX_NODE} UTF-8 bytes")
+    codec = h.codec.encode("ascii")
+    if len(codec) > MAX_CODEC:
+        raise InvalidArgumentError(f"codec {h.codec!r}: at most {MAX_CODEC} ASCII characters")
     buf = bytearray(HEADER_BYTES)
     _FIXED.pack_into(buf, 0, MAGIC, VERSION, 0, len(layout), len(ns), len(node), 0, h.key,
-                     layout, h.payload_len, h.checksum, h.created)
+                     layout, h.payload_len, h.checksum, h.created, h.stored, codec)
     buf[_NS_AT:_NS_AT + len(ns)] = ns
     buf[_NODE_AT:_NODE_AT + len(node)] = node
     _HASH.pack_into(buf, _HASH_AT, xxhash.xxh3_64_intdigest(bytes(buf[:_HASH_AT])))
@@ -102,21 +124,28 @@ def parse_header(raw: bytes | memoryview) -> ObjectHeader:
     raw = bytes(raw[:HEADER_BYTES])
     if len(raw) < HEADER_BYTES:
         raise BadObject(f"object shorter than its {HEADER_BYTES}-byte header ({len(raw)} bytes)")
-    (magic, version, _flags, layout_len, ns_len, node_len, _zero, key, layout, payload_len, csum,
-     created) = _FIXED.unpack_from(raw, 0)
+    (version,) = struct.unpack_from("<H", raw, 8)
+    fixed = _FIXED if version == VERSION else _FIXED_V1
+    ns_at, node_at, hash_at = _offsets(fixed)
+    fields = fixed.unpack_from(raw, 0)
+    magic, version, _flags, layout_len, ns_len, node_len, _zero, key, layout, payload_len, csum, created = fields[:12]
+    stored_len, codec_raw = fields[12:] if version == VERSION else (payload_len, b"")
     if magic != MAGIC:
         raise BadObject("not a tierd chunk object (bad magic)")
-    if version != VERSION:
-        raise BadObject(f"object format version {version}; this tierd reads version {VERSION}")
-    if _HASH.unpack_from(raw, _HASH_AT)[0] != xxhash.xxh3_64_intdigest(raw[:_HASH_AT]):
+    if version not in (1, VERSION):
+        raise BadObject(f"object format version {version}; this tierd reads versions 1 and {VERSION}")
+    if _HASH.unpack_from(raw, hash_at)[0] != xxhash.xxh3_64_intdigest(raw[:hash_at]):
         raise BadObject("header checksum mismatch")
     if layout_len > MAX_LAYOUT_ID or ns_len > MAX_NAMESPACE or node_len > MAX_NODE:
         raise BadObject("header field lengths out of range")
+    if stored_len > payload_len or (not codec_raw.strip(b"\0") and stored_len != payload_len):
+        raise BadObject(f"stored_len {stored_len} does not fit payload_len {payload_len}")
     try:
         return ObjectHeader(
             key=key, layout_id=layout[:layout_len].decode("ascii"),
-            namespace=raw[_NS_AT:_NS_AT + ns_len].decode("utf-8"), payload_len=payload_len,
-            checksum=csum, created=created, node=raw[_NODE_AT:_NODE_AT + node_len].decode("utf-8"),
+            namespace=raw[ns_at:ns_at + ns_len].decode("utf-8"), payload_len=payload_len,
+            checksum=csum, created=created, node=raw[node_at:node_at + node_len].decode("utf-8"),
+            stored_len=stored_len, codec=codec_raw.rstrip(b"\0").decode("ascii"),
         )
     except UnicodeDecodeError as exc:
         raise BadObject(f"header text is not valid UTF-8: {exc}") from None

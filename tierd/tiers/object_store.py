@@ -10,6 +10,11 @@ Every call has a deadline, obstore retries transient errors with backoff, and a 
 breaker stops calling a store that keeps failing (calls then fail at once with
 `ObjectTierUnavailable`), probing it again after a cooldown. What a read returns is verified
 (header, size, xxh3 checksum): a bad object is a miss and is deleted, never data.
+
+With a codec (`--object-codec`, see `tierd.tiers.encoding`) objects hold the encoded chunk;
+encoding and decoding run in the loop's default thread pool, off the event loop. An object's
+size is then not known from its key's layout: the store passes the size it saw (its write, a
+lookup's HEAD) as a hint, and a read without a right hint learns the size from the header.
 """
 from __future__ import annotations
 
@@ -24,9 +29,10 @@ from urllib.parse import urlparse
 import obstore
 from obstore.exceptions import GenericError, NotFoundError, PermissionDeniedError, UnauthenticatedError
 
-from tierd.errors import ConfigError, ObjectTierUnavailable
+from tierd.errors import CodecError, ConfigError, ObjectTierUnavailable, UnknownLayoutError
 from tierd.tiers.base import StoredRecord
 from tierd.tiers.breaker import CircuitBreaker
+from tierd.tiers.encoding import TierCodec
 from tierd.tiers.object_format import (
     HEADER_BYTES,
     BadObject,
@@ -89,8 +95,10 @@ class ObjectTier:
     shared = True  # other nodes write here too: see the module docstring
 
     def __init__(self, url: str, *, node: str, timeout: float = 5.0, part_bytes: int = 8 << 20,
-                 concurrency: int = 8, env: Mapping[str, str] | None = None, store: Any = None) -> None:
+                 concurrency: int = 8, env: Mapping[str, str] | None = None, store: Any = None,
+                 codec: str | TierCodec = "raw") -> None:
         self.url = url
+        self.codec = codec if isinstance(codec, TierCodec) else TierCodec(codec)
         self.node = node
         self.timeout = timeout
         self.part_bytes = part_bytes
@@ -130,6 +138,9 @@ class ObjectTier:
             self.breaker.failure()
             raise ObjectTierUnavailable(f"{what}: no answer from {self.url} within {self.timeout}s") from None
         except Exception as exc:
+            if _past_the_end(exc):  # an answer about the object, not a failing store
+                self.breaker.success()
+                raise _PastEnd(f"{what}: {_first_line(exc)}") from None
             self.counters["errors"] += 1
             self.breaker.failure()
             raise ObjectTierUnavailable(f"{what}: {_first_line(exc)}") from None
@@ -171,63 +182,105 @@ class ObjectTier:
 
     async def write_async(self, key: bytes, layout_id: str, namespace: str, payload: memoryview) -> int:
         """Upload a chunk unless it is already there. Returns the bytes this call wrote, or 0 when
-        another writer got there first (objects are immutable: the same key is the same bytes)."""
+        another writer got there first (objects are content-addressed: the same key is the same
+        chunk, whatever codec stored it)."""
         path = object_path(key)
         try:
             meta = await self._call(f"head {path}", lambda: obstore.head_async(self.store, path))
-            if meta["size"] == self.stored_bytes(len(payload)):
+            if meta["size"] >= HEADER_BYTES:
                 self.counters["put_skipped_existing"] += 1
                 return 0
         except (FileNotFoundError, NotFoundError):
             pass
-        header = pack_header(ObjectHeader(key, layout_id, namespace, len(payload), checksum(payload),
-                                          time.time(), self.node))
-        total = HEADER_BYTES + len(payload)
+        raw_len = len(payload)
+        stored: Any = payload
+        codec = ""
+        if self.codec.codec is not None:
+            stored, codec = await asyncio.get_running_loop().run_in_executor(
+                None, self.codec.encode, payload, layout_id)
+        stored = memoryview(stored).cast("B")
+        header = pack_header(ObjectHeader(key, layout_id, namespace, raw_len, checksum(stored), time.time(),
+                                          self.node, len(stored), codec))
+        total = HEADER_BYTES + len(stored)
         multipart = total > self.part_bytes
-        body: Any = [header, payload] if multipart else header + bytes(payload)
+        body: Any = [header, stored] if multipart else header + bytes(stored)
         await self._call(
             f"put {path}",
             lambda: obstore.put_async(self.store, path, body, use_multipart=multipart, chunk_size=self.part_bytes,
                               max_concurrency=self.concurrency),
-            timeout=self.timeout * max(1, total // (64 << 20) + 1),
+            timeout=self._timeout_for(total),
         )
         self.counters["puts"] += 1
         return total
 
-    async def read_into_async(self, key: bytes, dest: memoryview, *, layout_id: str,
-                              payload_len: int) -> ObjectHeader | bool:
-        """Fill `dest` with the verified payload and return the object's header (true, as the
+    def _timeout_for(self, nbytes: int) -> float:
+        return self.timeout * max(1, nbytes // (64 << 20) + 1)
+
+    async def _fetch(self, path: str, total: int) -> list[bytes]:
+        """Bytes [0, total) of an object as concurrent ranged GETs of `part_bytes` (a part past
+        the object's end fails with a range error; one that overlaps it comes back short)."""
+        starts = range(0, total, self.part_bytes)
+        parts = await self._call(
+            f"get {path}",
+            lambda: asyncio.gather(*(obstore.get_range_async(self.store, path, start=s,
+                                                             end=min(s + self.part_bytes, total)) for s in starts)),
+            timeout=self._timeout_for(total),
+        )
+        return [bytes(p) if not isinstance(p, bytes) else p for p in parts]
+
+    async def _get_object(self, key: bytes, path: str, total: int) -> tuple[ObjectHeader, list[bytes]] | None:
+        """The object's verified-size header and all its bytes, asking for `total` bytes first
+        (the caller's best knowledge of its size). None if absent; BadObject if it is shorter or
+        longer than its header says."""
+        for _ in range(3):
+            try:
+                parts = await self._fetch(path, total)
+            except (FileNotFoundError, NotFoundError):
+                return None
+            except _PastEnd:
+                if total <= self.part_bytes:  # even the first byte is past the end: empty or truncated
+                    raise BadObject("object shorter than its header") from None
+                total = self.part_bytes  # shorter than asked: read the header, then the rest
+                continue
+            got = sum(len(p) for p in parts)
+            header = parse_header(parts[0][:HEADER_BYTES]) if got >= HEADER_BYTES else None
+            if header is None:
+                raise BadObject(f"object of {got} bytes is shorter than its header")
+            if header.object_bytes == got:
+                return header, parts
+            if got < total or header.object_bytes < got:  # the store ran out early, or holds extra bytes
+                raise BadObject(f"object is {got} bytes, its header says {header.object_bytes}")
+            total = header.object_bytes  # asked for too little: now the size is known
+        raise BadObject("object size kept changing while it was read")
+
+    async def read_into_async(self, key: bytes, dest: memoryview, *, layout_id: str, payload_len: int,
+                              stored_bytes: int | None = None) -> ObjectHeader | bool:
+        """Fill `dest` with the verified raw payload and return the object's header (true, as the
         LowerTier contract wants; the store learns namespace and writer from it). False on a
-        missing or bad object (a bad one is deleted); ObjectTierUnavailable if the store does
-        not answer."""
+        missing or bad object (a bad one is deleted) or an encoded one of a layout this daemon
+        has not registered; ObjectTierUnavailable if the store does not answer. `stored_bytes`
+        is the object's size if the caller knows it (one round of GETs instead of two)."""
         path = object_path(key)
-        total = HEADER_BYTES + payload_len
-        starts = list(range(0, total, self.part_bytes))
-        ends = [min(s + self.part_bytes, total) for s in starts]
+        raw_total = HEADER_BYTES + payload_len
+        total = stored_bytes if stored_bytes is not None and HEADER_BYTES <= stored_bytes <= raw_total else raw_total
         try:
-            parts = await self._call(
-                f"get {path}",
-                lambda: asyncio.gather(*(obstore.get_range_async(self.store, path, start=s, end=e) for s, e in zip(starts, ends))),
-                timeout=self.timeout * max(1, total // (64 << 20) + 1),
-            )
-        except (FileNotFoundError, NotFoundError):
-            return False
-        except ObjectTierUnavailable as exc:
-            if "Range" in str(exc) or "416" in str(exc):  # shorter than it must be: truncated
-                await self._drop_bad(key, path, "truncated object")
+            found = await self._get_object(key, path, total)
+            if found is None:
                 return False
-            raise
-        self.counters["gets"] += 1
-        try:
-            if any(len(p) != e - s for p, s, e in zip(parts, starts, ends)):
-                raise BadObject("object shorter than its header says")
-            first = memoryview(parts[0])
-            header = parse_header(first)
+            self.counters["gets"] += 1
+            header, parts = found
             if header.key == key and (header.layout_id != layout_id or header.payload_len != payload_len):
                 log.warning("object %s is of layout %s, %d bytes; asked for %s, %d: a miss", key.hex(),
                             header.layout_id, header.payload_len, layout_id, payload_len)
                 return False
             check_header(header, key, layout_id, payload_len)
+            if header.codec:
+                blob = memoryview(b"".join(parts)).cast("B")[HEADER_BYTES:]
+                if checksum(blob) != header.checksum:
+                    raise BadObject("checksum mismatch of the stored bytes")
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.codec.decode_into, blob, header.codec, layout_id, dest)
+                return header
             pos = 0
             for i, part in enumerate(parts):
                 view = memoryview(part)[HEADER_BYTES:] if i == 0 else memoryview(part)
@@ -235,8 +288,11 @@ class ObjectTier:
                 pos += len(view)
             if checksum(dest[:payload_len]) != header.checksum:
                 raise BadObject("payload checksum mismatch")
-        except BadObject as exc:
+        except (BadObject, CodecError) as exc:
             await self._drop_bad(key, path, str(exc))
+            return False
+        except UnknownLayoutError as exc:
+            log.warning("object %s: %s; a miss for now", key.hex(), exc)
             return False
         return header
 
@@ -288,6 +344,15 @@ class ObjectTier:
     def stats(self) -> dict[str, Any]:
         return {**self.counters, "breaker": self.breaker.state.value, "breaker_opened": self.breaker.opened,
                 "node": self.node, "url": self.url}
+
+
+class _PastEnd(Exception):
+    """A ranged GET started past the object's end (HTTP 416): the object is shorter than asked."""
+
+
+def _past_the_end(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(s in text for s in ("416", "Range Not Satisfiable", "Invalid range", "InvalidRange", "range was invalid"))
 
 
 def _first_line(exc: BaseException) -> str:
