@@ -29,8 +29,7 @@ def run(args: argparse.Namespace) -> int:
             ratio = f"{t['codec_ratio']:.2f}x" if t["codec_ratio"] else "-"
             decode = f"{t['codec_decode_bytes_per_s'] / 1e9:.2f} GB/s" if t["codec_decode_bytes_per_s"] else "-"
             lossy = "" if t["codec_lossless"] else " (lossy)"
-            print(f"
-{t['name']} codec {t['codec']}{lossy}: ratio {ratio}, decode {decode}; {t['codec_encoded']} "
+            print(f"\n{t['name']} codec {t['codec']}{lossy}: ratio {ratio}, decode {decode}; {t['codec_encoded']} "
                   f"encoded, {t['codec_stored_raw']} stored raw, {t['codec_decoded']} decoded, "
                   f"{t['codec_decode_failures']} failed to decode")
     for t in stat["tiers"]:
