@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 #: values for a shared-memory copy and a local NVMe read through the daemon.
 DECLARED: dict[str, tuple[float, float]] = {"dram": (8e9, 20e-6), "nvme": (1.5e9, 300e-6), "object": (0.3e9, 20e-3)}
 _CAL_LAYOUT = "ca1b"  # a layout id no real layout has (real ones are 16 hex digits)
-_CAL_KEY = bytes(16)  # the all-zero key: never produced by chunk_keys' blake2b chain in practice
 
 
 def declared_costs(store: "TieredStore") -> dict[str, TierCost]:
@@ -76,9 +75,10 @@ def codec_speed(codec: TierCodec, repeats: int = 2) -> tuple[float, float]:
     return layout.chunk_bytes / len(blob), layout.chunk_bytes / max(best, 1e-9)
 
 
-def with_codec(medium: TierCost, codec: TierCodec) -> TierCost:
-    """The cost per raw byte of a tier whose medium costs `medium` and which stores `codec` blobs."""
-    ratio, decode_bw = codec_speed(codec)
+def with_codec(medium: TierCost, codec: TierCodec, speed: tuple[float, float] | None = None) -> TierCost:
+    """The cost per raw byte of a tier whose medium costs `medium` and which stores `codec` blobs
+    (`speed`: the codec's (ratio, decode bytes/s), measured now if not given)."""
+    ratio, decode_bw = speed if speed is not None else codec_speed(codec)
     seconds_per_byte = 1.0 / (medium.bandwidth * ratio) + 1.0 / decode_bw
     log.info("tier %s: codec %s, ratio %.2f, decode %.2f GB/s: %.2f GB/s effective (medium %.2f GB/s)",
              medium.name, codec.spec, ratio, decode_bw / 1e9, 1e-9 / seconds_per_byte, medium.bandwidth / 1e9)
@@ -110,16 +110,23 @@ def calibrate_costs(store: "TieredStore", *, budget_s: float = 0.3,
             tier = lower.tier
             if lower.shared and loop is None:
                 continue
-            # the object tier is shared: each node calibrates on a key of its own
-            key = _CAL_KEY if not lower.shared else hashlib.blake2b(
-                b"tierd-calibration:" + getattr(tier, "node", "").encode(), digest_size=16).digest()
+            # one key per size (a chunk's key names its content); on the shared object tier each
+            # node calibrates on keys of its own
+            node = getattr(tier, "node", "") if lower.shared else ""
+            keys: dict[int, bytes] = {}
+
+            def key_for(n: int, node: str = node, keys: dict[int, bytes] = keys) -> bytes:
+                if n not in keys:
+                    keys[n] = hashlib.blake2b(f"tierd-calibration:{node}:{n}".encode(), digest_size=16).digest()
+                return keys[n]
+
             call = _blocking(tier, loop)
 
-            def write(buf: memoryview, call=call, key=key) -> None:
-                call("write", key, _CAL_LAYOUT, "tierd-calibration", buf)
+            def write(buf: memoryview, call=call, key_for=key_for) -> None:
+                call("write", key_for(len(buf)), _CAL_LAYOUT, "tierd-calibration", buf)
 
-            def read(n: int, call=call, key=key, name=tier.name) -> None:
-                if not call("read_into", key, arena[:n], layout_id=_CAL_LAYOUT, payload_len=n):
+            def read(n: int, call=call, key_for=key_for, name=tier.name) -> None:
+                if not call("read_into", key_for(n), arena[:n], layout_id=_CAL_LAYOUT, payload_len=n):
                     raise OSError(f"calibration chunk on {name} did not read back")
 
             try:
@@ -130,10 +137,11 @@ def calibrate_costs(store: "TieredStore", *, budget_s: float = 0.3,
             except (OSError, TierdError) as exc:
                 log.warning("calibrating %s failed (%s); using declared costs", tier.name, exc)
             finally:
-                try:
-                    call("delete", key)
-                except (OSError, TierdError):
-                    pass
+                for key in keys.values():
+                    try:
+                        call("delete", key)
+                    except (OSError, TierdError):
+                        pass
     finally:
         store.alloc.free(slot, size)
     for cost in costs.values():
