@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from tierd.calibrate import calibrate_tier
-from tierd.codecs.sample import synthetic_kv
 from tierd.costmodel import TierCost
 from tierd.errors import TierdError
 from tierd.layout import Layout
@@ -62,6 +61,8 @@ CODEC_CAL_LAYOUT = Layout("tierd-codec-calibration", "bfloat16", 4, 8, 128, chun
 
 def codec_speed(codec: TierCodec, repeats: int = 2) -> tuple[float, float]:
     """(ratio, decode bytes/s) of the tier's codec on a synthetic chunk (fastest of `repeats`)."""
+    from tierd.codecs.sample import synthetic_kv  # torch: imported only when a tier has a codec
+
     assert codec.codec is not None
     layout = CODEC_CAL_LAYOUT
     payload = synthetic_kv(layout)

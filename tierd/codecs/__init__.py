@@ -10,11 +10,9 @@ default 3), "int8k-tq3v", "int8k-tq4v". Lossless: raw, zstd*. See each module fo
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tierd.codecs.base import FLAG_SHUFFLE, HEADER_BYTES, Buffer, Codec, CodecHeader, CodecId, read_header
-from tierd.codecs.quant import QuantCodec
 from tierd.codecs.raw import RawCodec
 from tierd.codecs.zstd import DEFAULT_LEVEL, LEVELS, ZstdCodec
 from tierd.errors import CodecError
@@ -32,7 +30,19 @@ def _bad(spec: object, why: str = "") -> CodecError:
                       f"{LEVELS[0]}..-1 or 1..{LEVELS[-1]}")
 
 
-def get_codec(spec: str, *, device: torch.device | str | None = None) -> Codec:
+if TYPE_CHECKING:
+    import torch
+
+
+def _quant(bits: int, device: Any) -> Codec:
+    """The quantised codec, imported on first use: it needs torch, which costs seconds to import,
+    and a daemon whose tiers are raw or zstd should not pay that at start."""
+    from tierd.codecs.quant import QuantCodec
+
+    return QuantCodec(bits=bits, device=device)
+
+
+def get_codec(spec: str, *, device: "torch.device | str | None" = None) -> Codec:
     """The codec a spec names (a new instance; codecs are immutable and thread-safe).
 
     `device` applies to the quantised codecs only: "cuda" runs their torch ops on the GPU.
@@ -43,7 +53,7 @@ def get_codec(spec: str, *, device: torch.device | str | None = None) -> Codec:
     if text == "raw":
         return RawCodec()
     if text in ("int8k-tq3v", "int8k-tq4v"):
-        return QuantCodec(bits=int(text[8]), device=device)
+        return _quant(int(text[8]), device)
     family, sep, level_text = text.partition(":")
     if family in ("zstd", "zstd-shuffle"):
         level = DEFAULT_LEVEL
@@ -57,7 +67,7 @@ def get_codec(spec: str, *, device: torch.device | str | None = None) -> Codec:
     raise _bad(spec)
 
 
-def codec_for_blob(blob: Buffer, *, device: torch.device | str | None = None) -> Codec:
+def codec_for_blob(blob: Buffer, *, device: "torch.device | str | None" = None) -> Codec:
     """The codec that can decode `blob`, from its header (e.g. a tier whose configured codec changed
     since the chunk was written). Raises CodecError for a blob without a valid header."""
     header = read_header(blob)
@@ -70,6 +80,6 @@ def codec_for_blob(blob: Buffer, *, device: torch.device | str | None = None) ->
     if header.codec_id == CodecId.INT8K_TQ:
         if header.bits not in (3, 4):
             raise CodecError(f"int8k-tq chunk bits: expected 3 or 4, found {header.bits}")
-        return QuantCodec(bits=header.bits, device=device)
+        return _quant(header.bits, device)
     raise CodecError(f"encoded chunk codec id {header.codec_id}: unknown to this tierd version "
                      f"(known: {', '.join(f'{c.value} {c.name.lower()}' for c in CodecId)})")
