@@ -94,6 +94,10 @@ PRECEDENCE = [
     ("node_id", "rack1-a", "rack1-b", ["--node-id", "rack1-c"], "rack1-a", "rack1-b", "rack1-c"),
     ("nvme_codec", "zstd", "ZSTD-shuffle:1", ["--nvme-codec", "int8k-tq3v"], "zstd:3", "zstd-shuffle:1", "int8k-tq3v"),
     ("object_codec", "zstd:1", "int8k-tq4v", ["--object-codec", "zstd:-3"], "zstd:1", "int8k-tq4v", "zstd:-3"),
+    ("allow_uids", "root", "12345", ["--allow-uids", "self,root"], "0", "12345", "self,0"),
+    ("namespaces", "1001:tenantA", "1002:tenantB", ["--namespaces", "root:tenantC"],
+     "1001:tenantA", "1002:tenantB", "0:tenantC"),
+    ("progress_interval", 2, "0.5", ["--progress-interval", "100ms"], 2.0, 0.5, 0.1),
 ]
 
 
@@ -267,6 +271,9 @@ BAD_STRINGS = [
     ("node_id", ["", "two words", "x" * 65]),
     ("nvme_codec", ["lz4", "", "zstd:0", "zstd:23", "zstd:fast", "int8k-tq2v", "raw:1"]),
     ("object_codec", ["gzip", "zstd-shuffle:-8", "int8"]),
+    ("allow_uids", ["", " ", "no-such-user-tierd", "1,,2", "4294967295", "self,"]),
+    ("namespaces", ["tenantA", ":tenantA", "1001:", "1001:a,1001:b", "no-such-user-tierd:a", "1001:" + "n" * 256]),
+    ("progress_interval", ["0", "-1", "soon", "601"]),
 ]
 # --calibrate/--no-calibrate take no value, so argparse itself refuses a bad one
 BAD_CASES = [
@@ -304,6 +311,8 @@ BAD_NATIVES = [
     ("calibrate", 1), ("metrics_port", True), ("metrics_port", 1.5), ("log_level", 10), ("socket", 5),
     ("record_trace", 5), ("nvme_dir", ["a"]), ("socket_mode", 1000), ("socket_mode", True),
     ("demote_high_watermark", True), ("metrics_host", 127), ("nvme_codec", 3), ("object_codec", ["zstd"]),
+    ("allow_uids", True), ("allow_uids", 1.5), ("allow_uids", [True]), ("allow_uids", []),
+    ("namespaces", 5), ("namespaces", {"1001": 5}), ("namespaces", ["1001"]), ("progress_interval", True),
 ]
 
 
@@ -549,3 +558,39 @@ def test_bad_mrc_sample_rate_names_the_flag(value):
     add_serve_arguments(parser)
     with pytest.raises(ConfigError, match="--mrc-sample-rate"):
         load_config(parser.parse_args(["--mrc-sample-rate", value]), env={})
+
+
+# ------------------------------------------------------------------------- peers and namespaces
+
+
+def test_users_are_given_by_uid_name_or_self_in_any_source_form(tmp_path: Path, base_env: dict[str, str]) -> None:
+    file = write(tmp_path, 'allow_uids = ["self", 0, "root", 1001]\n[namespaces]\n1001 = "tenantA"\nroot = " tenantB "\n')
+    cfg = load(base_env, file=file)
+    assert cfg.allow_uids == "self,0,1001"  # names resolved, duplicates dropped, order kept
+    assert cfg.namespaces == "1001:tenantA,0:tenantB"
+    listed = write(tmp_path, 'namespaces = ["self:mine", "1002:theirs"]\n', name="list.toml")
+    assert load(base_env, file=listed).namespaces == "self:mine,1002:theirs"
+
+
+def test_namespaces_can_be_turned_off_again(tmp_path: Path, base_env: dict[str, str]) -> None:
+    file = write(tmp_path, 'namespaces = "1001:tenantA"\n')
+    assert load(base_env, file=file, env={"TIERD_NAMESPACES": "off"}).namespaces == ""
+    assert load(base_env).namespaces == "" and load(base_env).allow_uids == "self"
+    assert load(base_env).progress_interval == 1.0
+
+
+def test_an_unknown_user_is_named_in_the_error(base_env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(base_env, argv=["--allow-uids", "self,no-such-user-tierd"])
+    assert "--allow-uids='self,no-such-user-tierd': there is no user 'no-such-user-tierd'" in str(info.value)
+    with pytest.raises(ConfigError, match="bound to two namespaces"):
+        load(base_env, env={"TIERD_NAMESPACES": "root:a,0:b"})
+
+
+def test_peer_options_print_and_load_back(tmp_path: Path, base_env: dict[str, str]) -> None:
+    cfg = load(base_env, argv=["--allow-uids", "self,root,1001", "--namespaces", "1001:a,root:b",
+                               "--progress-interval", "250ms"])
+    d = cfg.to_dict()
+    assert (d["allow_uids"], d["namespaces"], d["progress_interval"]) == ("self,0,1001", "1001:a,0:b", 0.25)
+    file = write(tmp_path, yaml.safe_dump(d), name="dump.yaml")
+    assert load(base_env, file=file) == cfg

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -22,6 +23,10 @@ def test_calibrated_costs_and_plan_in_lookup(daemon_factory):
     d = daemon_factory(extra=("--calibrate",))
     keys = chunk_keys(SMALL, np.arange(256 * 8))
     with Client.connect(d.socket) as c:
+        deadline = time.monotonic() + 60
+        while c.stat()["calibration"] != "done":  # calibration runs once the socket is up
+            assert time.monotonic() < deadline, "calibration did not finish"
+            time.sleep(0.02)
         costs = c._call("costs")["tiers"]
         assert set(costs) == {"dram", "nvme"}
         assert costs["dram"]["bandwidth_bytes_per_s"] > costs["nvme"]["bandwidth_bytes_per_s"] > 0

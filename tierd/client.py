@@ -9,6 +9,11 @@ put or releases the lease.
 
 `Client.embedded(config)` runs the same store and the same dispatcher inside this process (on a
 background event-loop thread) for tests, notebooks and single-engine setups without a daemon.
+
+The arena is mapped with MAP_POPULATE only once the daemon says its pages are all faulted in
+(`hello` → `arena_populated`); a client that connects while the daemon is still pre-faulting
+maps it lazily, so connecting never waits for (or duplicates) that work. `namespace=` binds the
+connection to one namespace (`tierd.rpc.scope`); puts then default to it.
 """
 from __future__ import annotations
 
@@ -207,7 +212,8 @@ class Client:
 
     def __init__(self, call: Callable[[dict[str, Any]], dict[str, Any]], closer: Callable[[], None], name: str = "",
                  *, map_arena: bool = True,
-                 pipe: tuple[Callable[[dict[str, Any]], None], Callable[[], dict[str, Any]]] | None = None) -> None:
+                 pipe: tuple[Callable[[dict[str, Any]], None], Callable[[], dict[str, Any]]] | None = None,
+                 namespace: str | None = None) -> None:
         self._send = call
         self._pipe = pipe  # (send only, receive one reply): lets a call go out without waiting
         self._pending = 0
@@ -215,16 +221,26 @@ class Client:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self.layouts: dict[str, Layout] = {}
-        info = self._call("hello", client=name or f"pid{os.getpid()}")
+        try:
+            info = self._call("hello", client=name or f"pid{os.getpid()}",
+                              **({"namespace": namespace} if namespace is not None else {}))
+        except BaseException:  # refused (peer check, namespace): do not leak the socket
+            closer()
+            raise
         self.info = info
-        self.arena = _ArenaViews(info["arena_path"], info["arena_bytes"]) if map_arena else None
+        #: The namespace this connection is bound to (None: all); the default of put().
+        self.namespace: str | None = info.get("namespace")
+        self.arena = _ArenaViews(info["arena_path"], info["arena_bytes"],
+                                 populate=info.get("arena_populated", True)) if map_arena else None
 
     # -------------------------------------------------------------- constructors
 
     @classmethod
     def connect(cls, socket_path: str | None = None, *, timeout: float | None = 30.0, name: str = "",
-                map_arena: bool = True) -> "Client":
-        """Connect to a daemon. `map_arena=False` for control-plane-only clients (no data views)."""
+                map_arena: bool = True, namespace: str | None = None) -> "Client":
+        """Connect to a daemon. `map_arena=False` for control-plane-only clients (no data views);
+        `namespace` binds the connection to that namespace (it can only narrow what the daemon
+        allows this user)."""
         path = socket_path or default_socket()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -249,7 +265,7 @@ class Client:
             send(request)
             return recv()
 
-        return cls(call, sock.close, name, map_arena=map_arena, pipe=(send, recv))
+        return cls(call, sock.close, name, map_arena=map_arena, pipe=(send, recv), namespace=namespace)
 
     @classmethod
     def embedded(cls, config: "Config", *, name: str = "embedded") -> "Client":
@@ -356,9 +372,13 @@ class Client:
         r = self._call("lookup", keys=list(keys), **({"plan": plan} if plan is not None else {}))
         return LookupResult(r["prefix"], r["codes"], self.info["tiers"], r.get("plan"))
 
-    def put(self, layout: Layout, keys: Sequence[bytes], namespace: str = "default", *, first_position: int = 0) -> PutBatch:
-        """Reserve slots for `keys`; `first_position` is keys[0]'s chunk index in its prompt."""
+    def put(self, layout: Layout, keys: Sequence[bytes], namespace: str | None = None, *,
+            first_position: int = 0) -> PutBatch:
+        """Reserve slots for `keys`; `first_position` is keys[0]'s chunk index in its prompt.
+        `namespace` defaults to the connection's bound namespace, else "default"."""
         layout_id = self._ensure_layout(layout)
+        if namespace is None:
+            namespace = self.namespace or "default"
         r = self._call("reserve", layout_id=layout_id, namespace=namespace, keys=list(keys), nbytes=layout.chunk_bytes,
                        first_position=first_position)
         return PutBatch(self, layout, keys, r["slots"])
@@ -368,7 +388,8 @@ class Client:
         r = self._call("acquire", layout_id=layout_id, keys=list(keys), prefix_only=prefix_only)
         return GetLease(self, layout, r["lease"], r["slots"])
 
-    def put_chunks(self, layout: Layout, keys: Sequence[bytes], payloads: Sequence[Any], namespace: str = "default") -> int:
+    def put_chunks(self, layout: Layout, keys: Sequence[bytes], payloads: Sequence[Any],
+                   namespace: str | None = None) -> int:
         """Copy whole chunks (bytes-like or arrays of `chunk_bytes`) in and commit them, in
         batches of at most a quarter of the arena so a long prompt never needs it all at once."""
         batch_len = max(1, self.info["arena_bytes"] // 4 // layout.chunk_bytes)
@@ -420,17 +441,26 @@ class AsyncClient:
         self.arena: _ArenaViews | None = None
         self.info: dict[str, Any] = {}
         self.layouts: dict[str, Layout] = {}
+        self.namespace: str | None = None
 
     @classmethod
-    async def connect(cls, socket_path: str | None = None, *, name: str = "") -> "AsyncClient":
+    async def connect(cls, socket_path: str | None = None, *, name: str = "",
+                      namespace: str | None = None) -> "AsyncClient":
         path = socket_path or default_socket()
         try:
             reader, writer = await asyncio.open_unix_connection(path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnavailableError(f"no tierd daemon at {path} ({exc.strerror})") from None
         client = cls(reader, writer)
-        client.info = await client.call("hello", client=name or f"pid{os.getpid()}")
-        client.arena = _ArenaViews(client.info["arena_path"], client.info["arena_bytes"])
+        try:
+            client.info = await client.call("hello", client=name or f"pid{os.getpid()}",
+                                            **({"namespace": namespace} if namespace is not None else {}))
+        except BaseException:  # refused: do not leak the connection
+            writer.close()
+            raise
+        client.namespace = client.info.get("namespace")
+        client.arena = _ArenaViews(client.info["arena_path"], client.info["arena_bytes"],
+                                   populate=client.info.get("arena_populated", True))
         return client
 
     async def call(self, op: str, **args: Any) -> Any:
@@ -455,11 +485,14 @@ class AsyncClient:
         self.layouts[layout_id] = layout
         return layout_id
 
-    async def put(self, layout: Layout, keys: Sequence[bytes], namespace: str = "default", *,
+    async def put(self, layout: Layout, keys: Sequence[bytes], namespace: str | None = None, *,
                   first_position: int = 0) -> AsyncPutBatch:
-        """Reserve slots; use as `async with await client.put(...) as batch:`."""
+        """Reserve slots; use as `async with await client.put(...) as batch:`. `namespace` defaults
+        to the connection's bound namespace, else "default"."""
         if layout.layout_id not in self.layouts:
             await self.register_layout(layout)
+        if namespace is None:
+            namespace = self.namespace or "default"
         r = await self.call("reserve", layout_id=layout.layout_id, namespace=namespace, keys=list(keys),
                             nbytes=layout.chunk_bytes, first_position=first_position)
         return AsyncPutBatch(self, layout, keys, r["slots"])

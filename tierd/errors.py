@@ -69,3 +69,8 @@ def error_class(code: str) -> type[TierdError]:
 
 class InvalidArgumentError(TierdError):
     """A request argument has the right type but a value that cannot be used."""
+
+
+class PermissionDeniedError(TierdError):
+    """A peer this daemon does not admit, or a request outside the namespace its connection is
+    bound to."""

@@ -1,7 +1,9 @@
 """Start and stop a daemon as a subprocess, for tests, benchmarks and scripts.
 
 Readiness is the daemon's own "serving on" line on stderr, read with a deadline, so callers
-never sleep and hope. Stopping is SIGTERM with a deadline, then SIGKILL.
+never sleep and hope. Stopping is SIGTERM with a deadline, then SIGKILL. Until it is ready,
+every stderr line is also kept with the moment it arrived (`timeline`), so start-up can be
+measured from outside the daemon.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ class DaemonProcess:
         self.log_path = Path(log_path) if log_path else Path(self.socket).with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.banner = ""
+        #: (time.monotonic() when it was read, line) for each stderr line up to the ready line.
+        self.timeline: list[tuple[float, str]] = []
 
     def start(self, timeout: float = 60.0) -> "DaemonProcess":
         cmd = [sys.executable, "-m", "tierd", "serve", "--socket", self.socket, *self.args]
@@ -58,9 +62,16 @@ class DaemonProcess:
                             f"tierd exited with {self.proc.returncode} before serving:\n{seen.decode(errors='replace')}"
                         )
                     log.write(data)
+                    now = time.monotonic()
+                    start = seen.rfind(b"\n") + 1  # the line in progress
                     seen += data
+                    *complete, _rest = seen[start:].split(b"\n")
+                    self.timeline.extend((now, line.decode(errors="replace")) for line in complete)
         finally:
             sel.close()
+        tail = seen[seen.rfind(b"\n") + 1 :]
+        if tail:  # the ready line itself, when its newline has not come yet
+            self.timeline.append((time.monotonic(), tail.decode(errors="replace")))
         self._drain_stderr()
         text = seen.decode(errors="replace")
         return next(line for line in text.splitlines() if "serving on" in line)

@@ -76,6 +76,12 @@ class _StoreCollector:
                                     value=0 if obj["breaker"] == "closed" else 1)
         yield GaugeMetricFamily("tierd_leases", "Leases held by clients", value=stat["leases"])
         yield GaugeMetricFamily("tierd_sessions", "Connected clients", value=stat["sessions"])
+        yield CounterMetricFamily("tierd_refused_connections", "Connections refused by the peer-credential check",
+                                  value=self.daemon.refused)
+        dispatcher = self.daemon.dispatcher
+        yield CounterMetricFamily("tierd_namespace_denied",
+                                  "Requests refused for reaching outside their connection's namespace",
+                                  value=dispatcher.denied if dispatcher is not None else 0)
 
 
 def start_metrics(daemon: "Daemon", host: str, port: int) -> int:

@@ -5,50 +5,71 @@ connections are served concurrently. When a connection closes, cleanly or becaus
 died, its reservations and leases go back to the store. SIGTERM/SIGINT stop accepting, let
 in-flight requests finish, write DRAM-only chunks down, persist metadata, remove the socket and
 exit 0.
+
+Start-up (`tierd.startup`) puts the socket up as soon as the store's indexes are rebuilt, and
+prints one ready line naming the tiers; the arena's pages are pre-faulted and the tiers
+calibrated in the background after that. Every accepted connection is checked against the
+peer policy (`tierd.rpc.peers`) before its first request: a refused peer gets one error frame
+and the connection is closed; an admitted one may be bound to a namespace.
 """
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import tierd
 from tierd.access_observer import AccessObserver
 from tierd.assembly import build_store
-from tierd.tier_costs import calibrate_costs
 from tierd.config import Config
-from tierd.errors import ConfigError, ProtocolError
+from tierd.errors import ConfigError, PermissionDeniedError, ProtocolError
 from tierd.rpc import frames
 from tierd.rpc.dispatch import Dispatcher
+from tierd.rpc.peers import PeerCredentials, PeerPolicy, peer_credentials
+from tierd.shutdown import close_store
+from tierd.startup import BackgroundCalibration, prefaulted, ready_line, start_store
 from tierd.store import TieredStore
 
 log = logging.getLogger(__name__)
 
 
+#: How long a refused peer has to read its error frame before the connection is closed.
+REFUSAL_LINGER_S = 2.0
+
+
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, started: float | None = None) -> None:
         self.config = config
+        self.started = time.monotonic() if started is None else started
         self.store: TieredStore | None = None
         self.dispatcher: Dispatcher | None = None
         self.metrics_port: int | None = None
+        self.peers = PeerPolicy.from_config(config.allow_uids, config.namespaces)
+        #: Connections refused by the peer check since start (`stat`, Prometheus).
+        self.refused = 0
+        self.calibration: BackgroundCalibration | None = None
         self._server: asyncio.AbstractServer | None = None
         self._stopping = asyncio.Event()
+        self._exit_status = 0
         self._connections: set[asyncio.Task[Any]] = set()
 
     async def run(self) -> int:
         path = Path(self.config.socket)
         _claim_socket_path(path)
         self.store = build_store(self.config)
-        await self.store.start()
-        if self.config.calibrate:
-            store = self.store
-            loop = asyncio.get_running_loop()
-            store.costs = await loop.run_in_executor(None, functools.partial(calibrate_costs, store, loop=loop))
+        self.store.arena.prefault.interval = self.config.progress_interval
+        try:
+            await start_store(self.store, self.config.progress_interval)
+        except BaseException:  # e.g. a missing bucket: stop pre-faulting, give the shared memory back
+            self.store.arena.close()
+            raise
+        self.calibration = BackgroundCalibration(self.store, self.config.calibrate)
         recorder = None
         if self.config.record_trace:
             from tierd.trace_recorder import TraceRecorder
@@ -71,7 +92,9 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         extra = f", metrics on {self.config.metrics_host}:{self.metrics_port}" if self.metrics_port else ""
-        print(f"tierd: serving on {path} (arena {self.store.arena.path}){extra}", file=sys.stderr, flush=True)
+        line = ready_line(self.config, self.store, time.monotonic() - self.started)
+        print(f"{line}{extra}", file=sys.stderr, flush=True)
+        background = asyncio.create_task(self._after_ready(), name="tierd-after-ready")
         await self._stopping.wait()
         log.info("shutting down")
         self._server.close()
@@ -79,24 +102,56 @@ class Daemon:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        background.cancel()
+        await asyncio.gather(background, return_exceptions=True)
+        await self.calibration.drain()
         await observer.stop()
-        await self.store.close()
+        await close_store(self.store, self.config.progress_interval)
         try:
             path.unlink()
         except FileNotFoundError:
             pass
         print("tierd: stopped", file=sys.stderr, flush=True)
-        return 0
+        return self._exit_status
+
+    async def _after_ready(self) -> None:
+        """What waits until the socket is up: the arena's pre-faulting (a failure to reserve its
+        room stops the daemon: writes into unreserved shared memory could SIGBUS a client), then
+        calibration of the tiers."""
+        assert self.store is not None and self.calibration is not None
+        prefault = self.store.arena.prefault
+        await prefaulted(prefault)
+        if prefault.error:
+            log.error("stopping: %s", prefault.error)
+            self._exit_status = 1
+            self._stopping.set()
+            return
+        await self.calibration.run()
 
     def _info(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "metrics_port": self.metrics_port, "pid": os.getpid()}
+        assert self.store is not None and self.calibration is not None
+        return {"config": self.config.to_dict(), "metrics_port": self.metrics_port, "pid": os.getpid(),
+                "arena": self.store.arena.prefault.snapshot(), "calibration": self.calibration.state.value,
+                "refused_connections": self.refused}
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self.store is not None and self.dispatcher is not None
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        peer = peer_credentials(writer.get_extra_info("socket"))
+        if not self.peers.admits(peer):
+            try:
+                await self._refuse(peer, reader, writer)
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                self._connections.discard(task)
+                writer.close()
+            return
+        assert peer is not None
         session = self.store.open_session()
+        self.dispatcher.bind(session, self.peers.namespace_for(peer))
         try:
             while True:
                 try:
@@ -115,8 +170,30 @@ class Daemon:
             pass
         finally:
             self.store.close_session(session)
+            self.dispatcher.forget(session)
             self._connections.discard(task)
             writer.close()
+
+    async def _refuse(self, peer: PeerCredentials | None, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        """One error frame, then hang up. The connection is half-closed and what the peer sends
+        is read and dropped for a moment first: closing a Unix socket with unread data makes the
+        peer's read fail with ECONNRESET, and the peer should read why it was refused."""
+        self.refused += 1
+        message = self.peers.refusal(peer)
+        log.warning("refused a connection: %s", message)
+        error = PermissionDeniedError(message)
+        writer.write(frames.pack({"id": None, "ok": False, "error": {"code": error.code, "message": message}}))
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        deadline = time.monotonic() + REFUSAL_LINGER_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                if not await asyncio.wait_for(reader.read(1 << 16), left):
+                    break
+            except asyncio.TimeoutError:
+                break
 
 
 def _claim_socket_path(path: Path) -> None:
@@ -137,8 +214,13 @@ def _claim_socket_path(path: Path) -> None:
 
 
 def serve(config: Config) -> int:
-    """Run the daemon until SIGTERM/SIGINT. Uses uvloop as the event loop."""
+    """Run the daemon until SIGTERM/SIGINT. Uses uvloop as the event loop.
+
+    The "starting" line is the origin of the "ready in" figure of the ready line: what the daemon
+    does between the two is what its start-up costs (the interpreter and imports come before)."""
     import uvloop
 
+    started = time.monotonic()
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return uvloop.run(Daemon(config).run())
+    log.info("tierd %s starting (pid %d, uid %d)", tierd.__version__, os.getpid(), os.getuid())
+    return uvloop.run(Daemon(config, started=started).run())

@@ -279,6 +279,7 @@ def test_object_tier_is_calibrated_at_start(object_daemons, object_url):
 
     d = object_daemons("cal", object_url, extra=("--calibrate",))
     with Client.connect(d.socket) as c:
+        wait_for("calibration", lambda: c.stat()["calibration"] == "done", 60)  # runs once the socket is up
         obj = c._call("costs")["tiers"]["object"]
         measured = (obj["bandwidth_bytes_per_s"], obj["latency_s"])
         assert measured != DECLARED["object"]  # measured at start, not declared

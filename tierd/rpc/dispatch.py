@@ -5,6 +5,13 @@ One dispatcher serves both the daemon (requests decoded from socket frames) and 
 `{"id": int, "op": str, ...args}`; the reply is `{"id", "ok": true, "result"}` or
 `{"id", "ok": false, "error": {"code", "message"}}`. Argument types are checked here, values by
 the store; either way a bad request changes nothing and the connection keeps working.
+
+A connection may be bound to one namespace (`tierd.rpc.scope`): by the daemon, from the peer's
+uid, or by the client's own `hello`. This is where the binding is enforced, op by op, from each
+chunk's namespace in the store's index: keys of other namespaces are misses to lookup and
+acquire, and are left out of explain, pin, unpin and evict; ls lists only the bound namespace;
+inspect says "not stored"; reserve into another namespace is refused. stat, costs, layouts and
+the hit-rate curve are daemon-wide figures and stay open.
 """
 from __future__ import annotations
 
@@ -16,9 +23,11 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 import tierd
 from tierd.costmodel import CostModel, DeviceThroughput, ModelShape
-from tierd.errors import InvalidArgumentError, ProtocolError, TierdError
+from tierd.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError, ProtocolError, TierdError
+from tierd.keys import KEY_BYTES
 from tierd.layout import Layout
-from tierd.store import Session, TieredStore
+from tierd.rpc.scope import NamespaceScope
+from tierd.store import ABSENT, Session, TieredStore
 
 if TYPE_CHECKING:
     from tierd.access_observer import AccessObserver
@@ -54,8 +63,12 @@ class Dispatcher:
         self._model_key = ""
         self._learned = DeviceThroughput()
         self.observe: Callable[[str, float, bool], None] | None = None
+        #: Namespace bindings of connections, by session id (a session has no room for it).
+        self._scopes: dict[int, NamespaceScope] = {}
+        #: Requests refused because they reached outside their connection's namespace.
+        self.denied = 0
         self._ops: dict[str, tuple[dict[str, Arg], Handler]] = {
-            "hello": ({"client": _OPT_STR}, self._hello),
+            "hello": ({"client": _OPT_STR, "namespace": _OPT_STR}, self._hello),
             "ping": ({}, lambda s, a: {"pong": True}),
             "register_layout": ({"layout": Arg((dict,))}, self._register_layout),
             "lookup": ({"keys": _KEYS, "plan": Arg((dict,), required=False)}, self._lookup),
@@ -78,16 +91,16 @@ class Dispatcher:
                 {"keys": _OPT_KEYS, "namespace": _OPT_STR, "tier": _OPT_STR, "all": Arg((bool,), required=False)},
                 self._evict,
             ),
-            "pin": ({"keys": _KEYS}, lambda s, a: {"pinned": store.pin(a["keys"], True)}),
-            "unpin": ({"keys": _KEYS}, lambda s, a: {"unpinned": store.pin(a["keys"], False)}),
+            "pin": ({"keys": _KEYS}, lambda s, a: {"pinned": store.pin(self._own_keys(s, a["keys"]), True)}),
+            "unpin": ({"keys": _KEYS}, lambda s, a: {"unpinned": store.pin(self._own_keys(s, a["keys"]), False)}),
             "stat": ({}, self._stat),
             "layouts": ({}, lambda s, a: {"layouts": {i: l.to_dict() for i, l in store.layouts.items()}}),
             "ls": (
                 {"tier": _OPT_STR, "namespace": _OPT_STR, "key_prefix": _OPT_STR, "sort": _OPT_STR,
                  "limit": Arg((int,), required=False)},
-                lambda s, a: {"chunks": store.ls(**{k: v for k, v in a.items()})},
+                self._ls,
             ),
-            "inspect": ({"key": Arg((bytes,))}, lambda s, a: store.inspect(a["key"])),
+            "inspect": ({"key": Arg((bytes,))}, self._inspect),
             "mrc": ({"grid": Arg((list,), required=False, list_of=int), "gain_per_gib": Arg((float, int), required=False)},
                     self._mrc),
         }
@@ -115,17 +128,54 @@ class Dispatcher:
                 result = await result
             reply = {"id": rid, "ok": True, "result": result}
         except TierdError as exc:
+            if isinstance(exc, PermissionDeniedError):
+                self.denied += 1
             reply = {"id": rid, "ok": False, "error": {"code": exc.code, "message": str(exc)}}
         if self.observe is not None and isinstance(op, str) and op in self._ops:
             self.observe(op, time.perf_counter() - start, reply["ok"])
         return reply
+
+    # ---------------------------------------------------------------- namespace bindings
+
+    def bind(self, session: Session, namespace: str | None) -> None:
+        """Bind a new connection to `namespace` (None: leave it unbound). The daemon calls it
+        with the namespace its peer's uid maps to, before the first request."""
+        if namespace is not None:
+            self._scopes.setdefault(session.id, NamespaceScope()).bind(namespace)
+
+    def forget(self, session: Session) -> None:
+        """The connection is gone: drop its binding."""
+        self._scopes.pop(session.id, None)
+
+    def namespace_of(self, session: Session) -> str | None:
+        scope = self._scopes.get(session.id)
+        return scope.namespace if scope is not None else None
+
+    def _bound(self, session: Session) -> NamespaceScope | None:
+        """The connection's scope if it is bound to a namespace, else None (it sees everything)."""
+        scope = self._scopes.get(session.id)
+        return scope if scope is not None and scope.namespace is not None else None
+
+    def _own_keys(self, session: Session, keys: list[bytes]) -> list[bytes]:
+        """`keys` less those of chunks outside the connection's namespace (all of them if unbound)."""
+        scope = self._bound(session)
+        if scope is None:
+            return keys
+        _check_key_lengths(keys)
+        index = self.store.index
+        return [k for k in keys if scope.visible(index.get(k))]
 
     # ---------------------------------------------------------------- handlers
 
     def _hello(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         if args.get("client"):
             session.name = args["client"]
+        if args.get("namespace") is not None:
+            self._scopes.setdefault(session.id, NamespaceScope()).bind(args["namespace"])
+        prefault = getattr(self.store.arena, "prefault", None)
         return {
+            "namespace": self.namespace_of(session),
+            "arena_populated": prefault is None or prefault.complete,
             "version": tierd.__version__,
             "pid": os.getpid(),
             "session": session.id,
@@ -140,6 +190,13 @@ class Dispatcher:
 
     async def _lookup(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         prefix, codes = await self.store.lookup_async(args["keys"])
+        scope = self._bound(session)
+        if scope is not None:  # another namespace's chunks are misses to this connection
+            index = self.store.index
+            codes = bytes(code if scope.visible(index.get(k), unknown_ok=True) else ABSENT
+                          for k, code in zip(args["keys"], codes))
+            prefix = codes.find(ABSENT)
+            prefix = len(codes) if prefix < 0 else prefix
         reply: dict[str, Any] = {"prefix": prefix, "codes": codes}
         if "plan" in args:
             reply["plan"] = self._plan(args["plan"], codes[:prefix])
@@ -174,21 +231,75 @@ class Dispatcher:
         return model.plan(tiers, layout.chunk_tokens, layout.chunk_bytes, prompt_tokens).to_dict()
 
     async def _reserve(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        scope = self._bound(session)
+        if scope is not None:
+            scope.check_namespace(args["namespace"], "reserve")
         slots = await self.store.reserve(session, args["layout_id"], args["namespace"], args["keys"], args["nbytes"],
                                          first_position=args.get("first_position", 0))
         return {"slots": slots}
 
     async def _acquire(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        lease, slots = await self.store.acquire(
-            session, args["layout_id"], args["keys"], prefix_only=args.get("prefix_only", True)
-        )
+        layout_id, keys, prefix_only = args["layout_id"], args["keys"], args.get("prefix_only", True)
+        scope = self._bound(session)
+        if scope is None:
+            lease, slots = await self.store.acquire(session, layout_id, keys, prefix_only=prefix_only)
+            return {"lease": lease, "slots": slots}
+        _check_key_lengths(keys)
+        index = self.store.index
+        unknown_ok = True  # first pass: chunks found in the object tier get their namespace on read
+        for _ in range(2):
+            mask = [scope.visible(index.get(k), unknown_ok=unknown_ok) for k in keys]
+            lease, slots = await self._acquire_masked(session, layout_id, keys, mask, prefix_only)
+            if all(s is None or scope.visible(index.get(k)) for k, s in zip(keys, slots)):
+                return {"lease": lease, "slots": slots}
+            # a chunk read just now belongs to another namespace: hand back none of it
+            self.store.release(session, lease)
+            unknown_ok = False
+        lease, slots = await self._acquire_masked(session, layout_id, keys, [False] * len(keys), prefix_only)
         return {"lease": lease, "slots": slots}
 
+    async def _acquire_masked(self, session: Session, layout_id: str, keys: list[bytes], mask: list[bool],
+                              prefix_only: bool) -> tuple[int, list[int | None]]:
+        """Acquire only the keys `mask` lets through; the others are misses (None)."""
+        if prefix_only:
+            n = mask.index(False) if False in mask else len(mask)
+            lease, slots = await self.store.acquire(session, layout_id, keys[:n], prefix_only=True)
+            return lease, slots + [None] * (len(keys) - n)
+        lease, got = await self.store.acquire(session, layout_id, [k for k, m in zip(keys, mask) if m],
+                                              prefix_only=False)
+        picked = iter(got)
+        return lease, [next(picked) if m else None for m in mask]
+
     async def _evict(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        return await self.store.evict(
-            keys=args.get("keys"), namespace=args.get("namespace"), tier=args.get("tier"),
-            everything=args.get("all", False),
-        )
+        keys, namespace, everything = args.get("keys"), args.get("namespace"), args.get("all", False)
+        scope = self._bound(session)
+        if scope is not None:
+            scope.check_namespace(namespace, "evict")
+            if keys is not None:
+                keys, namespace, everything = self._own_keys(session, keys), None, False
+            elif namespace is not None or everything:  # "all" of a bound connection is its namespace
+                namespace, everything = scope.namespace, False
+        return await self.store.evict(keys=keys, namespace=namespace, tier=args.get("tier"), everything=everything)
+
+    def _ls(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        scope = self._bound(session)
+        if scope is not None:
+            args = {**args, "namespace": scope.check_namespace(args.get("namespace"), "ls")}
+        return {"chunks": self.store.ls(**args)}
+
+    async def _inspect(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        key = args["key"]
+        scope = self._bound(session)
+        if scope is None:
+            return await self.store.inspect(key)
+        _check_key_lengths([key])
+        hidden = NotFoundError(f"key {key.hex()} is not stored")  # the store's words: nothing to tell apart
+        if not scope.visible(self.store.index.get(key), unknown_ok=True) and key in self.store.index:
+            raise hidden
+        result = await self.store.inspect(key)
+        if result.get("namespace") != scope.namespace:
+            raise hidden
+        return result
 
     def _admission_rule(self, model: CostModel) -> Callable[[Any, str], bool]:
         """Admission from the engine's model: a chunk goes to a lower tier only if reloading it
@@ -225,9 +336,14 @@ class Dispatcher:
         the daemon its model (through a lookup with a plan request). Counts as no lookup."""
         keys = args["keys"]
         names = self.store.tier_names
+        scope = self._bound(session)
+        if scope is not None:
+            _check_key_lengths(keys)
         rows, codes = [], bytearray()
         for key in keys:
             c = self.store.index.get(key)
+            if scope is not None and not scope.visible(c, unknown_ok=True):
+                c = None  # another namespace's chunk: absent to this connection
             code = c.tier_code if c is not None else 255
             codes.append(code)
             tier = names[code] if code < len(names) else None
@@ -237,7 +353,7 @@ class Dispatcher:
         prefix = len(codes) if prefix < 0 else prefix
         plan = None
         model = self._model
-        first = self.store.index.get(keys[0]) if keys else None
+        first = self.store.index.get(keys[0]) if keys and codes[0] != 255 else None
         if model is not None and first is not None:
             layout = self.store.layouts.get(first.layout_id)
             if layout is not None:
@@ -260,9 +376,21 @@ class Dispatcher:
 
     def _stat(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         stat = self.store.stat()
+        stat["namespace"] = self.namespace_of(session)  # this connection's binding
+        stat["namespace_denied"] = self.denied
         if self.extra_info is not None:
             stat.update(self.extra_info())
         return stat
+
+
+def _check_key_lengths(keys: list[bytes]) -> None:
+    """What the store checks, done before a bound connection's keys are filtered (so a bad key
+    is still an error, not a silent miss)."""
+    bad = next((k for k in keys if len(k) != KEY_BYTES), None)
+    if bad is not None:
+        raise InvalidArgumentError(
+            f"key {bad!r}: keys are {KEY_BYTES}-byte binary values (tierd.keys.chunk_keys makes them)"
+        )
 
 
 def _validate(op: str, schema: dict[str, Arg], request: dict[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,14 @@
 
 Chunk bytes on the DRAM path live only here. The daemon hands out offsets; clients copy KV
 straight into and out of their own mapping of the same pages, so no chunk byte crosses the
-socket. The mapping is populated up front (MAP_POPULATE) so the first put does not pay page
-faults inside the measured copy.
+socket.
+
+Creating an arena is instant whatever its size: the file is sized sparse (ftruncate) after
+checking that /dev/shm has room for it, and mapped without populating. Its pages are then
+reserved and faulted in by a background thread (`tierd.tiers.prefault`) while requests are
+already served, so the socket appears at once and the first puts still mostly find their pages
+present. Clients map the same file; `map_file(populate=True)` is for a client that maps an arena
+whose pre-faulting has finished (its MAP_POPULATE then only fills page tables).
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import secrets
 from pathlib import Path
 
 from tierd.errors import ConfigError
+from tierd.tiers.prefault import Prefault
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,10 @@ class SharedArena:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             try:
-                os.posix_fallocate(fd, 0, size)
+                free = _free_bytes(directory)
+                if free < size:
+                    raise OSError(28, f"only {free} bytes free")
+                os.ftruncate(fd, size)
             except OSError as exc:
                 os.unlink(self.path)
                 raise ConfigError(
@@ -53,13 +63,16 @@ class SharedArena:
                 ) from None
         finally:
             os.close(fd)
-        self.mm = map_file(self.path, size)
+        self.mm = map_file(self.path, size, populate=False)
         self.buf = memoryview(self.mm)
+        #: The background reservation and pre-faulting of the pages (see the module docstring).
+        self.prefault = Prefault(self.path, self.mm, size, name=f"arena {self.path.name}").start()
 
     def view(self, offset: int, nbytes: int) -> memoryview:
         return self.buf[offset : offset + nbytes]
 
     def close(self) -> None:
+        self.prefault.stop()  # before unmapping: the thread works on this mapping's addresses
         self.buf.release()
         try:
             self.mm.close()
@@ -69,6 +82,11 @@ class SharedArena:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def _free_bytes(directory: Path) -> int:
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
 
 
 def remove_stale_arenas(directory: Path = SHM_DIR) -> int:
