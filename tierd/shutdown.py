@@ -38,7 +38,7 @@ class FlushWatch:
 
     def _uploads(self) -> int:
         # queued plus in flight (the store counts the latter without exposing it otherwise)
-        return len(self.store.uploads) + int(getattr(self.store, "_uploading", 0))
+        return len(self.store.uploads) + self.store.uploads_in_flight
 
     @property
     def has_work(self) -> bool:

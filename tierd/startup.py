@@ -36,35 +36,20 @@ log = logging.getLogger(__name__)
 
 
 class ScanCounter:
-    """Counts the chunk files an NVMe tier's `scan()` has read, for progress lines.
-
-    The tier's scan has no progress hook, so this wraps its per-file step (`_scan_one`) on the
-    instance while the scan runs; a tier without one still gets elapsed-time lines. `total()`
-    lists the shard directories once (cheap next to reading a header per file).
-    """
+    """Progress of an NVMe tier's `scan()`: the files it has read (`tier.scanned`) out of the
+    chunk files in its directory (`total()` lists the shard directories once, which is cheap next
+    to reading a header per file). A tier without the counter gets elapsed-time lines."""
 
     def __init__(self, tier: Any) -> None:
         self.tier = tier
         self.name: str = getattr(tier, "name", "nvme")
         self.root: Path | None = getattr(tier, "root", None)
-        self.done = 0
+        self.counting = hasattr(tier, "scanned")
         self._total: int | None = None
-        one = getattr(tier, "_scan_one", None)
-        self.counting = False
-        if callable(one):
-            def counted(*args: Any, **kwargs: Any) -> Any:
-                self.done += 1
-                return one(*args, **kwargs)
 
-            try:
-                tier._scan_one = counted
-                self.counting = True
-            except AttributeError:  # a tier with __slots__: elapsed-time lines only
-                pass
-
-    def remove(self) -> None:
-        if self.counting:
-            self.tier.__dict__.pop("_scan_one", None)
+    @property
+    def done(self) -> int:
+        return int(getattr(self.tier, "scanned", 0))
 
     def total(self) -> int | None:
         if self._total is None and self.root is not None:
@@ -98,11 +83,7 @@ async def start_store(store: "TieredStore", interval: float) -> None:
         for counter in counters:
             log.info("%s", counter.describe(elapsed))
 
-    try:
-        await report_while(store.start(), interval, report)
-    finally:
-        for counter in counters:
-            counter.remove()
+    await report_while(store.start(), interval, report)
 
 
 # ------------------------------------------------------------------ the ready line

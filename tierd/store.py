@@ -327,6 +327,11 @@ class TieredStore:
         self.index.clear()
         self.arena.close()
 
+    @property
+    def uploads_in_flight(self) -> int:
+        """Uploads to the shared tier under way right now (not counting the queued ones)."""
+        return self._uploading
+
     # ----------------------------------------------------------------- sessions and layouts
 
     def open_session(self, name: str = "") -> Session:

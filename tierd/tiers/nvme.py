@@ -333,6 +333,8 @@ class NvmeChunkFiles:
         self.corrupt = 0
         #: Leftover temp files (interrupted writes) removed by `scan`.
         self.temp_removed = 0
+        #: Chunk files the running (or last) `scan` has read so far, for progress lines.
+        self.scanned = 0
         log.info("NVMe chunk files in %s (O_DIRECT %s)", self.root, "on" if self.direct_io else "off")
 
     # -- layout ---------------------------------------------------------------------------
@@ -608,6 +610,7 @@ class NvmeChunkFiles:
         """
         found: list[StoredChunk] = []
         temps = dropped = 0
+        self.scanned = 0
         for entry in os.scandir(self.root):
             if entry.is_file(follow_symlinks=False) and entry.name.endswith(TEMP_SUFFIX):
                 temps += self._remove(entry.path, "leftover temp file")  # an interrupted O_DIRECT probe
@@ -623,6 +626,7 @@ class NvmeChunkFiles:
                 if name.endswith(TEMP_SUFFIX):
                     temps += self._remove(entry.path, "temp file of an interrupted write")
                 elif name.endswith(CHUNK_SUFFIX):
+                    self.scanned += 1
                     chunk, reason = self._scan_one(entry, shard.name)
                     if chunk is not None:
                         found.append(chunk)
