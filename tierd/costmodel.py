@@ -49,7 +49,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tierd.errors import ConfigError, InvalidArgumentError
+from tierd.errors import ConfigError, InvalidArgumentError, names, shown
 from tierd.layout import DTYPE_SIZES
 
 #: Default longest prompt considered by `break_even_tokens` when the shape names no context length.
@@ -176,9 +176,10 @@ class ModelShape:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelShape":
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known) if isinstance(data, Mapping) else None
+        unknown = names(set(data) - known) if isinstance(data, Mapping) else None
         if unknown is None or unknown:
-            raise InvalidArgumentError(f"model shape {data!r}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+            raise InvalidArgumentError(f"model shape {shown(data)}: unknown field(s) {unknown}; known fields are "
+                                       f"{sorted(known)}")
         try:
             return cls(**dict(data))
         except TypeError as exc:

@@ -6,6 +6,9 @@ name) and are re-raised there as the same class.
 """
 from __future__ import annotations
 
+import reprlib
+from typing import Iterable
+
 
 class TierdError(Exception):
     """Base class of all tierd errors."""
@@ -74,3 +77,20 @@ class InvalidArgumentError(TierdError):
 class PermissionDeniedError(TierdError):
     """A peer this daemon does not admit, or a request outside the namespace its connection is
     bound to."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 60, 60, 6, 6
+
+
+def shown(value: object) -> str:
+    """A short repr of a value from the outside (a request, a config file) for an error message:
+    bounded in length and depth, so a hostile value nested a thousand deep or a megabyte long
+    cannot make the error message itself fail or flood the log."""
+    return _REPR.repr(value)
+
+
+def names(values: Iterable[object]) -> list[str]:
+    """Some names (map keys) sorted for a message: short strings as they are, anything else (bytes
+    from a hostile client, which would not even sort among strings) in its `shown` form."""
+    return sorted(v if isinstance(v, str) and len(v) <= 60 else shown(v) for v in values)

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from tierd.errors import InvalidArgumentError
+from tierd.errors import InvalidArgumentError, names, shown
 
 #: Bytes per element of the dtypes a KV cache can have. Named as torch names them.
 DTYPE_SIZES: dict[str, int] = {
@@ -95,9 +95,9 @@ class Layout:
     def from_dict(cls, data: Mapping[str, Any]) -> "Layout":
         """Build from a wire/config mapping; unknown or missing fields are a clear error."""
         if not isinstance(data, Mapping):
-            raise InvalidArgumentError(f"layout {data!r}: must be a mapping of layout fields")
+            raise InvalidArgumentError(f"layout {shown(data)}: must be a mapping of layout fields")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = names(set(data) - known)
         if unknown:
             raise InvalidArgumentError(f"layout has unknown field(s) {unknown}: known fields are {sorted(known)}")
         try:

@@ -40,6 +40,7 @@ import msgpack
 
 from tierd.costmodel import TierCost
 from tierd.errors import (
+    CapacityError,
     ObjectTierUnavailable,
     AlreadyStoredError,
     InvalidArgumentError,
@@ -894,6 +895,10 @@ class TieredStore:
     # ----------------------------------------------------------------- demotion (write-back)
 
     async def _demote_loop(self) -> None:
+        """Write DRAM down while it is over the low watermark or someone waits for room. When a
+        whole batch fails (the disk is full, the tier is broken) it backs off, 50 ms doubling to
+        2 s, instead of retrying the same chunks in a tight loop; any success resets it."""
+        backoff = 0.0
         while True:
             await self._pressure.wait()
             self._pressure.clear()
@@ -905,7 +910,14 @@ class TieredStore:
                 batch, dropped = self._pick_demotions(self._io_threads)
                 if not batch and not dropped:
                     break
-                await asyncio.gather(*(self._demote(c) for c in batch))
+                done = await asyncio.gather(*(self._demote(c) for c in batch))
+                if batch and not any(done) and not dropped:
+                    backoff = min(2.0, max(0.05, backoff * 2))
+                    log.warning("writing DRAM chunks down to %s failed; retrying in %.2f s", self.lower[0].tier.name,
+                                backoff)
+                    await asyncio.sleep(backoff)
+                else:
+                    backoff = 0.0
 
     def _pick_demotions(self, limit: int) -> tuple[list[Chunk], bool]:
         """Under pressure, walk DRAM in LRU order: drop chunks that already have a lower copy,
@@ -942,10 +954,11 @@ class TieredStore:
         self.rejected += 1
         return False
 
-    async def _demote(self, c: Chunk) -> None:
-        """Write a DRAM chunk to the first lower tier; free its slot once the copy is durable."""
+    async def _demote(self, c: Chunk) -> bool:
+        """Write a DRAM chunk to the first lower tier; free its slot once the copy is durable.
+        False if the write failed."""
         if not self.lower or c.slot is None:
-            return
+            return True
         lower = self.lower[0]
         c.moving = asyncio.get_running_loop().create_future()
         ok = False
@@ -955,11 +968,12 @@ class TieredStore:
             fut, c.moving = c.moving, None
             fut.set_result(ok)
         if not ok:
-            return
+            return False
         self.dram.demotions += 1
         self.dram.evictions += 1
         if c.leases == 0 and not c.pinned and c.slot is not None:
             self._drop_dram_copy(c)
+        return True
 
     async def _write_lower(self, c: Chunk, lower: _Lower, payload: memoryview, *,
                            raise_unavailable: bool = False) -> bool:
@@ -977,6 +991,10 @@ class TieredStore:
             if raise_unavailable:
                 raise
             log.warning("writing chunk %s to %s: %s", c.key.hex(), lower.tier.name, exc)
+            return False
+        except (CapacityError, OSError) as exc:  # a full or failing disk: one line, no traceback
+            log.warning("writing chunk %s to %s failed: %s", c.key.hex(), lower.tier.name, exc)
+            lower.stats.used_bytes -= need
             return False
         except Exception:
             log.exception("writing chunk %s to %s failed", c.key.hex(), lower.tier.name)
@@ -1192,11 +1210,16 @@ class TieredStore:
                 c = self.index[key]
                 data[key]["object"] = [url, c.lower[name], c.layout_id, c.namespace, c.size, c.created]
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(msgpack.packb(data, use_bin_type=True))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(msgpack.packb(data, use_bin_type=True))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:  # advisory (recency, hits, pins, own objects): losing it loses no chunk
+            log.warning("could not write the index metadata %s (%s): recency, hit counts and pins of the "
+                        "NVMe chunks start afresh after a restart", path, exc)
+            tmp.unlink(missing_ok=True)
 
 
 _ABSENT_CHUNK = Chunk(b"", "", "", 0, 0.0, 0.0)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 import tierd
 from tierd.costmodel import CostModel, DeviceThroughput, ModelShape
-from tierd.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError, ProtocolError, TierdError
+from tierd.errors import (InvalidArgumentError, NotFoundError, PermissionDeniedError, ProtocolError, TierdError, names,
+                          shown)
 from tierd.keys import KEY_BYTES
 from tierd.layout import Layout
 from tierd.rpc.scope import NamespaceScope
@@ -118,9 +119,9 @@ class Dispatcher:
             if not isinstance(request, dict):
                 raise ProtocolError(f"a request must be a map with 'id' and 'op', got {type(request).__name__}")
             if not isinstance(rid, int) or isinstance(rid, bool):
-                raise ProtocolError(f"request id {rid!r}: must be an integer")
+                raise ProtocolError(f"request id {shown(rid)}: must be an integer")
             if not isinstance(op, str) or op not in self._ops:
-                raise ProtocolError(f"unknown op {op!r}: known ops are {', '.join(self.ops)}")
+                raise ProtocolError(f"unknown op {shown(op)}: known ops are {', '.join(self.ops)}")
             schema, handler = self._ops[op]
             args = _validate(op, schema, request)
             result = handler(session, args)
@@ -208,13 +209,13 @@ class Dispatcher:
         `request`: {"layout_id", "prompt_tokens", "shape": ModelShape dict, "device":
         DeviceThroughput dict or None}; the engine knows its model and measures its prefills,
         the daemon knows its tiers."""
-        unknown = sorted(set(request) - {"layout_id", "prompt_tokens", "shape", "device"})
+        unknown = names(set(request) - {"layout_id", "prompt_tokens", "shape", "device"})
         if unknown:
             raise InvalidArgumentError(f"plan: unknown field(s) {unknown}")
         layout = self.store.layout(request.get("layout_id"))  # type: ignore[arg-type]
         prompt_tokens = request.get("prompt_tokens")
         if not isinstance(prompt_tokens, int) or isinstance(prompt_tokens, bool):
-            raise InvalidArgumentError(f"plan.prompt_tokens {prompt_tokens!r}: must be an integer")
+            raise InvalidArgumentError(f"plan.prompt_tokens {shown(prompt_tokens)}: must be an integer")
         declared = request.get("device")
         key = repr((request.get("shape"), declared))
         if key != self._model_key:  # one engine per daemon in practice: keep the last one's model
@@ -368,10 +369,10 @@ class Dispatcher:
             raise InvalidArgumentError("this store keeps no hit-rate curve (embedded mode); ask a running daemon")
         grid = args.get("grid")
         if grid is not None and (not grid or min(grid) <= 0):
-            raise InvalidArgumentError(f"grid {grid!r}: use positive capacities in chunks")
+            raise InvalidArgumentError(f"grid {shown(grid)}: use positive capacities in chunks")
         gain = args.get("gain_per_gib", 0.001)
         if not gain > 0:
-            raise InvalidArgumentError(f"gain_per_gib {gain!r}: use a positive hit-ratio gain per GiB, e.g. 0.001")
+            raise InvalidArgumentError(f"gain_per_gib {shown(gain)}: use a positive hit-ratio gain per GiB, e.g. 0.001")
         return self.observer.report(grid, float(gain))
 
     def _stat(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
@@ -389,12 +390,12 @@ def _check_key_lengths(keys: list[bytes]) -> None:
     bad = next((k for k in keys if len(k) != KEY_BYTES), None)
     if bad is not None:
         raise InvalidArgumentError(
-            f"key {bad!r}: keys are {KEY_BYTES}-byte binary values (tierd.keys.chunk_keys makes them)"
+            f"key {shown(bad)}: keys are {KEY_BYTES}-byte binary values (tierd.keys.chunk_keys makes them)"
         )
 
 
 def _validate(op: str, schema: dict[str, Arg], request: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(request) - set(schema) - {"id", "op"})
+    unknown = names(set(request) - set(schema) - {"id", "op"})
     if unknown:
         raise InvalidArgumentError(f"{op}: unknown argument(s) {unknown}; expected {sorted(schema)}")
     args: dict[str, Any] = {}
