@@ -94,6 +94,7 @@ PRECEDENCE = [
     ("node_id", "rack1-a", "rack1-b", ["--node-id", "rack1-c"], "rack1-a", "rack1-b", "rack1-c"),
     ("nvme_codec", "zstd", "ZSTD-shuffle:1", ["--nvme-codec", "int8k-tq3v"], "zstd:3", "zstd-shuffle:1", "int8k-tq3v"),
     ("object_codec", "zstd:1", "int8k-tq4v", ["--object-codec", "zstd:-3"], "zstd:1", "int8k-tq4v", "zstd:-3"),
+    ("quotas", "a:1KiB", "b:2KiB", ["--quotas", "a:1KiB,b:1MiB"], {"a": 1024}, {"b": 2048}, {"a": 1024, "b": 1 << 20}),
     ("allow_uids", "root", "12345", ["--allow-uids", "self,root"], "0", "12345", "self,0"),
     ("namespaces", "1001:tenantA", "1002:tenantB", ["--namespaces", "root:tenantC"],
      "1001:tenantA", "1002:tenantB", "0:tenantC"),
@@ -274,6 +275,7 @@ BAD_STRINGS = [
     ("allow_uids", ["", " ", "no-such-user-tierd", "1,,2", "4294967295", "self,"]),
     ("namespaces", ["tenantA", ":tenantA", "1001:", "1001:a,1001:b", "no-such-user-tierd:a", "1001:" + "n" * 256]),
     ("progress_interval", ["0", "-1", "soon", "601"]),
+    ("quotas", ["tenantA", "tenantA:0", "tenantA:lots", ":1GiB", "a:1GiB,b"]),
 ]
 # --calibrate/--no-calibrate take no value, so argparse itself refuses a bad one
 BAD_CASES = [
@@ -310,7 +312,8 @@ BAD_NATIVES = [
     ("dram", True), ("dram", 1.5), ("dram", [1]), ("nvme", -1), ("io_threads", True), ("io_threads", 4.0),
     ("calibrate", 1), ("metrics_port", True), ("metrics_port", 1.5), ("log_level", 10), ("socket", 5),
     ("record_trace", 5), ("nvme_dir", ["a"]), ("socket_mode", 1000), ("socket_mode", True),
-    ("demote_high_watermark", True), ("metrics_host", 127), ("nvme_codec", 3), ("object_codec", ["zstd"]),
+    ("demote_high_watermark", True), ("metrics_host", 127), ("nvme_codec", 3), ("object_codec", ["zstd"]), ("quotas", 5),
+    ("quotas", {"a": "lots"}),
     ("allow_uids", True), ("allow_uids", 1.5), ("allow_uids", [True]), ("allow_uids", []),
     ("namespaces", 5), ("namespaces", {"1001": 5}), ("namespaces", ["1001"]), ("progress_interval", True),
 ]

@@ -35,6 +35,7 @@ def build_store(config: "Config") -> TieredStore:
         object_write=config.object_write,
         upload_queue_bytes=config.object_queue,
         lookup_budget=config.object_lookup_budget,
+        quotas=config.quotas,
     )
     store.costs = declared_costs(store)
     return store

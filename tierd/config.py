@@ -150,6 +150,38 @@ def _parse_codec(value: object, where: str, base: str | None) -> str:
         raise ConfigError(f"{where}={value!r}: {exc}") from None
 
 
+def _parse_quotas(value: object, where: str, base: str | None) -> dict[str, int]:
+    """Per-namespace byte quotas on each local tier: "tenantA:2GiB,tenantB:512MiB" (or a TOML/YAML
+    table of namespace to size). "", "off" or "none": no quotas."""
+    hint = "give namespace:size pairs separated by commas, like tenantA:2GiB,tenantB:512MiB, or off"
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in _OFF_WORDS):
+        return {}
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, str):
+        pairs = []
+        for word in value.split(","):
+            namespace, sep, size = word.strip().rpartition(":")
+            if not sep:
+                raise ConfigError(f"{where}={value!r}: {word.strip()!r} is not namespace:size; {hint}")
+            pairs.append((namespace, size))
+    else:
+        raise ConfigError(f"{where}={value!r}: {hint}")
+    quotas: dict[str, int] = {}
+    for namespace, size in pairs:
+        if not isinstance(namespace, str) or not namespace.strip() or "," in namespace or len(namespace) > 255:
+            raise ConfigError(f"{where}={value!r}: namespace {namespace!r}: use a non-empty name of at most 255 "
+                              f"characters without commas; {hint}")
+        try:
+            n = parse_size(size, key=f"quota of {namespace.strip()!r}")  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise ConfigError(f"{where}={value!r}: {exc}") from None
+        if n <= 0:
+            raise ConfigError(f"{where}={value!r}: the quota of {namespace.strip()!r} must be more than 0 bytes")
+        quotas[namespace.strip()] = n
+    return quotas
+
+
 def _parse_seconds(value: object, where: str, base: str | None) -> float:
     """A duration in seconds: 5, 0.05, "50ms", "2s"."""
     number: float | None = None
@@ -492,6 +524,9 @@ _OPTIONS: tuple[_Option, ...] = (
             "write only chunks of that namespace (default: off)"),
     _Option("progress_interval", _parse_seconds, "SECONDS",
             "seconds between progress lines of long start-up and shutdown steps (default: 1)"),
+    _Option("quotas", _parse_quotas, "NS:SIZE,...",
+            "byte quota of a namespace on each local tier (DRAM, NVMe), e.g. tenantA:2GiB,tenantB:512MiB: "
+            "over it, the namespace's own oldest chunks make room (default: off)"),
 )
 
 _BY_NAME: dict[str, _Option] = {opt.name: opt for opt in _OPTIONS}
@@ -534,6 +569,7 @@ class Config:
     allow_uids: str = "self"
     namespaces: str = ""
     progress_interval: float = 1.0
+    quotas: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for opt in _OPTIONS:

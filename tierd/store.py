@@ -52,6 +52,7 @@ from tierd.errors import (
 from tierd.keys import KEY_BYTES
 from tierd.layout import Layout
 from tierd.policies.lru import LRUPolicy
+from tierd.quotas import NamespaceQuotas
 from tierd.tiers.allocator import ExtentAllocator
 from tierd.tiers.arena import SharedArena
 from tierd.tiers.base import LowerTier
@@ -180,6 +181,7 @@ class TieredStore:
         object_write: str = "through",
         upload_queue_bytes: int = 1 << 30,
         lookup_budget: float = 0.05,
+        quotas: dict[str, int] | None = None,
     ) -> None:
         self.arena = SharedArena(dram_bytes, **({"directory": arena_dir} if arena_dir else {}))
         self.alloc = ExtentAllocator(self.arena.size)
@@ -191,6 +193,8 @@ class TieredStore:
         # A shared tier stays even with capacity 0: this node then only reads what others wrote.
         self.lower = [_Lower(t, TierStats(t.name, cap)) for t, cap in lower_tiers
                       if cap > 0 or getattr(t, "shared", False)]
+        #: Per-namespace byte limits on DRAM and the local lower tiers (`tierd.quotas`).
+        self.quotas = NamespaceQuotas(quotas)
         self.layouts: dict[str, Layout] = {}
         for lower in self.lower:  # tiers with a codec encode and decode with the layouts registered here
             codec = getattr(lower.tier, "codec", None)
@@ -268,6 +272,7 @@ class TieredStore:
                 c.lower[lower.tier.name] = r.stored_bytes
                 self._retier(c)
                 lower.lru.touch(r.key)
+                self.quotas.charge(lower.tier.name, c.namespace, r.stored_bytes)
                 lower.stats.used_bytes += r.stored_bytes
                 lower.stats.chunks += 1
             log.info("tier %s: %d chunks, %d bytes recovered", lower.tier.name, lower.stats.chunks, lower.stats.used_bytes)
@@ -473,12 +478,16 @@ class TieredStore:
             if key in self.index or key in self.reserved:
                 slots.append(None)
                 continue
+            if not await self._dram_quota_room(namespace, nbytes):
+                slots.append(None)
+                continue
             slot = await self._alloc_slot(nbytes, deadline)
             if slot is None or key in self.index or key in self.reserved:  # raced while waiting
                 if slot is not None:
                     self._free_slot(slot, nbytes)
                 slots.append(None)
                 continue
+            self.quotas.charge(DRAM, namespace, nbytes)
             r = Reservation(key, layout_id, namespace, slot, nbytes, first_position + i)
             session.reservations[key] = r
             self.reserved[key] = r
@@ -504,7 +513,13 @@ class TieredStore:
             c = self.index.get(key)
             if c is not None and c.slot is not None:  # cannot happen: reserved keys are never indexed
                 self._free_slot(r.slot, r.size)
+                self.quotas.charge(DRAM, r.namespace, -r.size)
                 continue
+            if c is not None and c.namespace != r.namespace:  # found remotely: its local copies move over
+                for name in c.lower:
+                    if not self._lower_by_name(name).shared:
+                        self.quotas.charge(name, c.namespace, -c.lower[name])
+                        self.quotas.charge(name, r.namespace, c.lower[name])
             if c is None:
                 c = self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, position=r.position)
             c.layout_id, c.namespace, c.slot = r.layout_id, r.namespace, r.slot  # (a found chunk may lack them)
@@ -526,6 +541,7 @@ class TieredStore:
                 continue
             del self.reserved[key]
             self._free_slot(r.slot, r.size)
+            self.quotas.charge(DRAM, r.namespace, -r.size)
             n += 1
         return n
 
@@ -603,6 +619,8 @@ class TieredStore:
         for lower in self.lower:
             if lower.tier.name not in c.lower:
                 continue
+            if c.namespace and not await self._dram_quota_room(c.namespace, c.size):
+                return False
             slot = await self._alloc_slot(c.size, time.monotonic() + 5.0)
             if slot is None:
                 return False
@@ -633,6 +651,7 @@ class TieredStore:
                     c.layout_id, c.namespace = ok.layout_id, ok.namespace
                 c.slot = slot
                 self._retier(c)
+                self.quotas.charge(DRAM, c.namespace, c.size)
                 self.dram.chunks += 1
                 self.dram.bytes_in += c.size
                 self.dram.promotions += 1
@@ -828,6 +847,27 @@ class TieredStore:
 
     # ----------------------------------------------------------------- DRAM space
 
+    async def _dram_quota_room(self, namespace: str, nbytes: int) -> bool:
+        """Make `nbytes` of room in DRAM within `namespace`'s quota from its own chunks, oldest
+        first (written down first where they have no lower copy). False when the namespace has
+        nothing that may move: the put or promotion is then not cached."""
+        while self.quotas.over(DRAM, namespace, nbytes):
+            victim = next((self.index[k] for k in self.dram_lru.oldest_first()
+                           if self.index[k].namespace == namespace and self.index[k].evictable()), None)
+            if victim is None:
+                self.quotas.refused += 1
+                return False
+            if self._written_down(victim) or not self._admits(victim, self.lower[0]):
+                self._drop_dram_copy(victim)
+                self.dram.evictions += 1
+            elif not await self._demote(victim):
+                self.quotas.refused += 1
+                return False
+        return True
+
+    def _lower_by_name(self, name: str) -> _Lower:
+        return next(l for l in self.lower if l.tier.name == name)
+
     async def _alloc_slot(self, nbytes: int, deadline: float) -> int | None:
         """A free slot, making room if needed: drop clean copies at once, else wait for the
         demoter to write dirty ones down. None if no room appears before the deadline."""
@@ -882,6 +922,7 @@ class TieredStore:
     def _drop_dram_copy(self, c: Chunk) -> None:
         assert c.slot is not None
         self._free_slot(c.slot, c.size)
+        self.quotas.charge(DRAM, c.namespace, -c.size)
         c.slot = None
         self._retier(c)
         self.dram_lru.remove(c.key)
@@ -978,7 +1019,7 @@ class TieredStore:
     async def _write_lower(self, c: Chunk, lower: _Lower, payload: memoryview, *,
                            raise_unavailable: bool = False) -> bool:
         need = lower.tier.stored_bytes(c.size)
-        if not await self._make_room_lower(lower, need):
+        if not await self._make_room_lower(lower, need, c.namespace):
             return False
         lower.stats.used_bytes += need  # count the write in flight against capacity
         pending = self._deleting.get(c.key)
@@ -1008,6 +1049,8 @@ class TieredStore:
             stored = need
         if lower.tier.name not in c.lower:
             lower.stats.chunks += 1
+        if not lower.shared:
+            self.quotas.charge(lower.tier.name, c.namespace, stored - c.lower.get(lower.tier.name, 0))
         c.lower[lower.tier.name] = stored
         self._retier(c)
         lower.stats.bytes_in += c.size
@@ -1015,15 +1058,22 @@ class TieredStore:
             self.probe.forget_miss(c.key)
         return True
 
-    async def _make_room_lower(self, lower: _Lower, need: int) -> bool:
+    async def _make_room_lower(self, lower: _Lower, need: int, namespace: str = "") -> bool:
+        """Evict from `lower` until `need` more bytes fit: the namespace's own oldest chunks while
+        it is at its quota on this tier, else the tier's oldest."""
         cap = lower.stats.capacity_bytes
         if need > cap:
             return False
-        while lower.stats.used_bytes + need > cap:
+        name = lower.tier.name
+        while lower.stats.used_bytes + need > cap or (not lower.shared and self.quotas.over(name, namespace, need)):
+            own = not lower.shared and self.quotas.over(name, namespace, need)
             victim = next(
-                (self.index[k] for k in lower.lru.oldest_first() if self.index[k].evictable()), None
+                (self.index[k] for k in lower.lru.oldest_first()
+                 if self.index[k].evictable() and (not own or self.index[k].namespace == namespace)), None
             )
             if victim is None:
+                if own:
+                    self.quotas.refused += 1
                 return False
             nxt = self._below(lower)
             if nxt is not None and nxt.shared and nxt.tier.name not in victim.lower:
@@ -1075,6 +1125,8 @@ class TieredStore:
         if c.key in lower.lru:  # ours (always, on a local tier)
             lower.lru.remove(c.key)
             lower.stats.used_bytes -= stored
+            if not lower.shared:
+                self.quotas.charge(lower.tier.name, c.namespace, -stored)
         lower.stats.chunks -= 1
         self._unindex_if_gone(c)
 

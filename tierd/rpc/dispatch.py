@@ -102,6 +102,8 @@ class Dispatcher:
                 self._ls,
             ),
             "inspect": ({"key": Arg((bytes,))}, self._inspect),
+            "quota": ({"namespace": _OPT_STR, "bytes": Arg((int,), required=False),
+                       "clear": Arg((bool,), required=False)}, self._quota),
             "mrc": ({"grid": Arg((list,), required=False, list_of=int), "gain_per_gib": Arg((float, int), required=False)},
                     self._mrc),
         }
@@ -374,6 +376,27 @@ class Dispatcher:
         if not gain > 0:
             raise InvalidArgumentError(f"gain_per_gib {shown(gain)}: use a positive hit-ratio gain per GiB, e.g. 0.001")
         return self.observer.report(grid, float(gain))
+
+    def _quota(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        """Show namespaces' quotas and use per local tier; set one (`bytes`) or remove it (`clear`).
+        A bound connection sees only its own namespace and sets nothing. A lowered quota applies
+        from the namespace's next put or promotion on."""
+        bound = self.namespace_of(session)
+        namespace, limit, clear = args.get("namespace"), args.get("bytes"), bool(args.get("clear"))
+        if limit is not None or clear:
+            if bound is not None:
+                raise PermissionDeniedError(f"this connection is bound to namespace {bound!r}: it cannot set quotas")
+            if namespace is None:
+                raise InvalidArgumentError("quota: name the namespace whose quota to set or clear")
+            if limit is not None and clear:
+                raise InvalidArgumentError("quota: give bytes or clear, not both")
+            self.store.quotas.set(namespace, None if clear else limit)
+        if bound is not None:
+            if namespace not in (None, bound):
+                raise PermissionDeniedError(f"this connection is bound to namespace {bound!r}: it cannot see the "
+                                            f"quota of {namespace!r}")
+            namespace = bound
+        return {"quotas": self.store.quotas.report(namespace), "refused": self.store.quotas.refused}
 
     def _stat(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         stat = self.store.stat()
