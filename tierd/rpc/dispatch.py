@@ -228,9 +228,9 @@ class Dispatcher:
         model = self._model
         assert model is not None
         model.tiers = self.store.costs
-        names = self.store.tier_names
+        tier_names = self.store.tier_names
         covered = min(len(codes), prompt_tokens // layout.chunk_tokens)
-        tiers = [names[c] for c in codes[:covered]]
+        tiers = [tier_names[c] for c in codes[:covered]]
         return model.plan(tiers, layout.chunk_tokens, layout.chunk_bytes, prompt_tokens).to_dict()
 
     async def _reserve(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
@@ -338,7 +338,7 @@ class Dispatcher:
         """Where each key is and what loading it costs; plus the plan, when an engine has told
         the daemon its model (through a lookup with a plan request). Counts as no lookup."""
         keys = args["keys"]
-        names = self.store.tier_names
+        tier_names = self.store.tier_names
         scope = self._bound(session)
         if scope is not None:
             _check_key_lengths(keys)
@@ -349,7 +349,7 @@ class Dispatcher:
                 c = None  # another namespace's chunk: absent to this connection
             code = c.tier_code if c is not None else 255
             codes.append(code)
-            tier = names[code] if code < len(names) else None
+            tier = tier_names[code] if code < len(tier_names) else None
             rows.append({"key": key.hex(), "tier": tier, "size": c.size if c else None,
                          "load_s": self.store.costs[tier].predict(c.size) if c and tier in self.store.costs else None})
         prefix = codes.find(255)
@@ -362,7 +362,7 @@ class Dispatcher:
             if layout is not None:
                 prompt = args.get("prompt_tokens") or len(keys) * layout.chunk_tokens + 1
                 covered = min(prefix, prompt // layout.chunk_tokens)
-                plan = model.plan([names[c] for c in codes[:covered]], layout.chunk_tokens, layout.chunk_bytes,
+                plan = model.plan([tier_names[c] for c in codes[:covered]], layout.chunk_tokens, layout.chunk_bytes,
                                   prompt).to_dict()
         return {"chunks": rows, "prefix": prefix, "plan": plan}
 
