@@ -48,7 +48,7 @@ setup(
         "vllm": [TORCH],
         "sglang": [TORCH],
         "gpu": [TORCH],
-        "bench": [TORCH, "matplotlib>=3.8"],
+        "bench": [TORCH, "matplotlib>=3.8", "tqdm>=4.66"],
         "plot": ["matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["tierd=tierd.cli:main"]},

@@ -24,7 +24,8 @@ def main() -> None:
     print("| figure | value | baseline (same run) | ratio |")
     print("| --- | --- | --- | --- |")
     for f in rows(sys.argv[1:]):
-        print(f"| {f['name']} | {f['value']:g} {f['unit']} | {f['baseline']}: {f['baseline_value']:g} | {f['ratio']:g} |")
+        ratio = "n/a" if f["ratio"] is None else f"{f['ratio']:g}"  # null: a baseline of zero
+        print(f"| {f['name']} | {f['value']:g} {f['unit']} | {f['baseline']}: {f['baseline_value']:g} | {ratio} |")
 
 
 if __name__ == "__main__":
