@@ -276,6 +276,7 @@ BAD_STRINGS = [
     ("namespaces", ["tenantA", ":tenantA", "1001:", "1001:a,1001:b", "no-such-user-tierd:a", "1001:" + "n" * 256]),
     ("progress_interval", ["0", "-1", "soon", "601"]),
     ("quotas", ["tenantA", "tenantA:0", "tenantA:lots", ":1GiB", "a:1GiB,b"]),
+    ("codec_device", ["gpu", "", "cuda:0"]),
 ]
 # --calibrate/--no-calibrate take no value, so argparse itself refuses a bad one
 BAD_CASES = [

@@ -18,12 +18,12 @@ def build_store(config: "Config") -> TieredStore:
     if config.nvme > 0:
         from tierd.tiers.nvme import NvmeChunkFiles
 
-        lower.append((NvmeChunkFiles(Path(config.nvme_dir), codec=config.nvme_codec), config.nvme))
+        lower.append((NvmeChunkFiles(Path(config.nvme_dir), codec=_codec(config.nvme_codec, config)), config.nvme))
     if config.object_url:
         from tierd.tiers.object_store import ObjectTier
 
         lower.append((ObjectTier(config.object_url, node=config.node_id, timeout=config.object_timeout,
-                                  codec=config.object_codec),
+                                  codec=_codec(config.object_codec, config)),
                       config.object))
     store = TieredStore(
         dram_bytes=config.dram,
@@ -39,3 +39,14 @@ def build_store(config: "Config") -> TieredStore:
     )
     store.costs = declared_costs(store)
     return store
+
+
+def _codec(spec: str, config: "Config") -> Any:
+    """A tier's codec on the configured device; a device that cannot be had stops the start."""
+    from tierd.errors import CodecError, ConfigError
+    from tierd.tiers.encoding import TierCodec
+
+    try:
+        return TierCodec(spec, device=config.codec_device)
+    except CodecError as exc:
+        raise ConfigError(f"--codec-device={config.codec_device!r}: {exc}") from None

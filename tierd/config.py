@@ -150,6 +150,13 @@ def _parse_codec(value: object, where: str, base: str | None) -> str:
         raise ConfigError(f"{where}={value!r}: {exc}") from None
 
 
+def _parse_codec_device(value: object, where: str, base: str | None) -> str:
+    device = value.strip().lower() if isinstance(value, str) else None
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"{where}={value!r}: use auto (CUDA where torch sees a device), cpu or cuda")
+    return device
+
+
 def _parse_quotas(value: object, where: str, base: str | None) -> dict[str, int]:
     """Per-namespace byte quotas on each local tier: "tenantA:2GiB,tenantB:512MiB" (or a TOML/YAML
     table of namespace to size). "", "off" or "none": no quotas."""
@@ -516,6 +523,8 @@ _OPTIONS: tuple[_Option, ...] = (
             "int8k-tq3v or int8k-tq4v (lossy) (default: raw)"),
     _Option("object_codec", _parse_codec, "CODEC",
             "how this node writes chunks to the object tier; same choices as --nvme-codec (default: raw)"),
+    _Option("codec_device", _parse_codec_device, "DEVICE",
+            "where the quantised codecs run: auto (CUDA where torch sees a device), cpu or cuda (default: auto)"),
     _Option("allow_uids", _parse_allow_uids, "USERS",
             "who may connect (checked on every connection): uids, user names and self (the "
             "daemon's own user), comma separated; root only if listed (default: self)"),
@@ -566,6 +575,7 @@ class Config:
     node_id: str = dataclasses.field(default_factory=socket.gethostname)
     nvme_codec: str = "raw"
     object_codec: str = "raw"
+    codec_device: str = "auto"
     allow_uids: str = "self"
     namespaces: str = ""
     progress_interval: float = 1.0

@@ -96,3 +96,19 @@ def test_bad_codec_flag_stops_the_daemon_with_a_message(short_dir, tmp_path, val
     with pytest.raises(RuntimeError, match=r"--nvme-codec=.*use one of raw, zstd"):
         d.start(timeout=60)
     assert not (tmp_path / "n").exists()  # nothing was created
+
+
+def test_codec_device_cuda_without_a_gpu_stops_the_daemon(short_dir, tmp_path):
+    args = ["--dram", "8MiB", "--nvme-dir", str(tmp_path / "n"), "--nvme-codec", "int8k-tq3v", "--codec-device", "cuda",
+            "--no-calibrate"]
+    d = DaemonProcess(short_dir / "dev.sock", args, log_path=tmp_path / "dev.log")
+    if torch.cuda.is_available():  # a GPU machine: it starts and says where the codec runs
+        d.start(timeout=60)
+        try:
+            with Client.connect(d.socket) as c:
+                assert _tier(c, "nvme")["codec_device"] == "cuda"
+        finally:
+            d.stop()
+        return
+    with pytest.raises(RuntimeError, match=r"--codec-device='cuda'.*torch sees no CUDA device"):
+        d.start(timeout=60)

@@ -16,6 +16,7 @@ import torch
 import xxhash
 
 from tierd.codecs.sample import synthetic_kv
+from tierd.errors import CodecError
 from tierd.layout import Layout
 from tierd.tiers import nvme as nvme_mod
 from tierd.tiers.encoding import TierCodec
@@ -206,8 +207,6 @@ def test_object_tier_damaged_encoded_object_is_a_miss_and_deleted() -> None:
 
 
 def test_tier_codec_refuses_bad_specs() -> None:
-    from tierd.errors import CodecError
-
     for bad in ("lz4", "zstd:0", "", "int8k-tq2v"):
         with pytest.raises(CodecError, match="use one of"):
             TierCodec(bad)
@@ -226,3 +225,27 @@ def test_codec_calibration_counts_decode_time(tmp_path: Path) -> None:
     effective = with_codec(medium, codec, speed=(2.8, 0.4e9))
     assert effective.latency == medium.latency
     assert effective.predict(2.8e9) == pytest.approx(1e-4 + 1.0 + 7.0)  # 1 GB read + 2.8 GB decoded
+
+
+def test_codec_device_choice(tmp_path: Path) -> None:
+    """auto takes CUDA where torch sees a device, else the CPU; asking for CUDA without one is a
+    clear error; the lossless codecs always run on the CPU. Where CUDA exists, the GPU decodes
+    what the CPU encoded to the same bytes the CPU decoder gives."""
+    assert TierCodec("zstd:1", device="cuda").device == "cpu"
+    assert TierCodec("int8k-tq3v", device="cpu").device == "cpu"
+    with pytest.raises(CodecError, match="use one of auto, cpu, cuda"):
+        TierCodec("int8k-tq3v", device="gpu")
+    if not torch.cuda.is_available():
+        assert TierCodec("int8k-tq3v").device == "cpu"
+        with pytest.raises(CodecError, match="torch sees no CUDA device"):
+            TierCodec("int8k-tq3v", device="cuda")
+        return
+    payload = synthetic_kv(LAYOUT, seed=12)
+    cpu, gpu = tier(tmp_path / "cpu", "int8k-tq3v"), NvmeChunkFiles(tmp_path / "cpu", codec=TierCodec("int8k-tq3v"))
+    gpu.codec.layouts = LAYOUTS
+    assert gpu.codec.device == "cuda"
+    cpu.write(key_of(12), LAYOUT.layout_id, "ns", payload)
+    a, b = bytearray(len(payload)), bytearray(len(payload))
+    assert cpu.read_into(key_of(12), a, layout_id=LAYOUT.layout_id, payload_len=len(payload))
+    assert gpu.read_into(key_of(12), b, layout_id=LAYOUT.layout_id, payload_len=len(payload))
+    assert values_rel_mse(bytes(a), b) < 1e-4

@@ -16,6 +16,10 @@ after it.
 
 Encoding and decoding are CPU work of tens of milliseconds per chunk; callers run them on
 worker threads (the NVMe tier's I/O threads, the object tier's executor), never on the loop.
+The quantised codecs can run their torch work on a GPU instead (`--codec-device`: "auto" picks
+CUDA where torch sees a device, "cpu", or "cuda"); the chunk still comes from and goes to host
+memory, so the GPU saves the arithmetic, not the copies. The lossless codecs always run on the
+CPU.
 """
 from __future__ import annotations
 
@@ -59,8 +63,9 @@ class TierCodec:
     Thread-safe: encode/decode run on any worker thread.
     """
 
-    def __init__(self, spec: str = "raw") -> None:
-        codec = get_codec(spec)
+    def __init__(self, spec: str = "raw", *, device: str = "auto") -> None:
+        self.device = _codec_device(spec, device)
+        codec = get_codec(spec, device=self.device)
         self.codec: Codec | None = None if codec.name == "raw" else codec
         self.spec = codec.name
         if len(self.spec.encode("ascii")) > MAX_CODEC_NAME:
@@ -112,7 +117,7 @@ class TierCodec:
                                      f"{codec_name} chunk of it")
         started = time.perf_counter()
         try:
-            codec = codec_for_blob(blob)
+            codec = codec_for_blob(blob, device=self.device)
             if codec.name != codec_name:
                 raise CodecError(f"tier header says codec {codec_name!r}, the blob says {codec.name!r}")
             codec.decode(blob, layout, dest)
@@ -139,6 +144,27 @@ class TierCodec:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             counters = asdict(self.counters)
-        return {"codec": self.spec, "codec_lossless": self.lossless, "codec_ratio": self.ratio(),
+        return {"codec": self.spec, "codec_device": self.device, "codec_lossless": self.lossless,
+                "codec_ratio": self.ratio(),
                 "codec_decode_bytes_per_s": self.decode_bandwidth(),
                 **{f"codec_{k}": v for k, v in counters.items()}}
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _codec_device(spec: str, device: str) -> str:
+    """Where a tier's quantised codec runs. Only a quantised spec imports torch to look for CUDA
+    (a daemon with raw or zstd tiers never pays for that import)."""
+    if device not in DEVICES:
+        raise CodecError(f"codec device {device!r}: use one of {', '.join(DEVICES)}")
+    if device == "cpu" or not str(spec).strip().lower().startswith("int8k"):
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise CodecError(f"codec device 'cuda' for {spec!r}: torch sees no CUDA device here "
+                         f"(torch {torch.__version__}); use --codec-device auto or cpu")
+    return "cpu"
