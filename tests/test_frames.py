@@ -32,7 +32,11 @@ def test_round_trip(obj):
     async def go():
         return await frames.read_frame(_reader(frames.pack(obj)))
 
-    assert asyncio.run(go()) == obj
+    if obj is None:  # None is the end of stream to read_frame's callers: a nil body is refused
+        with pytest.raises(ProtocolError, match="nil"):
+            asyncio.run(go())
+    else:
+        assert asyncio.run(go()) == obj
 
 
 async def test_clean_eof_is_none():
@@ -44,7 +48,14 @@ async def test_clean_eof_is_none():
     (struct.pack(">I", 10) + b"abc", "after part of"),
     (struct.pack(">I", 100), "exceeds the limit"),
     (struct.pack(">I", 1) + b"\xc1", "not valid msgpack"),
+    (struct.pack(">I", 1) + b"\xc0", "msgpack nil"),  # not the end of the stream, not a request
 ])
 async def test_bad_frames(data, text):
     with pytest.raises(ProtocolError, match=text):
         await frames.read_frame(_reader(data), max_bytes=50)
+
+
+async def test_nesting_beyond_the_decoder_limit_is_named():
+    body = b"\x91" * 2000 + b"\xc0"  # 2000 nested arrays: msgpack's StackError, which has no text
+    with pytest.raises(ProtocolError, match="StackError"):
+        await frames.read_frame(_reader(struct.pack(">I", len(body)) + body))

@@ -66,7 +66,7 @@ _MIN_SECONDS_PER_FLOP = 1e-18
 
 def _positive_int(owner: str, name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidArgumentError(f"{owner}.{name} {value!r}: must be a positive integer")
+        raise InvalidArgumentError(f"{owner}.{name} {shown(value)}: must be a positive integer")
     return value
 
 
@@ -74,13 +74,13 @@ def _finite(name: str, value: Any, *, positive: bool = False) -> float:
     """`value` as a finite float >= 0 (> 0 if `positive`), else InvalidArgumentError naming it."""
     need = "a positive finite number" if positive else "a finite number >= 0"
     if isinstance(value, bool):
-        raise InvalidArgumentError(f"{name} {value!r}: must be {need}")
+        raise InvalidArgumentError(f"{name} {shown(value)}: must be {need}")
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} {value!r}: must be {need}") from None
+        raise InvalidArgumentError(f"{name} {shown(value)}: must be {need}") from None
     if not math.isfinite(v) or v < 0 or (positive and v == 0):
-        raise InvalidArgumentError(f"{name} {value!r}: must be {need}")
+        raise InvalidArgumentError(f"{name} {shown(value)}: must be {need}")
     return v
 
 
@@ -183,7 +183,7 @@ class ModelShape:
         try:
             return cls(**dict(data))
         except TypeError as exc:
-            raise InvalidArgumentError(f"model shape {dict(data)!r}: {exc}") from None
+            raise InvalidArgumentError(f"model shape {shown(dict(data))}: {exc}") from None
 
     # -- sizes ----------------------------------------------------------------------------
 
@@ -199,7 +199,7 @@ class ModelShape:
     def kv_bytes_per_token(self, dtype: str = "bfloat16", kv_factor: int = 2) -> int:
         """KV bytes one token occupies over all layers (unsharded); the same as `Layout.bytes_per_token`."""
         if dtype not in DTYPE_SIZES:
-            raise InvalidArgumentError(f"dtype {dtype!r}: use one of {', '.join(sorted(DTYPE_SIZES))}")
+            raise InvalidArgumentError(f"dtype {shown(dtype)}: use one of {', '.join(sorted(DTYPE_SIZES))}")
         return self.num_layers * kv_factor * self.num_kv_heads * self.head_dim * DTYPE_SIZES[dtype]
 
     # -- FLOPs ----------------------------------------------------------------------------
@@ -261,7 +261,7 @@ class ModelShape:
 
 def _config_int(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value <= 0:
-        raise ConfigError(f"model config {key!r} = {value!r}: must be a positive integer")
+        raise ConfigError(f"model config {key!r} = {shown(value)}: must be a positive integer")
     return int(value)
 
 
@@ -479,7 +479,7 @@ class TierCost:
         """Rebuild from `to_dict`; the result starts a fresh fit with that estimate as its prior."""
         if not isinstance(data, Mapping) or not {"name", "bandwidth_bytes_per_s", "latency_s"} <= set(data):
             raise InvalidArgumentError(
-                f"tier cost {data!r}: needs 'name', 'bandwidth_bytes_per_s' and 'latency_s'"
+                f"tier cost {shown(data)}: needs 'name', 'bandwidth_bytes_per_s' and 'latency_s'"
             )
         return cls(data["name"], data["bandwidth_bytes_per_s"], data["latency_s"])
 
@@ -634,7 +634,7 @@ class DeviceThroughput:
         if data is None:
             return cls()
         if not isinstance(data, Mapping):
-            raise InvalidArgumentError(f"device throughput {data!r}: needs 'flops_per_s' and 'overhead_s'")
+            raise InvalidArgumentError(f"device throughput {shown(data)}: needs 'flops_per_s' and 'overhead_s'")
         return cls(data.get("flops_per_s"), data.get("overhead_s", 0.0) or 0.0,
                    attention_weight=data.get("attention_weight", 1.0) or 1.0)
 
@@ -929,7 +929,7 @@ class CostModel:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CostModel":
         if not isinstance(data, Mapping) or "shape" not in data:
-            raise InvalidArgumentError(f"cost model {data!r}: needs 'shape', 'device' and 'tiers'")
+            raise InvalidArgumentError(f"cost model {shown(data)}: needs 'shape', 'device' and 'tiers'")
         dev = DeviceThroughput.from_dict(data.get("device"))
         return cls(ModelShape.from_dict(data["shape"]), dev,
                    [TierCost.from_dict(t) for t in (data.get("tiers") or {}).values()])

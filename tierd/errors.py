@@ -70,6 +70,11 @@ def error_class(code: str) -> type[TierdError]:
     return TierdError
 
 
+class InternalError(TierdError):
+    """The daemon failed on a request in a way it did not foresee (a bug): the request gets this
+    error instead of a dropped connection, and the daemon logs the traceback."""
+
+
 class InvalidArgumentError(TierdError):
     """A request argument has the right type but a value that cannot be used."""
 

@@ -44,21 +44,21 @@ class Layout:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
-            raise InvalidArgumentError(f"layout.model {self.model!r}: give the model name as a non-empty string")
+            raise InvalidArgumentError(f"layout.model {shown(self.model)}: give the model name as a non-empty string")
         if self.dtype not in DTYPE_SIZES:
             raise InvalidArgumentError(
-                f"layout.dtype {self.dtype!r}: use one of {', '.join(sorted(DTYPE_SIZES))}"
+                f"layout.dtype {shown(self.dtype)}: use one of {', '.join(sorted(DTYPE_SIZES))}"
             )
         for name in ("num_layers", "num_kv_heads", "head_dim", "tp_size", "chunk_tokens", "kv_factor"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise InvalidArgumentError(f"layout.{name} {value!r}: must be a positive integer")
+                raise InvalidArgumentError(f"layout.{name} {shown(value)}: must be a positive integer")
         if not isinstance(self.tp_rank, int) or isinstance(self.tp_rank, bool) or not 0 <= self.tp_rank < self.tp_size:
             raise InvalidArgumentError(
-                f"layout.tp_rank {self.tp_rank!r}: must be an integer in [0, tp_size={self.tp_size})"
+                f"layout.tp_rank {shown(self.tp_rank)}: must be an integer in [0, tp_size={self.tp_size})"
             )
         if self.kv_factor not in (1, 2):
-            raise InvalidArgumentError(f"layout.kv_factor {self.kv_factor!r}: use 2 (K and V) or 1 (MLA latent)")
+            raise InvalidArgumentError(f"layout.kv_factor {shown(self.kv_factor)}: use 2 (K and V) or 1 (MLA latent)")
 
     @property
     def itemsize(self) -> int:
@@ -103,4 +103,4 @@ class Layout:
         try:
             return cls(**dict(data))
         except TypeError as exc:
-            raise InvalidArgumentError(f"layout {dict(data)!r}: {exc}") from None
+            raise InvalidArgumentError(f"layout {shown(dict(data))}: {exc}") from None

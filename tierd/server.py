@@ -164,7 +164,7 @@ class Daemon:
                 if request is None:
                     break
                 reply = await self.dispatcher.handle(session, request)
-                writer.write(frames.pack(reply))
+                writer.write(_encode_reply(reply))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -194,6 +194,17 @@ class Daemon:
                     break
             except asyncio.TimeoutError:
                 break
+
+
+def _encode_reply(reply: dict[str, Any]) -> bytes:
+    """The reply's frame; a reply msgpack cannot encode (an integer over 2**64, say: a bug) becomes
+    an InternalError reply, so the client gets an answer instead of a dropped connection."""
+    try:
+        return frames.pack(reply)
+    except Exception as exc:
+        log.exception("reply to request %s could not be encoded", reply.get("id"))
+        message = f"the reply could not be encoded ({type(exc).__name__}: {exc}); see the daemon's log"
+        return frames.pack({"id": reply.get("id"), "ok": False, "error": {"code": "InternalError", "message": message}})
 
 
 def _claim_socket_path(path: Path) -> None:

@@ -48,6 +48,7 @@ from tierd.errors import (
     NotFoundError,
     NotReservedError,
     UnknownLayoutError,
+    shown,
 )
 from tierd.keys import KEY_BYTES
 from tierd.layout import Layout
@@ -239,6 +240,12 @@ class TieredStore:
         self._space_freed = asyncio.Event()
         self._room_waiters = 0
         self._demoter: asyncio.Task[None] | None = None
+        #: The last batch of write-downs all failed (a full or broken disk): waiting for room in
+        #: DRAM is pointless until one succeeds, so puts and promotions miss at once.
+        self.writedown_failing = False
+        self._room_below = asyncio.Event()
+        #: DRAM-only chunks dropped to make room for a promotion while write-downs were failing.
+        self.dropped_unwritten = 0
         self._closing = False
         self.lookups = 0
         self.lookup_hits = 0
@@ -366,7 +373,7 @@ class TieredStore:
             return self.layouts[layout_id]
         except (KeyError, TypeError):
             raise UnknownLayoutError(
-                f"layout {layout_id!r} is not registered with this daemon; register it first (hello/register_layout)"
+                f"layout {shown(layout_id)} is not registered with this daemon; register it first (hello/register_layout)"
             ) from None
 
     # ----------------------------------------------------------------- lookup
@@ -621,7 +628,7 @@ class TieredStore:
                 continue
             if c.namespace and not await self._dram_quota_room(c.namespace, c.size):
                 return False
-            slot = await self._alloc_slot(c.size, time.monotonic() + 5.0)
+            slot = await self._alloc_slot(c.size, time.monotonic() + 5.0, promotion=True)
             if slot is None:
                 return False
             if c.slot is not None or c.moving is not None:
@@ -834,6 +841,8 @@ class TieredStore:
             "leases": sum(len(s.leases) for s in self._sessions.values()),
             "lookups": self.lookups,
             "admission_rejected": self.rejected,
+            "writedown_failing": self.writedown_failing,
+            "dropped_unwritten": self.dropped_unwritten,
             "arena_path": str(self.arena.path),
             "arena_bytes": self.arena.size,
         }
@@ -868,7 +877,7 @@ class TieredStore:
     def _lower_by_name(self, name: str) -> _Lower:
         return next(l for l in self.lower if l.tier.name == name)
 
-    async def _alloc_slot(self, nbytes: int, deadline: float) -> int | None:
+    async def _alloc_slot(self, nbytes: int, deadline: float, *, promotion: bool = False) -> int | None:
         """A free slot, making room if needed: drop clean copies at once, else wait for the
         demoter to write dirty ones down. None if no room appears before the deadline."""
         while True:
@@ -878,9 +887,11 @@ class TieredStore:
                 return slot
             if self._drop_clean(nbytes):
                 continue
+            if promotion and self.writedown_failing and self._drop_one_unwritten():
+                continue  # the lower tier takes nothing (a full disk): serve the hit, DRAM acts as plain LRU
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._closing or not self._has_demotable():
-                return None
+            if remaining <= 0 or self._closing or not self._has_demotable() or self.writedown_failing:
+                return None  # (write-downs failing, e.g. a full disk: a miss now, not after the deadline)
             self._room_waiters += 1
             self._space_freed.clear()
             self._pressure.set()
@@ -908,6 +919,18 @@ class TieredStore:
             return False
         self._drop_dram_copy(c)
         self.dram.evictions += 1
+        return True
+
+    def _drop_one_unwritten(self) -> bool:
+        """Drop the least recently used DRAM chunk nobody holds, written down or not (only while
+        write-downs fail, for a promotion: a hit is worth more than an older chunk that cannot be
+        written down anyway). Counted in `dropped_unwritten`."""
+        victim = next((self.index[k] for k in self.dram_lru.oldest_first() if self.index[k].evictable()), None)
+        if victim is None:
+            return False
+        self._drop_dram_copy(victim)
+        self.dram.evictions += 1
+        self.dropped_unwritten += 1
         return True
 
     def _has_demotable(self) -> bool:
@@ -953,12 +976,18 @@ class TieredStore:
                     break
                 done = await asyncio.gather(*(self._demote(c) for c in batch))
                 if batch and not any(done) and not dropped:
+                    self.writedown_failing = True
                     backoff = min(2.0, max(0.05, backoff * 2))
                     log.warning("writing DRAM chunks down to %s failed; retrying in %.2f s", self.lower[0].tier.name,
                                 backoff)
-                    await asyncio.sleep(backoff)
+                    self._room_below.clear()
+                    try:  # retry sooner if room appears below (an eviction, a deletion)
+                        await asyncio.wait_for(self._room_below.wait(), backoff)
+                    except asyncio.TimeoutError:
+                        pass
                 else:
                     backoff = 0.0
+                    self.writedown_failing = False
 
     def _pick_demotions(self, limit: int) -> tuple[list[Chunk], bool]:
         """Under pressure, walk DRAM in LRU order: drop chunks that already have a lower copy,
@@ -1127,6 +1156,8 @@ class TieredStore:
             lower.stats.used_bytes -= stored
             if not lower.shared:
                 self.quotas.charge(lower.tier.name, c.namespace, -stored)
+                self.writedown_failing = False  # room below: worth trying again at once
+                self._room_below.set()
         lower.stats.chunks -= 1
         self._unindex_if_gone(c)
 

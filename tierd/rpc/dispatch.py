@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import inspect
 import os
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 import tierd
 from tierd.costmodel import CostModel, DeviceThroughput, ModelShape
-from tierd.errors import (InvalidArgumentError, NotFoundError, PermissionDeniedError, ProtocolError, TierdError, names,
-                          shown)
+from tierd.errors import (InternalError, InvalidArgumentError, NotFoundError, PermissionDeniedError, ProtocolError,
+                          TierdError, names, shown)
 from tierd.keys import KEY_BYTES
 from tierd.layout import Layout
 from tierd.rpc.scope import NamespaceScope
@@ -32,6 +33,8 @@ from tierd.store import ABSENT, Session, TieredStore
 
 if TYPE_CHECKING:
     from tierd.access_observer import AccessObserver
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[Session, dict[str, Any]], Awaitable[Any] | Any]
 
@@ -219,7 +222,7 @@ class Dispatcher:
         if not isinstance(prompt_tokens, int) or isinstance(prompt_tokens, bool):
             raise InvalidArgumentError(f"plan.prompt_tokens {shown(prompt_tokens)}: must be an integer")
         declared = request.get("device")
-        key = repr((request.get("shape"), declared))
+        key = shown((request.get("shape"), declared))  # bounded: a hostile shape cannot blow it up
         if key != self._model_key:  # one engine per daemon in practice: keep the last one's model
             device = DeviceThroughput.from_dict(declared) if declared else self._learned
             self._model = CostModel(ModelShape.from_dict(request.get("shape") or {}), device)
@@ -370,8 +373,9 @@ class Dispatcher:
         if self.observer is None:
             raise InvalidArgumentError("this store keeps no hit-rate curve (embedded mode); ask a running daemon")
         grid = args.get("grid")
-        if grid is not None and (not grid or min(grid) <= 0):
-            raise InvalidArgumentError(f"grid {shown(grid)}: use positive capacities in chunks")
+        if grid is not None and (not grid or min(grid) <= 0 or max(grid) > MAX_GRID_CHUNKS):
+            raise InvalidArgumentError(f"grid {shown(grid)}: use positive capacities in chunks, at most "
+                                       f"{MAX_GRID_CHUNKS}")
         gain = args.get("gain_per_gib", 0.001)
         if not gain > 0:
             raise InvalidArgumentError(f"gain_per_gib {shown(gain)}: use a positive hit-ratio gain per GiB, e.g. 0.001")
@@ -405,6 +409,11 @@ class Dispatcher:
         if self.extra_info is not None:
             stat.update(self.extra_info())
         return stat
+
+
+#: Largest capacity (in chunks) an `mrc` grid may ask about: beyond 2**53 float64 arithmetic is
+#: inexact, and far beyond any cache (2**53 chunks of 1 MiB are 8 ZiB).
+MAX_GRID_CHUNKS = 2**53
 
 
 def _check_key_lengths(keys: list[bytes]) -> None:

@@ -2,6 +2,9 @@
 
 Binary values (keys) travel as msgpack bin, text as str. A frame larger than the receiver's
 limit is refused before its body is read, so a hostile length cannot make anyone allocate it.
+`read_frame` returns None only at a clean end of stream; a frame whose body is msgpack nil is a
+ProtocolError, because a reader that took it for the end of the stream would hang up on the
+sender without a word (no message of the protocol is nil).
 """
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ def pack(obj: Any) -> bytes:
 def unpack(body: bytes) -> Any:
     try:
         return msgpack.unpackb(body, raw=False)
-    except Exception as exc:
-        raise ProtocolError(f"frame body is not valid msgpack ({exc})") from None
+    except Exception as exc:  # StackError (nested too deep) has no text: name it then
+        raise ProtocolError(f"frame body is not valid msgpack ({str(exc) or type(exc).__name__})") from None
 
 
 def _check_length(length: int, max_bytes: int) -> None:
@@ -49,7 +52,10 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int = DEFAULT_MAX_
         body = await reader.readexactly(length)
     except asyncio.IncompleteReadError:
         raise ProtocolError(f"connection closed after part of a {length}-byte frame") from None
-    return unpack(body)
+    obj = unpack(body)
+    if obj is None:  # None means end of stream to our callers: a nil body must not look like one
+        raise ProtocolError("frame body is msgpack nil: a request is a map with 'id' and 'op'")
+    return obj
 
 
 def recv_frame(sock: socket.socket, max_bytes: int = DEFAULT_MAX_FRAME) -> Any:
