@@ -182,7 +182,7 @@ def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) ->
                 host_pages[i * page_bytes:(i + 1) * page_bytes].copy_(raw[layer, b], non_blocking=True)
                 i += 1
 
-    staged = StagedGather(cache, kernels, TOKENS)
+    staged = StagedGather(k, TOKENS)
     t = {
         "memcpy_d2h": timed(lambda: host.copy_(dev_src, non_blocking=True)),
         "memcpy_h2d": timed(lambda: dev_src.copy_(host, non_blocking=True)),
@@ -206,7 +206,7 @@ def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) ->
     slots = [arena[i * nbytes:(i + 1) * nbytes] for i in range(n_chunks)]
     prefix_runs = native.concat(*(native.block_runs(list(range(i * per_chunk, (i + 1) * per_chunk)), bs, chunk=i)
                                   for i in range(n_chunks)))
-    loader = LayerwiseScatter(cache, kernels)
+    loader = LayerwiseScatter(k)
     dev_arena = torch.empty_like(arena, device=dev)
 
     def load() -> None:

@@ -35,6 +35,7 @@ class Copier(Protocol):
     Bad runs or chunks raise InvalidArgumentError before any byte moves."""
 
     backend: str
+    cache: PagedCache
 
     def gather(self, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None = None) -> None: ...
 

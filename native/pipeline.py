@@ -22,9 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from native.cache import PagedCache
+from native.backend import Copier
 from native.chunks import Buffer
-from native.cuda import CudaCopier, CudaKernels
 
 
 def _tensor(buf: Buffer) -> torch.Tensor:
@@ -32,12 +31,15 @@ def _tensor(buf: Buffer) -> torch.Tensor:
 
 
 class LayerwiseScatter:
-    """Scatter a step's chunks into the device cache layer by layer on a side stream."""
+    """Scatter a step's chunks into the device cache layer by layer on a side stream.
 
-    def __init__(self, cache: PagedCache, kernels: CudaKernels) -> None:
-        self.stream = torch.cuda.Stream(cache.device)
-        self.copier = CudaCopier(cache, kernels, stream=self.stream)
-        self.num_layers = cache.num_layers
+    `copier` is any copier of a device cache (the CUDA kernels, or the torch reference on the
+    device) whose copies go to the current stream; this class makes that its own stream."""
+
+    def __init__(self, copier: Copier) -> None:
+        self.copier = copier
+        self.stream = torch.cuda.Stream(copier.cache.device)
+        self.num_layers = copier.cache.num_layers
         self._events: list[torch.cuda.Event] = []
 
     def start(self, chunks: Sequence[Buffer], runs: np.ndarray) -> None:
@@ -46,11 +48,12 @@ class LayerwiseScatter:
         # Blocks handed to this step were allocated and maybe zeroed on the compute stream.
         self.stream.wait_stream(torch.cuda.current_stream(self.copier.cache.device))
         self._events = []
-        for layer in range(self.num_layers):
-            self.copier.scatter(chunks, runs, layers=range(layer, layer + 1))
-            event = torch.cuda.Event()
-            event.record(self.stream)
-            self._events.append(event)
+        with torch.cuda.stream(self.stream):
+            for layer in range(self.num_layers):
+                self.copier.scatter(chunks, runs, layers=range(layer, layer + 1))
+                event = torch.cuda.Event()
+                event.record(self.stream)
+                self._events.append(event)
 
     def wait_layer(self, layer: int) -> None:
         """Make the current (compute) stream wait until `layer` is in place; the host does not block."""
@@ -67,11 +70,12 @@ class LayerwiseScatter:
 class StagedGather:
     """Gather chunks through two device staging buffers into (pinned) arena slots."""
 
-    def __init__(self, cache: PagedCache, kernels: CudaKernels, chunk_tokens: int) -> None:
+    def __init__(self, copier: Copier, chunk_tokens: int) -> None:
+        cache = copier.cache
         device = cache.device
         self.gather_stream = torch.cuda.Stream(device)
         self.copy_stream = torch.cuda.Stream(device)
-        self.copier = CudaCopier(cache, kernels, stream=self.gather_stream)
+        self.copier = copier
         nbytes = cache.num_layers * 2 * chunk_tokens * cache.chunk_row * cache.itemsize
         self._staging = [torch.empty(nbytes, dtype=torch.uint8, device=device) for _ in range(2)]
         self._free: list[torch.cuda.Event | None] = [None, None]  # staging buffer i's last D2H copy
@@ -90,7 +94,8 @@ class StagedGather:
             staging = self._staging[k]
             if (free := self._free[k]) is not None:
                 self.gather_stream.wait_event(free)  # its previous chunk has left for the host
-            self.copier.gather(chunk_runs, [staging])
+            with torch.cuda.stream(self.gather_stream):
+                self.copier.gather(chunk_runs, [staging])
             staged = torch.cuda.Event()
             staged.record(self.gather_stream)
             self.copy_stream.wait_event(staged)

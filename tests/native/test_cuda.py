@@ -118,13 +118,13 @@ def test_pinned_arena_layerwise_scatter_and_staged_gather():
         slots = [arena[i * per_chunk:(i + 1) * per_chunk] for i in range(3)]
         kernels, _ = native_cuda.load()
         runs = [block_runs([3 * i, 3 * i + 1], bs) for i in range(3)]
-        done = StagedGather(src.cache, kernels, T).submit(runs, slots)
+        done = StagedGather(native_cuda.CudaCopier(src.cache, kernels), T).submit(runs, slots)
         done.synchronize()
         for i, slot in enumerate(slots):
             want = torch.zeros(per_chunk, dtype=torch.uint8, device="cuda")
             TorchCopier(src.cache).gather(runs[i], [want])
             assert np.array_equal(slot, want.cpu().numpy())
-        loader = LayerwiseScatter(dst.cache, kernels)
+        loader = LayerwiseScatter(native_cuda.CudaCopier(dst.cache, kernels))
         scatter_runs = concat(*(block_runs([10 - i], bs, chunk=i, num_tokens=bs) for i in range(3)))
         loader.start(slots, scatter_runs)
         for layer in range(L):
