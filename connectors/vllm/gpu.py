@@ -50,8 +50,9 @@ def pin_arena(client: Client) -> Callable[[], None] | None:
 
 
 def _direct(paged: PagedKV, chunk: np.ndarray) -> bool:
-    """Whether the kernels can address `chunk` (an arena view) in place: pinned and the CUDA copier."""
-    return paged.copier.backend == "cuda" and torch.from_numpy(chunk).is_pinned()
+    """Whether the kernels can address `chunk` (an arena view) in place: pinned, and a kernel
+    (CUDA or Triton) rather than the torch reference, which cannot index host memory from the device."""
+    return paged.copier.backend in ("cuda", "triton") and torch.from_numpy(chunk).is_pinned()
 
 
 class DeviceLoader:

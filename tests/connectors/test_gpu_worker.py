@@ -132,7 +132,7 @@ def test_device_worker_saves_into_the_pinned_arena_and_loads_layer_by_layer(daem
     src = WorkerSide(ConnectorConfig(daemon.socket, chunk_size=C), layout, BS, device_type="cuda")
     src_kv = _gpu_kv(layout, 1)
     src.register_kv_caches(src_kv)
-    assert src.paged.copy_path in ("native-cuda", "native-torch")
+    assert src.paged.copy_path in ("native-cuda", "native-triton", "native-torch")
     src.bind(TierdConnectorMetadata())
     src.wait_for_save(TierdConnectorMetadata(saves=[SaveSpec("r", keys, 0, [9, 3, 12, 1], 1)]))
     assert src.saves.drain(60) and _stored(daemon.socket, keys) == 2
