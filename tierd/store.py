@@ -278,7 +278,7 @@ class TieredStore:
                     self.index[r.key] = c
                 c.lower[lower.tier.name] = r.stored_bytes
                 self._retier(c)
-                lower.lru.touch(r.key)
+                lower.lru.touch(r.key, c.namespace)
                 self.quotas.charge(lower.tier.name, c.namespace, r.stored_bytes)
                 lower.stats.used_bytes += r.stored_bytes
                 lower.stats.chunks += 1
@@ -303,7 +303,7 @@ class TieredStore:
                                             hits=m.get("hits", 0), pinned=m.get("pinned", False))
             c.lower[lower.tier.name] = stored
             self._retier(c)
-            lower.lru.touch(key)
+            lower.lru.touch(key, c.namespace)
             lower.stats.used_bytes += stored
             lower.stats.chunks += 1
         log.info("tier %s: %d chunks written by this node, %d bytes", lower.tier.name, lower.stats.chunks,
@@ -524,14 +524,17 @@ class TieredStore:
                 continue
             if c is not None and c.namespace != r.namespace:  # found remotely: its local copies move over
                 for name in c.lower:
-                    if not self._lower_by_name(name).shared:
+                    lower = self._lower_by_name(name)
+                    if not lower.shared:
                         self.quotas.charge(name, c.namespace, -c.lower[name])
                         self.quotas.charge(name, r.namespace, c.lower[name])
+                    if key in lower.lru:
+                        lower.lru.touch(key, r.namespace)
             if c is None:
                 c = self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, position=r.position)
             c.layout_id, c.namespace, c.slot = r.layout_id, r.namespace, r.slot  # (a found chunk may lack them)
             self._retier(c)
-            self.dram_lru.touch(key)
+            self.dram_lru.touch(key, c.namespace)
             self.dram.chunks += 1
             self.dram.bytes_in += r.size
             if self.shared is not None and self.object_write == "through" and self.shared.tier.name not in c.lower:
@@ -596,7 +599,7 @@ class TieredStore:
             assert c is not None and c.slot is not None
             c.hits += 1
             c.last_access = now
-            self.dram_lru.touch(c.key)
+            self.dram_lru.touch(c.key, c.namespace)
             if c.key in self.dram_clean:
                 self.dram_clean.touch(c.key)
             self.dram.bytes_out += c.size
@@ -664,7 +667,7 @@ class TieredStore:
                 self.dram.promotions += 1
                 lower.stats.bytes_out += c.size
                 if c.key in lower.lru or not lower.shared:  # recency of the copies this node owns
-                    lower.lru.touch(c.key)
+                    lower.lru.touch(c.key, c.namespace)
                 fut.set_result(True)
                 self._check_pressure()
                 if lower is not self.lower[0] and not self.lower[0].shared and not self._written_down(c):
@@ -861,8 +864,8 @@ class TieredStore:
         first (written down first where they have no lower copy). False when the namespace has
         nothing that may move: the put or promotion is then not cached."""
         while self.quotas.over(DRAM, namespace, nbytes):
-            victim = next((self.index[k] for k in self.dram_lru.oldest_first()
-                           if self.index[k].namespace == namespace and self.index[k].evictable()), None)
+            victim = next((self.index[k] for k in self.dram_lru.oldest_first(namespace)
+                           if self.index[k].evictable()), None)
             if victim is None:
                 self.quotas.refused += 1
                 return False
@@ -1072,7 +1075,7 @@ class TieredStore:
             return False
         if stored:  # this node wrote it: ours to count and to evict
             lower.stats.used_bytes += stored - need
-            lower.lru.touch(c.key)
+            lower.lru.touch(c.key, c.namespace)
         else:  # a shared tier already held it (another node wrote it)
             lower.stats.used_bytes -= need
             stored = need
@@ -1097,8 +1100,8 @@ class TieredStore:
         while lower.stats.used_bytes + need > cap or (not lower.shared and self.quotas.over(name, namespace, need)):
             own = not lower.shared and self.quotas.over(name, namespace, need)
             victim = next(
-                (self.index[k] for k in lower.lru.oldest_first()
-                 if self.index[k].evictable() and (not own or self.index[k].namespace == namespace)), None
+                (self.index[k] for k in lower.lru.oldest_first(namespace if own else None)
+                 if self.index[k].evictable()), None
             )
             if victim is None:
                 if own:

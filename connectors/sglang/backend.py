@@ -30,7 +30,7 @@ from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageC
 
 from connectors.sglang.config import BackendConfig
 from connectors.sglang.keys import PageKeys
-from connectors.sglang.link import CONNECTION_ERRORS, DaemonLink
+from connectors.link import CONNECTION_ERRORS, DaemonLink
 from connectors.sglang.pages import HostPages, copy
 from tierd.client import Client
 from tierd.errors import DaemonUnavailableError, TierdError
@@ -48,7 +48,8 @@ class TierdHiCacheStorage(HiCacheStorage):
     def __init__(self, storage_config: HiCacheStorageConfig, kwargs: Optional[dict] = None) -> None:
         self.config = BackendConfig.from_storage_config(storage_config)
         self.storage_config = storage_config
-        self.link = DaemonLink(self.config.socket, name=f"sglang-tp{self.config.tp_rank}-pid{os.getpid()}")
+        self.link = DaemonLink(self.config.socket, name=f"sglang-tp{self.config.tp_rank}-pid{os.getpid()}",
+                               map_arena=True)
         self.pages: HostPages | None = None
         self.keys: PageKeys | None = None
         if self.link.client() is None and self.config.require_daemon:

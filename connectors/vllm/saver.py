@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from typing import Callable
 
-from connectors.vllm.link import DaemonLink
+from connectors.link import DaemonLink
 from connectors.vllm.metadata import SaveSpec
 from tierd.client import Client
 from tierd.errors import TierdError

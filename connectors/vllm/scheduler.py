@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from connectors.vllm.config import ConnectorConfig
-from connectors.vllm.link import DaemonLink
+from connectors.link import DaemonLink
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata
 from tierd.errors import TierdError
 from tierd.keys import chunk_keys

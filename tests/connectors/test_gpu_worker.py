@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from connectors.vllm.config import ConnectorConfig
-from connectors.vllm.link import DaemonLink
+from connectors.link import DaemonLink
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata
 from connectors.vllm.paged import PagedKV
 from connectors.vllm.worker import WorkerSide

@@ -47,6 +47,55 @@ async def test_second_write_of_a_key_is_skipped(s3, object_url):
     assert (await b.read_header(key)).node == "node-a"  # the first writer's object stayed
 
 
+class _Requests:
+    """Counts the object tier's PUTs and HEADs; each call still goes to the real server. With
+    `refuse_conditional`, a conditional PUT fails as a store without If-None-Match support
+    answers (HTTP 501): SeaweedFS supports the header, so that answer can only be simulated."""
+
+    def __init__(self, monkeypatch, refuse_conditional: bool = False) -> None:
+        import tierd.tiers.object_store as mod
+
+        self.puts: list[str] = []
+        self.heads = 0
+        real_put, real_head = obstore.put_async, obstore.head_async
+
+        async def put(store, path, body, *, mode="overwrite", **kw):
+            self.puts.append(mode)
+            if refuse_conditional and mode == "create":
+                raise obstore.exceptions.GenericError("PUT failed: 501 Not Implemented (If-None-Match)")
+            return await real_put(store, path, body, mode=mode, **kw)
+
+        async def head(store, path):
+            self.heads += 1
+            return await real_head(store, path)
+
+        monkeypatch.setattr(mod.obstore, "put_async", put)
+        monkeypatch.setattr(mod.obstore, "head_async", head)
+
+
+async def test_an_upload_is_one_conditional_put(s3, object_url, monkeypatch):
+    tier = _tier(s3, object_url)
+    requests = _Requests(monkeypatch)
+    key, data = os.urandom(16), _payload(1 << 20, 4)
+    assert await tier.write_async(key, LAYOUT, "ns", memoryview(data)) == HEADER_BYTES + (1 << 20)
+    assert requests.puts == ["create"] and requests.heads == 0
+    assert await tier.write_async(key, LAYOUT, "ns", memoryview(data)) == 0  # the server refused it: 412
+    assert tier.counters["put_skipped_existing"] == 1 and tier.breaker.state == BreakerState.CLOSED
+
+
+async def test_a_store_without_conditional_puts_gets_head_then_put(s3, object_url, monkeypatch):
+    tier = _tier(s3, object_url)
+    requests = _Requests(monkeypatch, refuse_conditional=True)
+    key, data = os.urandom(16), _payload(1 << 20, 5)
+    assert await tier.write_async(key, LAYOUT, "ns", memoryview(data)) == HEADER_BYTES + (1 << 20)
+    assert tier.conditional_put is False and requests.puts == ["create", "overwrite"] and requests.heads == 1
+    assert await tier.write_async(key, LAYOUT, "ns", memoryview(data)) == 0  # found by its HEAD
+    assert requests.puts == ["create", "overwrite"] and requests.heads == 2
+    dest = bytearray(1 << 20)
+    assert await tier.read_into_async(key, memoryview(dest), layout_id=LAYOUT, payload_len=1 << 20)
+    assert dest == data.tobytes()
+
+
 @pytest.mark.parametrize("damage", ["payload_byte", "truncated", "header_byte"])
 async def test_damaged_object_is_a_miss_and_is_deleted(s3, object_url, damage):
     tier = _tier(s3, object_url)

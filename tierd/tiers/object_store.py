@@ -27,7 +27,13 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
 from urllib.parse import urlparse
 
 import obstore
-from obstore.exceptions import GenericError, NotFoundError, PermissionDeniedError, UnauthenticatedError
+from obstore.exceptions import (
+    AlreadyExistsError,
+    GenericError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 
 from tierd.errors import CodecError, ConfigError, ObjectTierUnavailable, UnknownLayoutError
 from tierd.tiers.base import StoredRecord
@@ -107,6 +113,10 @@ class ObjectTier:
         self.breaker = CircuitBreaker(f"object tier {url}")
         self.counters = {"puts": 0, "put_skipped_existing": 0, "gets": 0, "probes": 0, "probe_found": 0,
                          "errors": 0, "timeouts": 0, "corrupt_deleted": 0}
+        #: Uploads are conditional PUTs (If-None-Match: *): one request, and the store refuses a
+        #: key that exists. Turned off for good if this store rejects the header as unsupported;
+        #: uploads then ask with a HEAD first.
+        self.conditional_put = True
 
     # ------------------------------------------------------------ LowerTier contract (sync part)
 
@@ -130,7 +140,7 @@ class ObjectTier:
                 f"{self.breaker.seconds_until_retry():.1f}s)")
         try:
             result = await asyncio.wait_for(make(), timeout if timeout is not None else self.timeout)
-        except (FileNotFoundError, NotFoundError):
+        except (FileNotFoundError, NotFoundError, AlreadyExistsError):
             self.breaker.success()
             raise
         except asyncio.TimeoutError:
@@ -183,15 +193,16 @@ class ObjectTier:
     async def write_async(self, key: bytes, layout_id: str, namespace: str, payload: memoryview) -> int:
         """Upload a chunk unless it is already there. Returns the bytes this call wrote, or 0 when
         another writer got there first (objects are content-addressed: the same key is the same
-        chunk, whatever codec stored it)."""
+        chunk, whatever codec stored it).
+
+        One conditional PUT (If-None-Match: *, which S3, MinIO and SeaweedFS honour): the store
+        itself refuses a key that exists, with no HEAD round trip before every upload. A store
+        that rejects the condition as unsupported gets HEAD-then-PUT from then on; one that
+        silently ignores it overwrites the object with the same chunk."""
         path = object_path(key)
-        try:
-            meta = await self._call(f"head {path}", lambda: obstore.head_async(self.store, path))
-            if meta["size"] >= HEADER_BYTES:
-                self.counters["put_skipped_existing"] += 1
-                return 0
-        except (FileNotFoundError, NotFoundError):
-            pass
+        if not self.conditional_put and await self._exists(path):
+            self.counters["put_skipped_existing"] += 1
+            return 0
         raw_len = len(payload)
         stored: Any = payload
         codec = ""
@@ -204,14 +215,38 @@ class ObjectTier:
         total = HEADER_BYTES + len(stored)
         multipart = total > self.part_bytes
         body: Any = [header, stored] if multipart else header + bytes(stored)
-        await self._call(
-            f"put {path}",
-            lambda: obstore.put_async(self.store, path, body, use_multipart=multipart, chunk_size=self.part_bytes,
-                              max_concurrency=self.concurrency),
-            timeout=self._timeout_for(total),
-        )
-        self.counters["puts"] += 1
-        return total
+        while True:
+            mode = "create" if self.conditional_put else "overwrite"
+            try:
+                await self._call(
+                    f"put {path}",
+                    lambda: obstore.put_async(self.store, path, body, mode=mode, use_multipart=multipart,
+                                              chunk_size=self.part_bytes, max_concurrency=self.concurrency),
+                    timeout=self._timeout_for(total),
+                )
+            except AlreadyExistsError:
+                self.counters["put_skipped_existing"] += 1
+                return 0
+            except ObjectTierUnavailable as exc:
+                if mode == "create" and _unsupported_condition(exc):
+                    log.warning("tierd: %s does not support conditional PUTs (%s); uploads ask with a HEAD first",
+                                self.url, exc)
+                    self.conditional_put = False
+                    if await self._exists(path):
+                        self.counters["put_skipped_existing"] += 1
+                        return 0
+                    continue
+                raise
+            self.counters["puts"] += 1
+            return total
+
+    async def _exists(self, path: str) -> bool:
+        """Whether a whole-header object is at `path` (smaller ones are damaged: overwritten)."""
+        try:
+            meta = await self._call(f"head {path}", lambda: obstore.head_async(self.store, path))
+        except (FileNotFoundError, NotFoundError):
+            return False
+        return meta["size"] >= HEADER_BYTES
 
     def _timeout_for(self, nbytes: int) -> float:
         return self.timeout * max(1, nbytes // (64 << 20) + 1)
@@ -353,6 +388,12 @@ class _PastEnd(Exception):
 def _past_the_end(exc: BaseException) -> bool:
     text = str(exc)
     return any(s in text for s in ("416", "Range Not Satisfiable", "Invalid range", "InvalidRange", "range was invalid"))
+
+
+def _unsupported_condition(exc: BaseException) -> bool:
+    """Whether a store refused an If-None-Match PUT as a feature it lacks (not as a failure)."""
+    text = str(exc)
+    return any(s in text for s in ("501", "Not Implemented", "NotImplemented"))
 
 
 def _first_line(exc: BaseException) -> str:
