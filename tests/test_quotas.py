@@ -59,7 +59,7 @@ def test_a_tenant_over_its_quota_evicts_only_its_own_chunks(daemon_factory):
         for i in range(0, 20, 2):  # two chunks a request, as an engine stores a prompt
             c.put_chunks(SMALL, a_keys[i:i + 2], [payload_for(k, CHUNK) for k in a_keys[i:i + 2]], namespace="a")
         assert _tiers(c, b_keys) == ["dram"] * 8  # untouched by a
-        report = c._call("quota")["quotas"]
+        report = c.quota()
         assert report["a"]["limit"] == 4 * CHUNK
         assert report["a"]["used"]["dram"] <= 4 * CHUNK and report["a"]["used"]["nvme"] <= 4 * CHUNK
         assert report["b"]["limit"] is None and report["b"]["used"]["dram"] == 8 * CHUNK
@@ -73,11 +73,11 @@ def test_a_tenant_over_its_quota_evicts_only_its_own_chunks(daemon_factory):
         shown = tierd("quota", "--socket", d.socket)
         assert shown.returncode == 0 and re.search(r"^a +2 MiB +2 MiB", shown.stdout, re.M), shown.stdout
         assert tierd("quota", "--socket", d.socket, "a", "8MiB").returncode == 0
-        assert c._call("quota", namespace="a")["quotas"]["a"]["limit"] == 8 << 20
+        assert c.quota("a")["a"]["limit"] == 8 << 20
         bad = tierd("quota", "--socket", d.socket, "a", "lots")
         assert bad.returncode == 1 and "tierd quota:" in bad.stderr and "size like 8GiB" in bad.stderr
         assert tierd("quota", "--socket", d.socket, "a", "none").returncode == 0
-        assert c._call("quota", namespace="a")["quotas"]["a"]["limit"] is None
+        assert c.quota("a")["a"]["limit"] is None
         with pytest.raises(InvalidArgumentError, match="not both"):
             c._call("quota", namespace="a", bytes=1, clear=True)
         with pytest.raises(InvalidArgumentError, match="positive number of bytes"):

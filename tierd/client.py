@@ -423,6 +423,10 @@ class Client:
     def stat(self) -> dict[str, Any]:
         return self._call("stat")
 
+    def quota(self, namespace: str | None = None) -> dict[str, dict[str, Any]]:
+        """Each namespace's quota and bytes per local tier: {namespace: {"limit", "used"}}."""
+        return self._call("quota", **({"namespace": namespace} if namespace is not None else {}))["quotas"]
+
     def ls(self, **filters: Any) -> list[dict[str, Any]]:
         return self._call("ls", **filters)["chunks"]
 

@@ -113,7 +113,7 @@ def _parse_nvme(value: object, where: str, base: str | None) -> int:
     return parse_size(value, key=where)  # type: ignore[arg-type]
 
 
-def _parse_object_url(value: object, where: str, base: str | None) -> str | None:
+def parse_object_url(value: object, where: str, base: str | None) -> str | None:
     """s3://bucket[/prefix], file:///absolute/dir or memory:// (none/off: no object tier)."""
     if value is None or value is False or (isinstance(value, str) and value.strip().lower() in _OFF_WORDS):
         return None
@@ -504,7 +504,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("io_threads", _parse_io_threads, "N", "threads doing tier I/O, 1 to 64 (default: 4)"),
     _Option("mrc_sample_rate", _parse_fraction, "RATE",
             "share of chunk keys the online hit-rate curve samples, in (0, 1] (default: 0.01)"),
-    _Option("object_url", _parse_object_url, "URL",
+    _Option("object_url", parse_object_url, "URL",
             "object tier shared by all nodes: s3://bucket/prefix (endpoint and credentials from the "
             "AWS_* variables), file:///dir or memory:// (default: off)"),
     _Option("object", _parse_nvme, "SIZE",

@@ -980,6 +980,7 @@ class TieredStore:
                 done = await asyncio.gather(*(self._demote(c) for c in batch))
                 if batch and not any(done) and not dropped:
                     self.writedown_failing = True
+                    self._space_freed.set()  # puts waiting for room: no room is coming, miss now
                     backoff = min(2.0, max(0.05, backoff * 2))
                     log.warning("writing DRAM chunks down to %s failed; retrying in %.2f s", self.lower[0].tier.name,
                                 backoff)

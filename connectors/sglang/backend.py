@@ -28,12 +28,13 @@ from typing import Any, Callable, List, Optional, Sequence
 import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig, HiCacheStorageExtraInfo
 
+from connectors.link import CONNECTION_ERRORS, DaemonLink
 from connectors.sglang.config import BackendConfig
 from connectors.sglang.keys import PageKeys
-from connectors.link import CONNECTION_ERRORS, DaemonLink
 from connectors.sglang.pages import HostPages, copy
 from tierd.client import Client
 from tierd.errors import DaemonUnavailableError, TierdError
+from tierd.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +176,11 @@ class TierdHiCacheStorage(HiCacheStorage):
         """Chunks per reserve/acquire: at most a quarter of the arena, so one call never needs it all."""
         return max(1, client.info["arena_bytes"] // 4 // self._pages().layout.chunk_bytes)
 
-    def _put(self, keys: Sequence[str], fill: Callable[[int, torch.Tensor], Any], *, first_position: int = 0) -> list[bool]:
-        """Store each page whose key is not stored yet: reserve slots, `fill(i, slot)` copies page i
-        into its slot, commit. True per key that is stored afterwards (by us or before us)."""
+    def _batched(self, keys: Sequence[str], what: str,
+                 batch: Callable[[Client, Layout, int, list[bytes], list[bool]], bool]) -> list[bool]:
+        """Run `batch(client, layout, start, part, ok)` over the keys in arena-sized parts (a
+        False return stops early), setting ok[i] for each page done. A daemon that is down or
+        fails makes the rest misses, never an exception into SGLang's threads."""
         ok = [False] * len(keys)
         if not keys:
             return ok
@@ -189,51 +192,47 @@ class TierdHiCacheStorage(HiCacheStorage):
         try:
             step = self._batch_len(client)
             for start in range(0, len(tkeys), step):
-                part = tkeys[start : start + step]
-                with client.put(layout, part, self.config.namespace, first_position=first_position + start) as batch:
-                    for i in batch.reserved:
-                        fill(start + i, batch.tensor(i))
-                reserved = set(batch.reserved)
-                for i in reserved:
-                    ok[start + i] = True
-                others = [i for i in range(len(part)) if i not in reserved]
-                if others:  # already stored, being written by another client, or no room: ask which
-                    codes = client.lookup([part[i] for i in others]).codes
-                    for i, code in zip(others, codes):
-                        ok[start + i] = code != ABSENT
-        except CONNECTION_ERRORS as exc:
-            self.link.drop(exc)
-        except TierdError as exc:
-            log.warning("tierd put failed (%s); those pages are not stored", exc)
-        return ok
-
-    def _get(self, keys: Sequence[str], read: Callable[[int, torch.Tensor], Any], *, prefix_only: bool) -> list[bool]:
-        """Lease the pages and `read(i, slot)` each present one out of its slot. With `prefix_only`,
-        only the leading run is read (what SGLang's prefetch uses). True per page read whole."""
-        ok = [False] * len(keys)
-        if not keys:
-            return ok
-        tkeys = self._keys(keys)
-        layout = self._pages().layout
-        client = self.link.client()
-        if client is None:
-            return ok
-        try:
-            step = self._batch_len(client)
-            for start in range(0, len(tkeys), step):
-                part = tkeys[start : start + step]
-                with client.get(layout, part, prefix_only=prefix_only) as lease:
-                    present = range(lease.count) if prefix_only else [i for i, s in enumerate(lease.slots) if s is not None]
-                    for i in present:
-                        read(start + i, lease.tensor(i))
-                        ok[start + i] = True
-                if prefix_only and lease.count < len(part):
+                if not batch(client, layout, start, tkeys[start : start + step], ok):
                     break
         except CONNECTION_ERRORS as exc:
             self.link.drop(exc)
         except TierdError as exc:
-            log.warning("tierd get failed (%s); reporting a miss", exc)
+            log.warning("tierd %s failed (%s); those pages are misses", what, exc)
         return ok
+
+    def _put(self, keys: Sequence[str], fill: Callable[[int, torch.Tensor], Any], *, first_position: int = 0) -> list[bool]:
+        """Store each page whose key is not stored yet: reserve slots, `fill(i, slot)` copies page i
+        into its slot, commit. True per key that is stored afterwards (by us or before us)."""
+
+        def put(client: Client, layout: Layout, start: int, part: list[bytes], ok: list[bool]) -> bool:
+            with client.put(layout, part, self.config.namespace, first_position=first_position + start) as batch:
+                for i in batch.reserved:
+                    fill(start + i, batch.tensor(i))
+            reserved = set(batch.reserved)
+            for i in reserved:
+                ok[start + i] = True
+            others = [i for i in range(len(part)) if i not in reserved]
+            if others:  # already stored, being written by another client, or no room: ask which
+                codes = client.lookup([part[i] for i in others]).codes
+                for i, code in zip(others, codes):
+                    ok[start + i] = code != ABSENT
+            return True
+
+        return self._batched(keys, "put", put)
+
+    def _get(self, keys: Sequence[str], read: Callable[[int, torch.Tensor], Any], *, prefix_only: bool) -> list[bool]:
+        """Lease the pages and `read(i, slot)` each present one out of its slot. With `prefix_only`,
+        only the leading run is read (what SGLang's prefetch uses). True per page read whole."""
+
+        def get(client: Client, layout: Layout, start: int, part: list[bytes], ok: list[bool]) -> bool:
+            with client.get(layout, part, prefix_only=prefix_only) as lease:
+                present = range(lease.count) if prefix_only else [i for i, s in enumerate(lease.slots) if s is not None]
+                for i in present:
+                    read(start + i, lease.tensor(i))
+                    ok[start + i] = True
+            return not (prefix_only and lease.count < len(part))
+
+        return self._batched(keys, "get", get)
 
 
 def _position(extra_info: Optional[HiCacheStorageExtraInfo]) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -49,10 +50,17 @@ def pin_arena(client: Client) -> Callable[[], None] | None:
     return region.unpin if region is not None else None
 
 
+def _host(chunk: np.ndarray) -> torch.Tensor:
+    """An arena view as a tensor over the same memory (a leased view is read-only: fine to read)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(chunk)
+
+
 def _direct(paged: PagedKV, chunk: np.ndarray) -> bool:
     """Whether the kernels can address `chunk` (an arena view) in place: pinned, and a kernel
     (CUDA or Triton) rather than the torch reference, which cannot index host memory from the device."""
-    return paged.copier.backend in ("cuda", "triton") and torch.from_numpy(chunk).is_pinned()
+    return paged.copier.backend in ("cuda", "triton") and _host(chunk).is_pinned()
 
 
 class DeviceLoader:
@@ -73,7 +81,7 @@ class DeviceLoader:
         chunks: list[np.ndarray | torch.Tensor] = []
         runs = []
         for i, (src, blocks, first_token) in enumerate(pieces):
-            chunks.append(src if _direct(self.paged, src) else torch.from_numpy(src).to(device))
+            chunks.append(src if _direct(self.paged, src) else _host(src).to(device))
             runs.append(self.paged.runs(blocks, first_token, chunk=i))
         self._keep, self._failed = chunks, False
         try:

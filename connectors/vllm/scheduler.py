@@ -23,8 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from connectors.vllm.config import ConnectorConfig
 from connectors.link import DaemonLink
+from connectors.vllm.config import ConnectorConfig
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata
 from tierd.errors import TierdError
 from tierd.keys import chunk_keys

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from connectors.link import DaemonLink
 from connectors.vllm.config import ConnectorConfig
 from connectors.vllm.cores import move_to_spare_cores
-from connectors.link import DaemonLink
 from connectors.vllm.loader import LayerLoader, Piece
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata, TierdWorkerMetadata
 from connectors.vllm.paged import PagedKV, check_attention_isa

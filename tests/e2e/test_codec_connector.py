@@ -20,7 +20,7 @@ from typing import Any
 
 from tests.e2e.test_connector import BLOCK, assert_same, kv_config, tiers
 from tests.e2e.vllm_runner import run_vllm
-from tests.objects.test_object_daemon import wait_for
+from tests.waiting import wait_for
 from tierd.client import Client
 
 PROMPTS = [[random.Random(200 + i).randrange(10, 900) for _ in range(600)] for i in range(6)]  # 2 chunks + tail

@@ -43,8 +43,8 @@ from tests.faults.workload import (
     tier,
     tierd_cli,
     verify,
-    wait_for,
 )
+from tests.waiting import wait_for
 from tierd.client import Client
 from tierd.launch import DaemonProcess
 
@@ -173,7 +173,7 @@ def run_client_kills(workdir: Path, kills: int, *, seed: int = 0, parallel: int 
                 proc.communicate(timeout=30)
             round_no += 1
             # The daemon notices each dead connection on its own; wait until it has.
-            wait_for(lambda: obs.stat()["sessions"] == 1, 30, "the daemon to close the killed clients' sessions")
+            wait_for("the daemon to close the killed clients' sessions", lambda: obs.stat()["sessions"] == 1, 30)
             held = _held(obs.stat())
             used, committed = _settled(obs, 10)
             if held or used != committed:

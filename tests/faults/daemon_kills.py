@@ -48,8 +48,8 @@ from tests.faults.workload import (
     prompt_keys,
     tier,
     verify,
-    wait_for,
 )
+from tests.waiting import wait_for
 from tierd.client import Client
 from tierd.launch import DaemonProcess
 
@@ -153,8 +153,8 @@ def run_daemon_kills(workdir: Path, kills: int, *, seed: int = 0, cold_starts: i
                 writer.stdin.write(f"go {socket} {cycle}\n".encode())
                 writer.stdin.flush()
                 want = start + rng.randint(1, 24)
-                wait_for(lambda: tier(obs.stat(), "nvme")["chunks"] >= want, 120,
-                         f"{want - start} new chunks on NVMe (kill {k})")
+                wait_for(f"{want - start} new chunks on NVMe (kill {k})",
+                         lambda: tier(obs.stat(), "nvme")["chunks"] >= want, 120)
                 on_nvme = {bytes.fromhex(r["key"]) for r in obs.ls(tier="nvme")}
                 evicted = tier(obs.stat(), "nvme")["evictions"]
                 if rng.random() < 0.5:

@@ -55,8 +55,8 @@ from tests.faults.workload import (
     tier,
     tierd_cli,
     verify,
-    wait_for,
 )
+from tests.waiting import wait_for
 from tierd.client import Client
 from tierd.launch import DaemonProcess
 
@@ -245,7 +245,7 @@ def run_disk_full(workdir: Path, kind: str) -> DiskFullReport:
                 disk = sum(f.stat().st_size for f in chunk_files(nvme_dir))
                 return tier(c.stat(), "nvme")["used_bytes"] == disk
 
-            wait_for(drained, 30, "no chunk left only in DRAM and no NVMe write in flight", interval=0.05)
+            wait_for("no chunk left only in DRAM and no NVMe write in flight", drained, 30, interval=0.05)
             report.filler_bytes += fill(mnt)  # somebody takes the room step 4 freed
 
         # SIGTERM with the disk full: the metadata write at shutdown meets ENOSPC.
@@ -344,7 +344,7 @@ def run_small_shm(workdir: Path) -> list[ShmResult]:
                 except Exception:
                     return False
 
-            served = bool(wait_for(answers, 60, "the 4 MiB control daemon to answer", interval=0.05))
+            served = bool(wait_for("the 4 MiB control daemon to answer", answers, 60, interval=0.05))
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=60)
             results.append(ShmResult("dram_4MiB_control", proc.returncode, err, time.perf_counter() - t0, served))

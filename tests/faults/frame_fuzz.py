@@ -42,7 +42,8 @@ import msgpack
 from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings
 from hypothesis import strategies as st
 
-from tests.faults.workload import CHUNK, FAULTS, daemon_args, prompt_keys, put_prompt, verify, wait_for
+from tests.faults.workload import CHUNK, FAULTS, daemon_args, prompt_keys, put_prompt, verify
+from tests.waiting import wait_for
 from tierd.client import Client
 from tierd.launch import DaemonProcess
 from tierd.rpc import frames
@@ -556,7 +557,7 @@ def run_frame_fuzz(workdir: Path, examples: int, *, seed: int = 0,
 
         report.daemon_alive = daemon.proc is not None and daemon.proc.poll() is None
         with Client.connect(daemon.socket, name="fault-check") as c:
-            wait_for(lambda: c.stat()["sessions"] == 1, 30, "the daemon to close every fuzz connection")
+            wait_for("the daemon to close every fuzz connection", lambda: c.stat()["sessions"] == 1, 30)
             stat = c.stat()
             report.reservations_after, report.leases_after = stat["reservations"], stat["leases"]
             report.chunks_after = stat["chunks"]

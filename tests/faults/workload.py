@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -36,7 +36,6 @@ CHUNK = FAULTS.chunk_bytes
 #: Chunks per prompt (one put_chunks call, one lease).
 PROMPT_CHUNKS = 4
 
-T = TypeVar("T")
 
 
 def payload(key: bytes, nbytes: int = CHUNK) -> np.ndarray:
@@ -71,19 +70,6 @@ def verify(client: Client, keys: Iterable[bytes]) -> tuple[int, list[bytes], lis
         else:
             corrupt.append(key)
     return intact, missed, corrupt
-
-
-def wait_for(condition: Callable[[], T], timeout: float, what: str, *, interval: float = 0.005) -> T:
-    """Poll `condition` until it returns something truthy; TimeoutError naming `what` after
-    `timeout` seconds. `interval` keeps the poller from starving the daemon on 2 cores."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f}s for {what}")
-        time.sleep(interval)
 
 
 def daemon_args(nvme_dir: Path | str | None, *, dram: str, nvme: str = "1GiB", extra: Sequence[str] = ()) -> list[str]:

@@ -13,6 +13,7 @@ import obstore
 import pytest
 
 from tests.conftest import SMALL, payload_for
+from tests.waiting import wait_for
 from tierd.client import Client
 from tierd.keys import chunk_keys
 from tierd.tiers.object_format import HEADER_BYTES, object_path
@@ -25,18 +26,6 @@ def _tokens(seed: int, n_chunks: int) -> np.ndarray:
 
 def _object_tier(c: Client) -> dict[str, Any]:
     return next(t for t in c.stat()["tiers"] if t["name"] == "object")
-
-
-def wait_for(what: str, cond: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll a condition with a deadline (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _settled(t: dict[str, Any]) -> bool:

@@ -33,11 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tierd.config import _parse_object_url
+    from tierd.config import parse_object_url
     from tierd.retention import collect
     from tierd.tiers.object_store import ObjectTier
 
-    url = _parse_object_url(args.object_url or os.environ.get("TIERD_OBJECT_URL"), "--object-url", None)
+    url = parse_object_url(args.object_url or os.environ.get("TIERD_OBJECT_URL"), "--object-url", None)
     if url is None:
         raise ConfigError("--object-url: name the object tier, like s3://bucket/prefix (or set TIERD_OBJECT_URL)")
     if args.max_age is None and args.max_size is None:
