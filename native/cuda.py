@@ -26,7 +26,7 @@ from native.chunks import Buffer, chunk_batch
 from native.runs import layer_range, validate
 from tierd.errors import InvalidArgumentError
 
-ABI = 1
+ABI = 2
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 VECTOR_BYTES = 16
@@ -52,14 +52,15 @@ class CudaKernels:
         if lib.tierd_cuda_abi() != ABI:
             raise OSError(f"{path} speaks CUDA ABI {lib.tierd_cuda_abi()}, this package {ABI}")
         fn = lib.tierd_cuda_gather_scatter
-        fn.argtypes = [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64, ctypes.c_int, _PTR]
+        fn.argtypes = [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64, ctypes.c_int, _PTR]
         fn.restype = ctypes.c_int
         self._fn = fn
 
-    def launch(self, direction: int, ptrs: int, strides: int, layers: range, heads: int, head_dim: int, itemsize: int,
-               chunk_ptrs: int, chunk_tokens: int, runs: int, num_runs: int, vectorise: bool, stream: int) -> None:
-        rc = self._fn(direction, ptrs, strides, layers.start, layers.stop, heads, head_dim, itemsize, chunk_ptrs,
-                      chunk_tokens, runs, num_runs, int(vectorise), stream)
+    def launch(self, direction: int, ptrs: int, strides: int, layers: range, heads: int, head_dim: int,
+               kv_factor: int, itemsize: int, chunk_ptrs: int, chunk_tokens: int, runs: int, num_runs: int,
+               vectorise: bool, stream: int) -> None:
+        rc = self._fn(direction, ptrs, strides, layers.start, layers.stop, heads, head_dim, kv_factor, itemsize,
+                      chunk_ptrs, chunk_tokens, runs, num_runs, int(vectorise), stream)
         if rc != 0:
             raise RuntimeError(f"tierd CUDA gather/scatter launch failed: cudaError {rc}")
 
@@ -116,7 +117,7 @@ class CudaCopier:
             runs_d = torch.from_numpy(r).pin_memory().to(c.device, non_blocking=True)
             ptrs_d = torch.from_numpy(batch.ptrs).pin_memory().to(c.device, non_blocking=True)
             self.kernels.launch(direction, self._ptrs.data_ptr(), self._strides.data_ptr(), want, c.num_kv_heads,
-                                c.head_dim, c.itemsize, ptrs_d.data_ptr(), batch.tokens, runs_d.data_ptr(), len(r),
-                                vectorise, stream.cuda_stream)
+                                c.head_dim, c.kv_factor, c.itemsize, ptrs_d.data_ptr(), batch.tokens,
+                                runs_d.data_ptr(), len(r), vectorise, stream.cuda_stream)
         # runs_d and ptrs_d were allocated on `stream`: the caching allocator reuses their memory
         # only after the kernel that reads them.

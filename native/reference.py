@@ -31,7 +31,7 @@ def _token_index(runs: np.ndarray, chunk: int, device: torch.device) -> tuple[to
 
 
 def _raw(chunk: torch.Tensor, cache: PagedCache) -> torch.Tensor:
-    return chunk.view(RAW_DTYPES[cache.itemsize]).view(-1).view(cache.num_layers, 2, -1, cache.chunk_row)
+    return chunk.view(RAW_DTYPES[cache.itemsize]).view(-1).view(cache.num_layers, cache.kv_factor, -1, cache.chunk_row)
 
 
 def gather(cache: PagedCache, runs: np.ndarray, chunks: Sequence[torch.Tensor], layers: range | None = None) -> None:
@@ -44,7 +44,7 @@ def gather(cache: PagedCache, runs: np.ndarray, chunks: Sequence[torch.Tensor], 
         if len(tokens) == 0:
             continue
         for layer in want:
-            for kv, views in enumerate((cache.k, cache.v)):
+            for kv, views in enumerate(cache.views):
                 out[layer, kv, tokens] = views[layer][blocks, :, offsets, :].reshape(len(tokens), h * d)
 
 
@@ -58,5 +58,5 @@ def scatter(cache: PagedCache, chunks: Sequence[torch.Tensor], runs: np.ndarray,
         if len(tokens) == 0:
             continue
         for layer in want:
-            for kv, views in enumerate((cache.k, cache.v)):
+            for kv, views in enumerate(cache.views):
                 views[layer][blocks, :, offsets, :] = src[layer, kv, tokens].reshape(len(tokens), h, d)

@@ -3,7 +3,7 @@
 Why a second GPU kernel: the CUDA library (csrc/gather_scatter.cu) is built with nvcc, which a
 GPU machine set up with pip (torch and vLLM wheels) usually lacks; Triton comes with every
 CUDA build of torch and every vLLM, and compiles at run time. Same descriptor, same grid, same
-addressing as the CUDA kernel: per (layer, K/V) a base address and element strides (block,
+addressing as the CUDA kernel: per (layer, K/V, or the one MLA latent) a base address and element strides (block,
 head, token, dim); runs of (chunk, chunk token, block, block offset, count); canonical chunks
 `[layers, 2, chunk_tokens, heads * head_dim]` that may be device memory or the pinned arena
 (host addresses are valid on the device once `native.pinned` has registered them).
@@ -47,28 +47,28 @@ def available() -> tuple[bool, str]:
 
 if tl is not None:  # defined only where Triton can parse it (its constexpr annotations)
 
-    def _copy(gather, ptrs, strides, layer_lo, heads, head_dim, chunk_ptrs, chunk_tokens, runs,
+    def _copy(gather, ptrs, strides, layer_lo, heads, head_dim, kvf, chunk_ptrs, chunk_tokens, runs,
               ITEM: tl.constexpr, TILE: tl.constexpr):  # noqa: N803 (Triton's constexpr style)
         r = tl.program_id(0)
         y = tl.program_id(1)
-        layer = layer_lo + y // 2
-        kv = y % 2
+        layer = layer_lo + y // kvf
+        kv = y % kvf
         run = runs + 5 * r
         chunk_index = tl.load(run)
         chunk_token = tl.load(run + 1)
         block = tl.load(run + 2)
         offset = tl.load(run + 3)
         tokens = tl.load(run + 4)
-        s = strides + 8 * layer + 4 * kv
+        s = strides + 4 * (kvf * layer + kv)
         s_block = tl.load(s)
         s_head = tl.load(s + 1)
         s_token = tl.load(s + 2)
         s_dim = tl.load(s + 3)
-        paged = tl.load(ptrs + 2 * layer + kv).to(tl.pointer_type(ITEM))
+        paged = tl.load(ptrs + kvf * layer + kv).to(tl.pointer_type(ITEM))
         chunk = tl.load(chunk_ptrs + chunk_index).to(tl.pointer_type(ITEM))
         row = heads * head_dim
         paged_run = block * s_block + offset * s_token
-        chunk_run = ((layer * 2 + kv) * chunk_tokens + chunk_token) * row
+        chunk_run = ((layer * kvf + kv) * chunk_tokens + chunk_token) * row
         total = heads * tokens * head_dim
         for start in range(0, total, TILE):
             i = start + tl.arange(0, TILE).to(tl.int64)
@@ -138,6 +138,7 @@ class TritonCopier:
         else:
             runs_d = torch.from_numpy(r).pin_memory().to(c.device, non_blocking=True)
             ptrs_d = torch.from_numpy(batch.ptrs).pin_memory().to(c.device, non_blocking=True)
-        grid = (len(r), 2 * len(want))
-        self._kernel[grid](gather, self._ptrs, self._strides, want.start, c.num_kv_heads, c.head_dim, ptrs_d,
+        grid = (len(r), c.kv_factor * len(want))
+        self._kernel[grid](gather, self._ptrs, self._strides, want.start, c.num_kv_heads, c.head_dim, c.kv_factor,
+                           ptrs_d,
                            batch.tokens, runs_d, ITEM=_item_type(c.itemsize), TILE=TILE)

@@ -22,58 +22,59 @@ namespace {
 // One CTA per (run, layer, K/V); its threads stride over (head, token, group).
 template <typename V>
 __global__ void copy_kernel(bool gather, const int64_t* __restrict__ ptrs, const int64_t* __restrict__ strides,
-                            int64_t layer_lo, int64_t heads, int64_t head_dim, int64_t itemsize,
+                            int64_t layer_lo, int64_t heads, int64_t head_dim, int64_t kvf, int64_t itemsize,
                             const int64_t* __restrict__ chunk_ptrs, int64_t chunk_tokens,
                             const int64_t* __restrict__ runs) {
-  copy_run<V>(gather, ptrs, strides, layer_lo, heads, head_dim, itemsize, chunk_ptrs, chunk_tokens, runs, blockIdx.x,
-              blockIdx.y, threadIdx.x, blockDim.x);
+  copy_run<V>(gather, ptrs, strides, layer_lo, heads, head_dim, kvf, itemsize, chunk_ptrs, chunk_tokens, runs,
+              blockIdx.x, blockIdx.y, threadIdx.x, blockDim.x);
 }
 
 template <typename V>
 void launch(bool gather, const int64_t* ptrs, const int64_t* strides, int64_t layer_lo, int64_t layer_hi,
-            int64_t heads, int64_t head_dim, int64_t itemsize, const int64_t* chunk_ptrs, int64_t chunk_tokens,
-            const int64_t* runs, int64_t num_runs, cudaStream_t stream) {
-  dim3 grid(static_cast<unsigned>(num_runs), static_cast<unsigned>(2 * (layer_hi - layer_lo)));
-  copy_kernel<V><<<grid, 256, 0, stream>>>(gather, ptrs, strides, layer_lo, heads, head_dim, itemsize, chunk_ptrs,
-                                           chunk_tokens, runs);
+            int64_t heads, int64_t head_dim, int64_t kvf, int64_t itemsize, const int64_t* chunk_ptrs,
+            int64_t chunk_tokens, const int64_t* runs, int64_t num_runs, cudaStream_t stream) {
+  dim3 grid(static_cast<unsigned>(num_runs), static_cast<unsigned>(kvf * (layer_hi - layer_lo)));
+  copy_kernel<V><<<grid, 256, 0, stream>>>(gather, ptrs, strides, layer_lo, heads, head_dim, kvf, itemsize,
+                                           chunk_ptrs, chunk_tokens, runs);
 }
 
 }  // namespace
 
 extern "C" {
 
-int tierd_cuda_abi(void) { return 1; }
+int tierd_cuda_abi(void) { return 2; }
 
 // All pointer arrays (ptrs, strides, chunk_ptrs, runs) are device-readable (device memory or
 // mapped pinned host memory). vectorise: 1 when the caller checked that every paged row has
 // dim stride 1 and every row start is 16-byte aligned on both sides (then 16-byte loads and
 // stores); 0 for element-wise copies. Returns the cudaError_t of the launch.
 int tierd_cuda_gather_scatter(int direction, const int64_t* ptrs, const int64_t* strides, int64_t layer_lo,
-                              int64_t layer_hi, int64_t heads, int64_t head_dim, int64_t itemsize,
+                              int64_t layer_hi, int64_t heads, int64_t head_dim, int64_t kv_factor, int64_t itemsize,
                               const int64_t* chunk_ptrs, int64_t chunk_tokens, const int64_t* runs, int64_t num_runs,
                               int vectorise, void* stream) {
   if (num_runs == 0 || layer_hi <= layer_lo) return 0;
+  if (kv_factor != 1 && kv_factor != 2) return static_cast<int>(cudaErrorInvalidValue);
   const bool gather = direction == 0;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   if (vectorise) {
-    launch<uint4>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, itemsize, chunk_ptrs, chunk_tokens, runs,
+    launch<uint4>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, kv_factor, itemsize, chunk_ptrs, chunk_tokens, runs,
                   num_runs, st);
   } else {
     switch (itemsize) {
       case 1:
-        launch<uint8_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, itemsize, chunk_ptrs, chunk_tokens,
+        launch<uint8_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, kv_factor, itemsize, chunk_ptrs, chunk_tokens,
                         runs, num_runs, st);
         break;
       case 2:
-        launch<uint16_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, itemsize, chunk_ptrs,
+        launch<uint16_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, kv_factor, itemsize, chunk_ptrs,
                          chunk_tokens, runs, num_runs, st);
         break;
       case 4:
-        launch<uint32_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, itemsize, chunk_ptrs,
+        launch<uint32_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, kv_factor, itemsize, chunk_ptrs,
                          chunk_tokens, runs, num_runs, st);
         break;
       case 8:
-        launch<uint64_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, itemsize, chunk_ptrs,
+        launch<uint64_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, kv_factor, itemsize, chunk_ptrs,
                          chunk_tokens, runs, num_runs, st);
         break;
       default:

@@ -135,19 +135,19 @@ void copy_2d(const T* src, int64_t src_row, int64_t src_col, T* dst, int64_t dst
 
 template <typename T>
 void run_all(bool gather, const int64_t* ptrs, const int64_t* strides, int64_t layer_lo, int64_t layer_hi,
-             int64_t heads, int64_t head_dim, const int64_t* chunk_ptrs, int64_t chunk_tokens, const int64_t* runs,
-             int64_t num_runs, int nthreads) {
+             int64_t heads, int64_t head_dim, int64_t kvf, const int64_t* chunk_ptrs, int64_t chunk_tokens,
+             const int64_t* runs, int64_t num_runs, int nthreads) {
   const int64_t row = heads * head_dim;  // canonical elements per token
-  const int64_t items = (layer_hi - layer_lo) * 2 * num_runs;
+  const int64_t items = (layer_hi - layer_lo) * kvf * num_runs;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
   for (int64_t item = 0; item < items; ++item) {
     const int64_t r = item % num_runs;
-    const int64_t kv = (item / num_runs) % 2;
-    const int64_t layer = layer_lo + item / (2 * num_runs);
+    const int64_t kv = (item / num_runs) % kvf;
+    const int64_t layer = layer_lo + item / (kvf * num_runs);
     const int64_t* run = runs + 5 * r;
-    const int64_t* s = strides + 8 * layer + 4 * kv;  // block, head, token, dim
-    T* paged = reinterpret_cast<T*>(ptrs[2 * layer + kv]) + run[2] * s[0] + run[3] * s[2];
-    T* chunk = reinterpret_cast<T*>(chunk_ptrs[run[0]]) + ((layer * 2 + kv) * chunk_tokens + run[1]) * row;
+    const int64_t* s = strides + 4 * (kvf * layer + kv);  // block, head, token, dim
+    T* paged = reinterpret_cast<T*>(ptrs[kvf * layer + kv]) + run[2] * s[0] + run[3] * s[2];
+    T* chunk = reinterpret_cast<T*>(chunk_ptrs[run[0]]) + ((layer * kvf + kv) * chunk_tokens + run[1]) * row;
     const int64_t count = run[4];
     if (s[3] == 1 && s[1] == head_dim && s[2] == row) {  // whole tokens contiguous (NHD): one copy
       if (gather)
@@ -180,7 +180,7 @@ extern "C" {
 const char* tierd_native_source(void) { return "tierd-source:" TIERD_SOURCE_HASH; }
 
 // Version of the calling convention below; native/cpu.py refuses a library that differs.
-int tierd_native_abi(void) { return 1; }
+int tierd_native_abi(void) { return 2; }
 
 // Threads OpenMP would use by default (0 when built without OpenMP).
 int tierd_native_openmp(void) {
@@ -192,28 +192,30 @@ int tierd_native_openmp(void) {
 }
 
 // direction: 0 = gather (paged -> chunks), 1 = scatter (chunks -> paged).
-// ptrs: [layers][2] byte addresses; strides: [layers][2][4] element strides.
-// Returns 0, or -1 for an itemsize it does not handle.
+// ptrs: [layers][kv_factor] byte addresses; strides: [layers][kv_factor][4] element strides;
+// kv_factor 2 (K and V) or 1 (an MLA latent). Returns 0, or -1 for an itemsize or kv_factor it
+// does not handle.
 int tierd_gather_scatter(int direction, const int64_t* ptrs, const int64_t* strides, int64_t layer_lo,
-                         int64_t layer_hi, int64_t heads, int64_t head_dim, int64_t itemsize,
+                         int64_t layer_hi, int64_t heads, int64_t head_dim, int64_t kv_factor, int64_t itemsize,
                          const int64_t* chunk_ptrs, int64_t chunk_tokens, const int64_t* runs, int64_t num_runs,
                          int nthreads) {
   const bool gather = direction == 0;
+  if (kv_factor != 1 && kv_factor != 2) return -1;
   switch (itemsize) {
     case 1:
-      run_all<uint8_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, chunk_ptrs, chunk_tokens, runs,
+      run_all<uint8_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, kv_factor, chunk_ptrs, chunk_tokens, runs,
                        num_runs, nthreads);
       return 0;
     case 2:
-      run_all<uint16_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, chunk_ptrs, chunk_tokens, runs,
+      run_all<uint16_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, kv_factor, chunk_ptrs, chunk_tokens, runs,
                         num_runs, nthreads);
       return 0;
     case 4:
-      run_all<uint32_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, chunk_ptrs, chunk_tokens, runs,
+      run_all<uint32_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, kv_factor, chunk_ptrs, chunk_tokens, runs,
                         num_runs, nthreads);
       return 0;
     case 8:
-      run_all<uint64_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, chunk_ptrs, chunk_tokens, runs,
+      run_all<uint64_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, kv_factor, chunk_ptrs, chunk_tokens, runs,
                         num_runs, nthreads);
       return 0;
     default:

