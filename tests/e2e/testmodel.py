@@ -239,17 +239,32 @@ def _save_tokenizer(tok, out: Path, spec: ModelSpec) -> None:
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=1, sort_keys=True) + "\n")
 
 
+def _common_config(spec: ModelSpec, vocab_size: int) -> dict:
+    """The config fields both architectures take from the spec."""
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=spec.max_position,
+        initializer_range=spec.initializer_range,
+        rms_norm_eps=1e-6,
+        bos_token_id=SPECIAL_TOKENS.index("<s>"),
+        eos_token_id=SPECIAL_TOKENS.index("</s>"),
+        pad_token_id=SPECIAL_TOKENS.index("<pad>"),
+        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        dtype=spec.dtype,
+    )
+
+
 def _mla_config(spec: ModelSpec, vocab_size: int):
     from transformers import DeepseekV2Config
 
     return DeepseekV2Config(
-        vocab_size=vocab_size,
-        hidden_size=spec.hidden,
-        intermediate_size=spec.intermediate,
+        **_common_config(spec, vocab_size),
         moe_intermediate_size=spec.intermediate // 4,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
         kv_lora_rank=MLA_LORA_RANK,
         q_lora_rank=None,
         qk_rope_head_dim=MLA_ROPE_DIM,
@@ -259,15 +274,7 @@ def _mla_config(spec: ModelSpec, vocab_size: int):
         num_experts_per_tok=2,
         n_shared_experts=1,
         first_k_dense_replace=spec.num_layers,
-        max_position_embeddings=spec.max_position,
-        initializer_range=spec.initializer_range,
-        rms_norm_eps=1e-6,
-        bos_token_id=SPECIAL_TOKENS.index("<s>"),
-        eos_token_id=SPECIAL_TOKENS.index("</s>"),
-        pad_token_id=SPECIAL_TOKENS.index("<pad>"),
         tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
-        dtype=spec.dtype,
         architectures=["DeepseekV2ForCausalLM"],
     )
 
@@ -312,22 +319,9 @@ def _llama_config(spec: ModelSpec, vocab_size: int):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=spec.hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
+        **_common_config(spec, vocab_size),
         head_dim=spec.head_dim,
-        max_position_embeddings=spec.max_position,
-        initializer_range=spec.initializer_range,
-        rms_norm_eps=1e-6,
-        bos_token_id=SPECIAL_TOKENS.index("<s>"),
-        eos_token_id=SPECIAL_TOKENS.index("</s>"),
-        pad_token_id=SPECIAL_TOKENS.index("<pad>"),
         tie_word_embeddings=spec.tie_word_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
-        dtype=spec.dtype,
         architectures=["LlamaForCausalLM"],
     )
 
