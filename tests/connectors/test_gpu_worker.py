@@ -1,14 +1,13 @@
-"""The worker's device paths (connectors/vllm/gpu.py), vLLM 0.33's sleep-mode hooks and the
-link's per-connection set-up, against a real daemon subprocess.
+"""vLLM 0.33's sleep-mode hooks and the link's per-connection set-up (which pins the arena for
+device copies), against a real daemon subprocess.
 
-The device tests need torch to see a CUDA device and are skipped, with the reason, elsewhere
-(they have not run on the development machine: no GPU there). The sleep-mode and link tests run
-everywhere, on CPU caches: suspending forgets the cache the same way on either device.
+The device copies themselves are tested in test_gpu_copies.py (CUDA only). The sleep-mode and
+link tests here run everywhere, on CPU caches: suspending forgets the cache the same way on
+either device.
 """
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from connectors.vllm.config import ConnectorConfig
@@ -22,17 +21,6 @@ from tierd.layout import Layout
 
 L, H, D, BS, NB, C = 2, 2, 8, 4, 16, 8
 PROMPT = list(range(300, 316))  # two full chunks
-
-
-def _no_cuda_reason() -> str | None:
-    if torch.version.cuda is None:
-        return f"torch {torch.__version__} is a CPU-only build: no CUDA device for the worker's device paths"
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA device"
-    return None
-
-
-needs_cuda = pytest.mark.skipif(_no_cuda_reason() is not None, reason=str(_no_cuda_reason()))
 
 
 def _cpu_worker(socket: str) -> tuple[WorkerSide, dict[str, torch.Tensor]]:
@@ -112,46 +100,3 @@ def test_link_set_up_that_fails_leaves_no_connection(daemon):
                       on_connect=on_connect)
     assert link.client() is None  # treated as the daemon being unavailable: misses, not errors
     link.close()
-
-
-# ---------------------------------------------------------------------- CUDA only
-
-
-def _gpu_kv(layout: Layout, seed: int) -> dict[str, torch.Tensor]:
-    """vLLM-GPU-style views (LBNHC) over one device buffer of random bytes."""
-    gen = torch.Generator().manual_seed(seed)
-    buf = torch.randint(-30000, 30000, (L, NB, BS, H, 2 * D), dtype=torch.int16, generator=gen).view(torch.bfloat16)
-    buf = buf.cuda()
-    return {f"model.layers.{i}.attn": buf[i].permute(0, 2, 1, 3) for i in range(L)}
-
-
-@needs_cuda
-def test_device_worker_saves_into_the_pinned_arena_and_loads_layer_by_layer(daemon):
-    layout = Layout("m", "bfloat16", L, H, D, chunk_tokens=C)
-    keys = chunk_keys(layout, PROMPT)
-    src = WorkerSide(ConnectorConfig(daemon.socket, chunk_size=C), layout, BS, device_type="cuda")
-    src_kv = _gpu_kv(layout, 1)
-    src.register_kv_caches(src_kv)
-    assert src.paged.copy_path in ("native-cuda", "native-triton", "native-torch")
-    src.bind(TierdConnectorMetadata())
-    src.wait_for_save(TierdConnectorMetadata(saves=[SaveSpec("r", keys, 0, [9, 3, 12, 1], 1)]))
-    assert src.saves.drain(60) and _stored(daemon.socket, keys) == 2
-
-    dst = WorkerSide(ConnectorConfig(daemon.socket, chunk_size=C), layout, BS, device_type="cuda")
-    dst_kv = _gpu_kv(layout, 2)
-    before = {k: v.clone() for k, v in dst_kv.items()}
-    dst.register_kv_caches(dst_kv)
-    dst.bind(TierdConnectorMetadata())
-    dst.start_load_kv(TierdConnectorMetadata(loads=[LoadSpec("r", keys, 0, 0, 16, [0, 5, 6, 7])]))
-    for name in dst_kv:
-        dst.wait_for_layer_load(name)
-    dst.wait_for_save(TierdConnectorMetadata())
-    torch.cuda.synchronize()
-    assert dst.get_block_ids_with_load_errors() == set()
-    for name in dst_kv:
-        for b_src, b_dst in ((9, 0), (3, 5), (12, 6), (1, 7)):
-            assert torch.equal(dst_kv[name][b_dst].view(torch.int16), src_kv[name][b_src].view(torch.int16))
-        untouched = [b for b in range(NB) if b not in (0, 5, 6, 7)]
-        assert torch.equal(dst_kv[name][untouched].view(torch.int16), before[name][untouched].view(torch.int16))
-    src.shutdown()
-    dst.shutdown()
