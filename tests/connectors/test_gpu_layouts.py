@@ -130,7 +130,7 @@ def test_a_padded_head_reads_only_the_real_channels():
 
 
 @pytest.mark.parametrize("make,text", [
-    (lambda: {NAMES[0]: torch.zeros(NB, BLOCK, 64)}, "MLA latent cache"),  # [blocks, tokens, latent]
+    (lambda: {NAMES[0]: torch.zeros(NB, BLOCK, 64)}, "view per layer"),  # 3-D: not a paged attention view
     (lambda: {NAMES[0]: torch.zeros(NB, H, 5, 2 * D)}, "do not divide"),
     (lambda: {NAMES[0]: torch.zeros(NB, H, BLOCK, D)}, "C >= 32"),
     (lambda: {NAMES[0]: torch.zeros(NB, H + 1, BLOCK, 2 * D)}, "kv_heads"),
