@@ -14,7 +14,7 @@ OPS = st.lists(st.tuples(st.sampled_from(["touch", "remove"]), st.sampled_from(K
                max_size=60)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(OPS)
 def test_group_orders_are_the_tier_order_restricted_to_the_group(ops):
     lru, group_of = LRUPolicy(), {}

