@@ -39,6 +39,16 @@ class ChunkBatch:
                        .view(cache.num_layers, cache.kv_factor, self.tokens, cache.chunk_row))
         return out
 
+    def check_reachable(self, cache: PagedCache) -> None:
+        """For device copies: every chunk in device memory or pinned host memory (the kernels
+        address it from the GPU), else InvalidArgumentError before any byte moves."""
+        for i, t in enumerate(self.tensors(cache)):
+            if t.device != cache.device and not t.is_pinned():
+                raise InvalidArgumentError(
+                    f"chunk {i} is on {t.device} and not pinned: register the arena (native.pinned.pin) or pass a "
+                    "device or pinned tensor"
+                )
+
 
 def chunk_batch(cache: PagedCache, chunks: Sequence[Buffer], *, writable: bool) -> ChunkBatch:
     """Check that every chunk is one contiguous canonical chunk of the same token count."""

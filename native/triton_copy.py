@@ -124,10 +124,7 @@ class TritonCopier:
         c = self.cache
         batch = chunk_batch(c, chunks, writable=gather)
         if not self._interpret:
-            for i, t in enumerate(batch.tensors(c)):
-                if t.device != c.device and not t.is_pinned():
-                    raise ValueError(f"chunk {i} is on {t.device} and not pinned: register the arena "
-                                     "(native.pinned.pin) or pass a device or pinned tensor")
+            batch.check_reachable(c)
         r = validate(runs, num_chunks=len(batch.ptrs), chunk_tokens=batch.tokens, num_blocks=c.num_blocks,
                      block_size=c.block_size)
         want = layer_range(layers, c.num_layers)

@@ -15,7 +15,7 @@ side stream layer by layer, saves gathered straight into arena slots.
   recorded in `wait_for_save`), then one synchronize before the commit: a slot is never
   committed before its bytes are in it.
 
-NOT RUN on the development machine (no GPU there). `tests/connectors/test_gpu_worker.py` runs
+NOT RUN on the development machine (no GPU there). `tests/connectors/test_gpu_copies.py` runs
 these classes wherever torch sees a CUDA device and is skipped, with the reason, elsewhere; the
 layouts they copy are checked on CPU memory by `tests/connectors/test_gpu_layouts.py`.
 """
@@ -30,16 +30,13 @@ import numpy as np
 import torch
 
 import native
+from connectors.vllm.loader import Piece
 from connectors.vllm.paged import PagedKV
 from native.pinned import pin
 from native.pipeline import LayerwiseScatter, StagedGather
 from tierd.client import Client
 
 log = logging.getLogger(__name__)
-
-#: One load: (canonical chunk in the arena, the blocks it fills, its first token within the chunk).
-Piece = tuple[np.ndarray, Sequence[int], int]
-
 
 def pin_arena(client: Client) -> Callable[[], None] | None:
     """Register `client`'s arena mapping as pinned memory; returns the undo, or None if it could
