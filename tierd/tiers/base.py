@@ -124,9 +124,9 @@ class LowerTier(Protocol):
     async def delete(self, key: bytes) -> int:
         """Remove the copy; return the bytes freed (0 if it was not there)."""
 
-    async def scan(self, progress: Callable[[int], None] | None = None) -> list[StoredRecord]:
+    async def scan(self) -> list[StoredRecord]:
         """Every intact copy on the medium, for rebuilding the index after a restart (a shared
-        tier returns nothing: it is never listed). `progress(n)` is called as headers are read."""
+        tier returns nothing: it is never listed)."""
 
     def prefix_probe(self, on_found: FoundCallback, *, budget: float) -> PrefixProbe | None:
         """A probe for keys this node has not seen (shared tiers), or None."""
