@@ -25,10 +25,10 @@ def test_group_orders_are_the_tier_order_restricted_to_the_group(ops):
         else:
             lru.remove(key)
             group_of.pop(key, None)
-    everything = list(lru.oldest_first())
+    everything = list(lru.candidates())
     assert sorted(everything) == sorted(group_of) and len(lru) == len(group_of)
     for group in GROUPS + ["never-used"]:
-        assert list(lru.oldest_first(group)) == [k for k in everything if group_of[k] == group]
+        assert list(lru.candidates(group)) == [k for k in everything if group_of[k] == group]
 
 
 def test_a_regrouped_key_leaves_its_old_group():
@@ -36,7 +36,7 @@ def test_a_regrouped_key_leaves_its_old_group():
     lru.touch(b"x", "a")
     lru.touch(b"y", "a")
     lru.touch(b"x", "b")
-    assert list(lru.oldest_first("a")) == [b"y"] and list(lru.oldest_first("b")) == [b"x"]
-    assert list(lru.oldest_first()) == [b"y", b"x"]
+    assert list(lru.candidates("a")) == [b"y"] and list(lru.candidates("b")) == [b"x"]
+    assert list(lru.candidates()) == [b"y", b"x"]
     lru.remove(b"y")
-    assert list(lru.oldest_first("a")) == [] and b"y" not in lru
+    assert list(lru.candidates("a")) == [] and b"y" not in lru

@@ -12,7 +12,7 @@ from tests.conftest import SMALL, payload_for
 from tierd.client import Client
 from tierd.errors import InvalidArgumentError, PermissionDeniedError
 from tierd.keys import chunk_keys
-from tierd.quotas import NamespaceQuotas
+from tierd.store.quotas import NamespaceQuotas
 
 CHUNK = SMALL.chunk_bytes  # 512 KiB
 

@@ -13,17 +13,43 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tierd.errors import InvalidArgumentError
+from tierd.errors import InvalidArgumentError, shown
 from tierd.layout import Layout
 
 KEY_BYTES = 16
+#: The longest namespace, in UTF-8 bytes. One limit for every entry point and every medium: a
+#: namespace the store accepts must fit the NVMe and object headers, or its chunks could never
+#: be written down (and a write-down that fails for one tenant stalls it for all).
+MAX_NAMESPACE_BYTES = 255
 _SEED_TAG = b"tierd-keys-v1\x00"
+
+
+def namespace_problem(namespace: object) -> str | None:
+    """What is wrong with `namespace` as a namespace name, or None if nothing is. Callers raise
+    it in their own error type (a bad flag is a ConfigError, a bad request an InvalidArgumentError)."""
+    if not isinstance(namespace, str) or not namespace:
+        return f"namespace {shown(namespace)}: use a non-empty string"
+    if "\x00" in namespace:
+        return f"namespace {shown(namespace)}: must not contain NUL"
+    size = len(namespace.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAMESPACE_BYTES:
+        return (f"namespace {shown(namespace)} is {size} bytes in UTF-8: use at most {MAX_NAMESPACE_BYTES} "
+                "bytes")
+    return None
+
+
+def check_namespace(namespace: object) -> str:
+    """`namespace` if it is a valid namespace name, else InvalidArgumentError saying why."""
+    problem = namespace_problem(namespace)
+    if problem is not None:
+        raise InvalidArgumentError(problem)
+    assert isinstance(namespace, str)
+    return namespace
 
 
 def seed_key(layout: Layout, namespace: str = "default") -> bytes:
     """The chain's starting value for a namespace and layout."""
-    if not isinstance(namespace, str) or not namespace or "\x00" in namespace:
-        raise InvalidArgumentError(f"namespace {namespace!r}: use a non-empty string without NUL")
+    check_namespace(namespace)
     material = _SEED_TAG + namespace.encode() + b"\x00" + layout.identity()
     return hashlib.blake2b(material, digest_size=KEY_BYTES).digest()
 

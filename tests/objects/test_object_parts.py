@@ -16,7 +16,7 @@ from tierd.keys import chunk_keys
 from tierd.remote_lookup import SharedTierProbe
 from tierd.tiers.breaker import BreakerState, CircuitBreaker
 from tierd.tiers.object_store import ObjectTier
-from tierd.uploads import Upload, UploadQueue
+from tierd.store.uploads import Upload, UploadQueue
 
 
 class FakeClock:

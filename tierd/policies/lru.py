@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Iterator
 
+from tierd.policies.base import EvictionPolicy
 
-class LRUPolicy:
+
+class LRUPolicy(EvictionPolicy):
     def __init__(self) -> None:
         self._order: OrderedDict[bytes, None] = OrderedDict()
         self._groups: dict[str, OrderedDict[bytes, None]] = {}
@@ -50,7 +52,7 @@ class LRUPolicy:
     def __len__(self) -> int:
         return len(self._order)
 
-    def oldest_first(self, group: str | None = None) -> Iterator[bytes]:
+    def candidates(self, group: str | None = None) -> Iterator[bytes]:
         """Keys (of `group`, or all) from least to most recently used. Do not mutate the policy
         while iterating."""
         if group is None:

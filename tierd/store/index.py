@@ -1,0 +1,129 @@
+"""The chunk index: key -> chunk, which tiers hold a copy of each, and the leading run of a
+prompt's keys.
+
+A chunk is in the index once committed (or found on the shared tier) and stays while at least
+one tier holds a copy. The index is the one place that records a lower-tier copy coming or
+going, and it keeps two things derived from that current at once: each chunk's fastest tier
+(`tier_code`, read on every lookup) and the set of DRAM copies that may be dropped without a
+write-down (`clean`, which DRAM eviction walks). Quota bytes of a lower copy are charged by
+whoever claims the room for it (`writedown`, or start-up) and released here when it goes.
+"""
+from __future__ import annotations
+
+import itertools
+import operator
+import time
+from typing import Sequence
+
+from tierd.policies.lru import LRUPolicy
+from tierd.store.chunk import ABSENT, ABSENT_CHUNK, Chunk, Reservation
+from tierd.store.lowers import Lower
+from tierd.store.quotas import NamespaceQuotas
+from tierd.tiers.base import Found
+
+_tier_code = operator.attrgetter("tier_code")
+
+
+class ChunkIndex(dict[bytes, Chunk]):
+    """The committed chunks by key (a dict, so reports and lookups read it directly), plus the
+    reservations of keys being written (invisible to lookups until committed)."""
+
+    def __init__(self, lowers: Sequence[Lower], quotas: NamespaceQuotas) -> None:
+        super().__init__()
+        self.lowers = list(lowers)
+        self.quotas = quotas
+        self.reserved: dict[bytes, Reservation] = {}
+        #: DRAM chunks that can be dropped at once (a copy exists on the first lower tier, or
+        #: there is no lower tier), least recently used first: making room never rescans chunks
+        #: still to be written down.
+        self.clean = LRUPolicy()
+
+    # ------------------------------------------------------------------ derived state
+
+    def retier(self, c: Chunk) -> None:
+        """After a copy of `c` came or went: its fastest tier, and whether DRAM may drop it at once."""
+        if c.slot is not None and self.written_down(c):
+            if c.key not in self.clean:
+                self.clean.touch(c.key)
+        else:
+            self.clean.remove(c.key)
+        if c.slot is not None:
+            c.tier_code = 0
+            return
+        c.tier_code = next((i for i, l in enumerate(self.lowers, 1) if l.name in c.lower), ABSENT)
+
+    def written_down(self, c: Chunk) -> bool:
+        """Whether DRAM may drop `c` without writing it down: it has a copy on the first lower tier."""
+        return not self.lowers or self.lowers[0].name in c.lower
+
+    def unindex_if_gone(self, c: Chunk) -> None:
+        """A chunk whose last copy went is no longer stored (a lease may still hold the object)."""
+        if c.slot is None and not c.lower and self.get(c.key) is c:
+            del self[c.key]
+
+    def local_codes(self, keys: Sequence[bytes]) -> tuple[int, bytes]:
+        """(leading run of present keys, tier code of each key). This runs on every request, so
+        the per-key work is C-level loops over one attribute."""
+        chunks = map(self.get, keys, itertools.repeat(ABSENT_CHUNK))
+        codes = bytes(map(_tier_code, chunks))
+        prefix = codes.find(ABSENT)
+        return (len(codes) if prefix < 0 else prefix), codes
+
+    def lower_named(self, name: str) -> Lower:
+        return next(l for l in self.lowers if l.name == name)
+
+    # ------------------------------------------------------------------ lower-tier copies
+
+    def add_lower_copy(self, c: Chunk, lower: Lower, stored: int, *, owned: bool) -> None:
+        """A durable copy of `c` (`stored` bytes) is now on `lower`; `owned`: this node wrote it
+        (counted in the tier's used bytes and evictable by this node). The caller charged the
+        bytes to the tier and quota when it claimed the room."""
+        if lower.name not in c.lower:
+            lower.stats.chunks += 1
+        c.lower[lower.name] = stored
+        if owned:
+            lower.policy.touch(c.key, c.namespace)
+        self.retier(c)
+
+    def forget_lower_copy(self, c: Chunk, lower: Lower) -> None:
+        """`c` no longer has a copy on `lower` (deleted, found bad, or gone from the bucket):
+        release its bytes and, if it was the last copy, the chunk."""
+        stored = c.lower.pop(lower.name, None)
+        if stored is None:
+            return
+        self.retier(c)
+        if lower.owns(c.key):
+            lower.policy.remove(c.key)
+            lower.stats.used_bytes -= stored
+            if not lower.shared:
+                self.quotas.charge(lower.name, c.namespace, -stored)
+                lower.failing = False  # room below: a failing write-down is worth trying again at once
+                lower.room_freed.set()
+        lower.stats.chunks -= 1
+        self.unindex_if_gone(c)
+
+    def move_namespace(self, c: Chunk, namespace: str) -> None:
+        """A chunk found on the shared tier turned out to belong to `namespace` (a local commit
+        of the same key): its local copies' quota bytes and eviction groups follow it."""
+        for name, stored in c.lower.items():
+            lower = self.lower_named(name)
+            if not lower.shared:
+                self.quotas.charge(name, c.namespace, -stored)
+                self.quotas.charge(name, namespace, stored)
+            if lower.owns(c.key):
+                lower.policy.touch(c.key, namespace)
+        c.namespace = namespace
+
+    def index_found(self, found: Sequence[Found], shared: Lower) -> None:
+        """Index copies other nodes wrote to the shared tier: readable here, not ours to evict. A
+        layout id of "" means not known yet: the first read verifies it."""
+        now = time.time()
+        for h in found:
+            if h.key in self.reserved:
+                break  # being written here right now: the local commit wins
+            c = self.get(h.key)
+            if c is None:
+                c = self[h.key] = Chunk(h.key, h.layout_id, h.namespace, h.payload_len, h.created or now, now)
+            if shared.name not in c.lower:
+                self.add_lower_copy(c, shared, h.object_bytes or shared.tier.stored_bytes(h.payload_len),
+                                    owned=False)

@@ -1,0 +1,185 @@
+"""Reservations and leases, each owned by one client connection (a `Session`).
+
+A put is reserve (DRAM slots for the missing keys, invisible to lookups) -> the client copies
+the chunk bytes into the slots -> commit (the chunks join the index). A get is acquire (lease
+the keys' DRAM slots, promoting from lower tiers first) -> the client copies out -> release.
+Closing a session returns everything it holds, whether the client closed cleanly or crashed.
+
+Quota bytes of a reservation are charged the moment its room is found, before its slot is
+awaited, so concurrent puts of one namespace never together exceed the namespace's quota.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Callable, Mapping, Sequence
+
+from tierd.errors import AlreadyStoredError, InvalidArgumentError, LayoutMismatchError, NotFoundError, NotReservedError
+from tierd.layout import Layout
+from tierd.store.chunk import ABSENT, DRAM, Chunk, Lease, Reservation, Session, check_keys, check_namespace
+from tierd.store.dram import DramRoom
+from tierd.store.index import ChunkIndex
+from tierd.store.moves import Moves
+from tierd.store.uploads import Upload, UploadQueue
+
+#: Told the bytes a get promoted, how long that took, and the slowest tier it read (cost model).
+PromotionObserver = Callable[[int, float, int], None]
+
+
+class Sessions:
+    def __init__(self, index: ChunkIndex, dram: DramRoom, moves: Moves, uploads: UploadQueue,
+                 layouts: Mapping[str, Layout], *, write_through: bool) -> None:
+        self.index = index
+        self.dram = dram
+        self.moves = moves
+        self.uploads = uploads
+        self.layouts = layouts
+        self.write_through = write_through
+        self.on_promoted: PromotionObserver | None = None
+        self.open: dict[int, Session] = {}
+        self._session_ids = itertools.count(1)
+        self._lease_ids = itertools.count(1)
+
+    def open_session(self, name: str = "") -> Session:
+        session = Session(next(self._session_ids), name)
+        self.open[session.id] = session
+        return session
+
+    def close_session(self, session: Session) -> None:
+        """Return every reservation and lease of a connection (clean close or crash alike)."""
+        self.abort(session, list(session.reservations))
+        for lease_id in list(session.leases):
+            self.release(session, lease_id)
+        self.open.pop(session.id, None)
+
+    # ------------------------------------------------------------------ put: reserve + commit
+
+    async def reserve(self, session: Session, layout: Layout, namespace: str, keys: Sequence[bytes], nbytes: int,
+                      *, first_position: int = 0, timeout: float = 5.0) -> list[int | None]:
+        """Slots to write the missing keys into; None for a key already stored or being written,
+        or for which no room could be made in time (that chunk is simply not cached)."""
+        check_keys(keys)
+        check_namespace(namespace)
+        if nbytes != layout.chunk_bytes:
+            raise LayoutMismatchError(f"chunk size {nbytes} does not match layout {layout.layout_id} "
+                                      f"({layout.chunk_bytes} bytes per chunk)")
+        if isinstance(first_position, bool) or not isinstance(first_position, int) or first_position < 0:
+            raise InvalidArgumentError(f"first_position {first_position!r}: must be a chunk index >= 0")
+        deadline = time.monotonic() + timeout
+        quotas = self.dram.quotas
+        slots: list[int | None] = []
+        for i, key in enumerate(keys):
+            if key in self.index or key in self.index.reserved or not await self.moves.quota_room(namespace, nbytes):
+                slots.append(None)
+                continue
+            quotas.charge(DRAM, namespace, nbytes)  # claimed now: nothing awaited since quota_room checked
+            slot = await self.dram.alloc_slot(nbytes, deadline, has_lower=bool(self.index.lowers),
+                                              writedown_failing=self.moves.writedown_failing)
+            if slot is None or key in self.index or key in self.index.reserved:  # raced while waiting
+                if slot is not None:
+                    self.dram.free_slot(slot, nbytes)
+                quotas.charge(DRAM, namespace, -nbytes)
+                slots.append(None)
+                continue
+            r = Reservation(key, layout.layout_id, namespace, slot, nbytes, first_position + i)
+            session.reservations[key] = r
+            self.index.reserved[key] = r
+            slots.append(slot)
+        return slots
+
+    def commit(self, session: Session, keys: Sequence[bytes]) -> int:
+        """Make reserved chunks visible. All-or-nothing: any bad key fails the whole batch."""
+        check_keys(keys)
+        seen: set[bytes] = set()
+        for key in keys:
+            if key in seen:
+                raise InvalidArgumentError(f"key {key.hex()} appears twice in one commit")
+            seen.add(key)
+            if key not in session.reservations:
+                if key in self.index:
+                    raise AlreadyStoredError(f"key {key.hex()} is already stored; a chunk is committed once")
+                raise NotReservedError(f"key {key.hex()} was not reserved by this connection; reserve it first")
+        now = time.time()
+        for key in keys:
+            r = session.reservations.pop(key)
+            del self.index.reserved[key]
+            c = self.index.get(key)
+            if c is not None and c.namespace != r.namespace:  # found remotely: its local copies move over
+                self.index.move_namespace(c, r.namespace)
+            if c is None:
+                c = self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, position=r.position)
+            c.layout_id, c.size = r.layout_id, r.size  # (a found chunk may lack them)
+            self.dram.place(c, r.slot)
+            shared = self.index.lowers[-1] if self.index.lowers and self.index.lowers[-1].shared else None
+            if shared is not None and self.write_through and shared.name not in c.lower:
+                self.uploads.put(Upload(key, r.layout_id, r.namespace, r.size, now, r.position))
+        return len(keys)
+
+    def abort(self, session: Session, keys: Sequence[bytes]) -> int:
+        """Drop reservations (a put that failed or a client that went away); frees their slots."""
+        n = 0
+        for key in keys:
+            r = session.reservations.pop(key, None)
+            if r is None:
+                continue
+            del self.index.reserved[key]
+            self.dram.free_slot(r.slot, r.size)
+            self.dram.quotas.charge(DRAM, r.namespace, -r.size)
+            n += 1
+        return n
+
+    # ------------------------------------------------------------------ get: acquire + release
+
+    async def acquire(self, session: Session, layout: Layout, keys: Sequence[bytes], *,
+                      prefix_only: bool = True) -> tuple[int, list[int | None]]:
+        """Lease the keys' DRAM slots, promoting from lower tiers first. Returns (lease id, slot per
+        key); a key that is absent, of another layout, or fails verification gets None, and with
+        `prefix_only` so does every key after it."""
+        check_keys(keys)
+        lease = Lease(next(self._lease_ids), [])
+        session.leases[lease.id] = lease
+        wanted: list[Chunk | None] = []
+        for key in keys:
+            c = self.index.get(key)
+            if c is None or c.layout_id not in (layout.layout_id, ""):  # "": found remotely, checked on read
+                wanted.append(None)
+                if prefix_only:
+                    break
+                continue
+            wanted.append(c)
+            c.leases += 1  # hold it now so nothing moves it while others are promoted
+            lease.chunks.append(c)
+        promoting = [c for c in wanted if c is not None and c.slot is None]
+        codes = [c.tier_code for c in promoting if c.tier_code != ABSENT]  # where they are read from
+        started = time.perf_counter()
+        results = await asyncio.gather(*(self.moves.promote(c, layout.layout_id, layout.chunk_bytes)
+                                         for c in wanted if c is not None))
+        if promoting and self.on_promoted is not None:  # the batch's throughput, credited to its slowest tier
+            self.on_promoted(sum(c.size for c in promoting), time.perf_counter() - started, max(codes, default=0))
+        ok = iter(results)
+        slots: list[int | None] = []
+        now = time.time()
+        failed = False
+        for c in wanted:
+            good = c is not None and next(ok) and not (prefix_only and failed)
+            if not good:
+                failed = True
+                slots.append(None)
+                continue
+            assert c is not None and c.slot is not None
+            c.hits += 1
+            c.last_access = now
+            self.dram.touch(c)
+            slots.append(c.slot)
+        slots.extend([None] * (len(keys) - len(slots)))
+        return lease.id, slots
+
+    def release(self, session: Session, lease_id: int) -> int:
+        lease = session.leases.pop(lease_id, None)
+        if lease is None:
+            raise NotFoundError(f"lease {lease_id} is not held by this connection")
+        for c in lease.chunks:
+            c.leases -= 1
+        self.dram.check_pressure()
+        return len(lease.chunks)
