@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tierd.errors import ConfigError
+from tierd.keys import namespace_problem
 
 #: Our keys in `--hicache-storage-backend-extra-config`.
 KEYS = ("socket", "namespace", "model_id", "require_daemon", "kv_cache_dtype")
@@ -55,8 +56,8 @@ class BackendConfig:
             raise ConfigError(f"{PREFIX}: unknown key(s) {', '.join(hints)}; tierd's keys are {', '.join(KEYS)}")
         socket = _socket(extra)
         namespace = extra.get("namespace", "default")
-        if not isinstance(namespace, str) or not namespace or "\x00" in namespace or len(namespace) > 255:
-            raise ConfigError(f"{PREFIX}.namespace {namespace!r}: use a non-empty string (at most 255 characters)")
+        if (problem := namespace_problem(namespace)) is not None:
+            raise ConfigError(f"{PREFIX}.namespace: {problem}")
         model = extra.get("model_id", getattr(storage_config, "model_name", None))
         if not isinstance(model, str) or not model:
             raise ConfigError(

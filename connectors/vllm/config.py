@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tierd.errors import ConfigError
+from tierd.keys import namespace_problem
 
 KEYS = ("socket", "namespace", "chunk_size", "save_decode", "model_id", "load_plan", "device_flops", "mla_on_cpu")
 
@@ -50,8 +51,8 @@ class ConnectorConfig:
         if not Path(socket).parent.is_dir():
             raise ConfigError(f"kv_connector_extra_config.socket {socket!r}: directory {str(Path(socket).parent)!r} does not exist")
         namespace = extra.get("namespace", "default")
-        if not isinstance(namespace, str) or not namespace or "\x00" in namespace or len(namespace) > 255:
-            raise ConfigError(f"kv_connector_extra_config.namespace {namespace!r}: use a non-empty string")
+        if (problem := namespace_problem(namespace)) is not None:
+            raise ConfigError(f"kv_connector_extra_config.namespace: {problem}")
         chunk = extra.get("chunk_size", 256)
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
             raise ConfigError(f"kv_connector_extra_config.chunk_size {chunk!r}: use a positive integer number of tokens")
