@@ -4,7 +4,7 @@ Each estimator runs over the same 288,500 block references (12,031 requests) in 
 
     dict_pass          a plain Python loop storing each reference in a dict: the cost of just
                        touching every key once per reference, the floor for any online tracker
-    exact_offline      tierd.mrc.stack_distances + hit_ratios (numpy, whole trace at once)
+    exact_offline      tierd.mrc.exact.stack_distances + hit_ratios (numpy, whole trace at once)
     exact_online       ShardsMRC at rate 1.0: Fenwick-tree Mattson, one access_request per request
     shards_online      ShardsMRC.fixed_rate(0.01)
     shards_fixed_size  ShardsMRC.fixed_size(4096)
@@ -31,8 +31,11 @@ from typing import Any, Callable
 if __package__ in (None, ""):  # `python bench/mrc_throughput.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tierd import mrc  # noqa: E402
-from tierd.traces import read_mooncake  # noqa: E402
+from tierd.mrc.curve import hit_ratios, make_curve, mean_abs_error  # noqa: E402
+from tierd.mrc.exact import stack_distances  # noqa: E402
+from tierd.mrc.references import flatten_requests  # noqa: E402
+from tierd.mrc.shards import ShardsMRC, shards_fixed_rate_curves  # noqa: E402
+from tierd.mrc.traces import read_mooncake  # noqa: E402
 
 DEFAULT_TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "mooncake" / "conversation_trace.jsonl"
 GRID = list(range(1000, 60001, 1000))
@@ -62,7 +65,7 @@ def main() -> int:
     rounds = 1 if args.quick else max(1, args.rounds)
 
     requests = [r.keys for r in read_mooncake(args.trace)]
-    refs = mrc.flatten_requests(read_mooncake(args.trace))
+    refs = flatten_requests(read_mooncake(args.trace))
     n = len(refs.sizes)
 
     def dict_pass() -> int:
@@ -75,9 +78,9 @@ def main() -> int:
         return len(last)
 
     def exact_offline() -> list:
-        return mrc.make_curve(GRID, mrc.hit_ratios(mrc.stack_distances(refs.keys), GRID))
+        return make_curve(GRID, hit_ratios(stack_distances(refs.keys), GRID))
 
-    def online(make: Callable[[], mrc.ShardsMRC]) -> Callable[[], list]:
+    def online(make: Callable[[], ShardsMRC]) -> Callable[[], list]:
         def run() -> list:
             est = make()
             for keys in requests:
@@ -86,14 +89,14 @@ def main() -> int:
         return run
 
     def shards_offline() -> list:
-        return mrc.shards_fixed_rate_curves(refs, GRID, RATE)[0]
+        return shards_fixed_rate_curves(refs, GRID, RATE)[0]
 
     runs = {
         "dict_pass": dict_pass,
         "exact_offline": exact_offline,
-        "exact_online": online(lambda: mrc.ShardsMRC(1.0)),
-        "shards_online": online(lambda: mrc.ShardsMRC.fixed_rate(RATE)),
-        "shards_fixed_size": online(lambda: mrc.ShardsMRC.fixed_size(FIXED_SIZE)),
+        "exact_online": online(lambda: ShardsMRC(1.0)),
+        "shards_online": online(lambda: ShardsMRC.fixed_rate(RATE)),
+        "shards_fixed_size": online(lambda: ShardsMRC.fixed_size(FIXED_SIZE)),
         "shards_offline": shards_offline,
     }
     seconds, curves = _interleaved(runs, rounds)
@@ -102,7 +105,7 @@ def main() -> int:
     print(f"trace {args.trace}: {len(requests)} requests, {n} references; {rounds} round(s), median shown")
     exact = curves["exact_offline"]
     for name in ("exact_online", "shards_online", "shards_fixed_size", "shards_offline"):
-        print(f"{name:18s} {rate[name] / 1e6:7.3f} M refs/s   MAE vs exact {mrc.mean_abs_error(curves[name], exact):.4f}")
+        print(f"{name:18s} {rate[name] / 1e6:7.3f} M refs/s   MAE vs exact {mean_abs_error(curves[name], exact):.4f}")
     print(f"{'exact_offline':18s} {rate['exact_offline'] / 1e6:7.3f} M refs/s")
     print(f"{'dict_pass':18s} {rate['dict_pass'] / 1e6:7.3f} M refs/s")
 

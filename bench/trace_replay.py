@@ -22,7 +22,7 @@ leading present run), the served hit ratio (chunks the gets really leased: a pro
 finds no DRAM slot within the store's 5 s deadline is a miss), lookups/s (the lookup RPCs
 alone) and requests/s (the whole request). Baselines from the same run:
 
-- exact LRU (`tierd.mrc.stack_distances`) on the same requests, at the DRAM capacity for the
+- exact LRU (`tierd.mrc.exact.stack_distances`) on the same requests, at the DRAM capacity for the
   DRAM hit ratio and at DRAM + NVMe capacity for the DRAM+NVMe one (DRAM demotes its least
   recently used chunks to NVMe, so the two behave close to one LRU of the summed capacity);
 - the daemon's own live SHARDS estimate (`mrc` RPC), at the same capacities;
@@ -69,14 +69,15 @@ if __package__ in (None, ""):  # `python bench/trace_replay.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import figure  # noqa: E402
-from tierd import mrc  # noqa: E402
 from tierd.client import Client  # noqa: E402
 from tierd.errors import NotFoundError  # noqa: E402
 from tierd.launch import DaemonProcess  # noqa: E402
 from tierd.layout import Layout  # noqa: E402
+from tierd.mrc.curve import hit_ratios  # noqa: E402
+from tierd.mrc.exact import running_max_by_request, stack_distances  # noqa: E402
+from tierd.mrc.traces import read_mooncake  # noqa: E402
 from tierd.sizes import format_size, parse_size  # noqa: E402
 from tierd.tiers.nvme import NvmeChunkFiles  # noqa: E402
-from tierd.traces import read_mooncake  # noqa: E402
 
 TRACE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "mooncake"
 TRACES = {"conversation": TRACE_DIR / "conversation_trace.jsonl", "synthetic": TRACE_DIR / "synthetic_trace.jsonl"}
@@ -266,9 +267,9 @@ def exact_lru(requests: Sequence[Sequence[int]],
     t0 = time.perf_counter()
     keys = np.fromiter((k for r in requests for k in r), dtype=np.int64)
     request_index = np.repeat(np.arange(len(requests), dtype=np.int64), [len(r) for r in requests])
-    dist = mrc.stack_distances(keys)
-    block = mrc.hit_ratios(dist, capacities)
-    prefix = mrc.hit_ratios(mrc.running_max_by_request(dist, request_index), capacities)
+    dist = stack_distances(keys)
+    block = hit_ratios(dist, capacities)
+    prefix = hit_ratios(running_max_by_request(dist, request_index), capacities)
     seconds = time.perf_counter() - t0
     caps = [int(c) for c in capacities]
     return dict(zip(caps, block.tolist())), dict(zip(caps, prefix.tolist())), seconds

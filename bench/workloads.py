@@ -250,7 +250,7 @@ def sample_mooncake(spec: MooncakeSpec) -> list[tuple[int, list[int]]]:
     """(trace line, kept hash ids) of the replayed requests, in trace order: whole
     conversations, taken in order of a hash of their key until there are `spec.requests`
     requests, then the first `spec.requests` of those in trace order."""
-    from tierd.traces import read_mooncake
+    from tierd.mrc.traces import read_mooncake
 
     rows = [(int(r.request_id or 0), list(r.keys)) for r in read_mooncake(spec.trace)]
     by_conv: dict[str, list[int]] = {}

@@ -15,9 +15,15 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tierd import mrc
 from tierd.errors import InvalidArgumentError
-from tierd.traces import read_mooncake
+from tierd.mrc.advice import GiB, recommend_capacity
+from tierd.mrc.curve import hit_ratios, make_curve, mean_abs_error
+from tierd.mrc.exact import COLD, running_max_by_request, stack_distances
+from tierd.mrc.recency import RecencyTree
+from tierd.mrc.references import flatten_requests
+from tierd.mrc.sampling import HASH_MODULUS, key_hash
+from tierd.mrc.shards import ShardsMRC, shards_fixed_rate_curves
+from tierd.mrc.traces import read_mooncake
 
 REPO = Path(__file__).resolve().parents[1]
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "mooncake"
@@ -75,7 +81,7 @@ traces = st.lists(st.integers(0, 12), min_size=1, max_size=80)
 @settings(max_examples=60, deadline=None)
 @given(traces)
 def test_count_distances_match_brute_force_lru(keys):
-    dist = mrc.stack_distances(keys)
+    dist = stack_distances(keys)
     for capacity in range(1, len(set(keys)) + 2):
         assert list(dist <= capacity) == lru_hits(keys, [1] * len(keys), capacity)
 
@@ -84,7 +90,7 @@ def test_count_distances_match_brute_force_lru(keys):
 @given(traces, st.lists(st.integers(0, 9), min_size=13, max_size=13))
 def test_byte_distances_match_brute_force_byte_lru(keys, size_of):
     sizes = [size_of[k] for k in keys]
-    dist = mrc.stack_distances(keys, sizes)
+    dist = stack_distances(keys, sizes)
     for capacity in range(0, sum(size_of) + 2):
         assert list(dist <= capacity) == lru_hits(keys, sizes, capacity), capacity
 
@@ -92,8 +98,8 @@ def test_byte_distances_match_brute_force_byte_lru(keys, size_of):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 15), min_size=1, max_size=6), min_size=1, max_size=25))
 def test_prefix_curve_matches_brute_force_prefix_simulation(requests):
-    refs = mrc.flatten_requests(_Req(r) for r in requests)
-    prefix = mrc.running_max_by_request(mrc.stack_distances(refs.keys), refs.request_index)
+    refs = flatten_requests(_Req(r) for r in requests)
+    prefix = running_max_by_request(stack_distances(refs.keys), refs.request_index)
     for capacity in range(1, 18):
         assert int(np.count_nonzero(prefix <= capacity)) == sum(prefix_hits(requests, capacity))
 
@@ -110,40 +116,40 @@ class _Req:
 def test_online_rate_one_is_exact(requests, size_of, unit):
     """ShardsMRC at rate 1.0 tracks every key: its distances are the exact ones."""
     sizes = [[size_of[k] for k in r] for r in requests]
-    refs = mrc.flatten_requests(_Req(r, s) for r, s in zip(requests, sizes))
-    exact = mrc.stack_distances(refs.keys, refs.sizes if unit == "bytes" else None)
-    est = mrc.ShardsMRC(1.0, unit=unit, bucket_width=1)
+    refs = flatten_requests(_Req(r, s) for r, s in zip(requests, sizes))
+    exact = stack_distances(refs.keys, refs.sizes if unit == "bytes" else None)
+    est = ShardsMRC(1.0, unit=unit, bucket_width=1)
     online = [d for r, s in zip(requests, sizes) for d in est.access_request(r, s)]
-    assert [math.inf if d == mrc.COLD else float(d) for d in exact] == online
+    assert [math.inf if d == COLD else float(d) for d in exact] == online
     grid = list(range(1, 40))
-    assert est.curve(grid) == mrc.make_curve(grid, mrc.hit_ratios(exact, grid))
-    prefix = mrc.running_max_by_request(exact, refs.request_index)
-    assert est.prefix_curve(grid) == mrc.make_curve(grid, mrc.hit_ratios(prefix, grid))
+    assert est.curve(grid) == make_curve(grid, hit_ratios(exact, grid))
+    prefix = running_max_by_request(exact, refs.request_index)
+    assert est.prefix_curve(grid) == make_curve(grid, hit_ratios(prefix, grid))
 
 
 def test_recency_tree_renumbering_keeps_distances():
     """Small arrays force many renumberings; distances must not change across them."""
     rng = np.random.default_rng(7)
     keys = rng.integers(0, 40, size=3000).tolist()
-    tree = mrc._RecencyTree(min_size=2)
+    tree = RecencyTree(min_size=2)
     got = [tree.touch(k, 1) for k in keys]
-    exact = mrc.stack_distances(keys)
-    assert [None if d == mrc.COLD else int(d) for d in exact] == got
+    exact = stack_distances(keys)
+    assert [None if d == COLD else int(d) for d in exact] == got
     assert len(tree) == 40
 
 
 def test_fixed_size_with_room_for_every_key_is_exact():
     keys = np.random.default_rng(3).integers(0, 300, size=5000).tolist()
-    est = mrc.ShardsMRC.fixed_size(300)
+    est = ShardsMRC.fixed_size(300)
     for k in keys:
         est.access(k)
     grid = list(range(10, 310, 10))
     assert est.rate == 1.0
-    assert est.curve(grid) == mrc.make_curve(grid, mrc.hit_ratios(mrc.stack_distances(keys), grid))
+    assert est.curve(grid) == make_curve(grid, hit_ratios(stack_distances(keys), grid))
 
 
 def test_fixed_size_never_tracks_more_than_max_keys():
-    est = mrc.ShardsMRC.fixed_size(64)
+    est = ShardsMRC.fixed_size(64)
     rates = []
     for k in np.random.default_rng(5).integers(0, 5000, size=20000).tolist():
         est.access(k)
@@ -155,44 +161,44 @@ def test_fixed_size_never_tracks_more_than_max_keys():
 
 def test_coarsened_histogram_stays_bounded_and_only_understates():
     keys = np.random.default_rng(11).zipf(1.3, size=20000) % 3000
-    est = mrc.ShardsMRC(1.0, max_buckets=16)
+    est = ShardsMRC(1.0, max_buckets=16)
     for k in keys.tolist():
         est.access(k)
     assert len(est._blocks.buckets) <= 16
     grid = list(range(100, 3001, 100))
-    exact = mrc.make_curve(grid, mrc.hit_ratios(mrc.stack_distances(keys), grid))
+    exact = make_curve(grid, hit_ratios(stack_distances(keys), grid))
     coarse = est.curve(grid)
     assert all(c[1] <= e[1] + 1e-9 for c, e in zip(coarse, exact))
-    assert mrc.mean_abs_error(coarse, exact) < 0.05
+    assert mean_abs_error(coarse, exact) < 0.05
 
 
 def test_key_hash_of_int_is_hash_of_its_little_endian_bytes():
-    assert mrc.key_hash(5) == xxhash.xxh3_64_intdigest((5).to_bytes(8, "little")) % mrc.HASH_MODULUS
-    assert mrc.key_hash(-1) == mrc.key_hash(b"\xff" * 8)
-    assert mrc.key_hash(b"abc") == mrc.key_hash(bytearray(b"abc"))
-    assert mrc.key_hash(np.int64(7)) == mrc.key_hash(7)
+    assert key_hash(5) == xxhash.xxh3_64_intdigest((5).to_bytes(8, "little")) % HASH_MODULUS
+    assert key_hash(-1) == key_hash(b"\xff" * 8)
+    assert key_hash(b"abc") == key_hash(bytearray(b"abc"))
+    assert key_hash(np.int64(7)) == key_hash(7)
     for bad in ("text", 1.5, 1 << 64, None):
         with pytest.raises(InvalidArgumentError):
-            mrc.key_hash(bad)
+            key_hash(bad)
 
 
 @pytest.mark.parametrize("rate", [0, 2, -0.5, float("nan"), True, "0.1"])
 def test_bad_sample_rates_are_refused(rate):
     with pytest.raises(InvalidArgumentError, match="sample rate"):
-        mrc.ShardsMRC(rate)
+        ShardsMRC(rate)
 
 
 def test_recommendation_stops_where_a_gib_stops_paying():
-    g = mrc.GiB
+    g = GiB
     curve = [[1 * g, 0.10], [2 * g, 0.20], [3 * g, 0.25], [4 * g, 0.26], [5 * g, 0.261]]
-    rec = mrc.recommend_capacity(curve, 0.02)
+    rec = recommend_capacity(curve, 0.02)
     assert (rec.capacity, rec.hit_ratio, rec.flattened) == (3 * g, 0.25, True)
     # a plateau followed by a second rise (an LRU cliff) is not the end of the curve
     cliff = [[1 * g, 0.1], [2 * g, 0.1], [3 * g, 0.3]]
-    assert mrc.recommend_capacity(cliff, 0.05).capacity == 3 * g
-    assert mrc.recommend_capacity(cliff, 0.05).flattened is False
+    assert recommend_capacity(cliff, 0.05).capacity == 3 * g
+    assert recommend_capacity(cliff, 0.05).flattened is False
     with pytest.raises(InvalidArgumentError):
-        mrc.recommend_capacity(curve, 0)
+        recommend_capacity(curve, 0)
 
 
 # --------------------------------------------------------------------------- the real trace
@@ -203,34 +209,34 @@ def conversation():
     if not CONVERSATION.exists():
         pytest.skip(f"Mooncake trace not found at {CONVERSATION}")
     requests = list(read_mooncake(CONVERSATION))
-    refs = mrc.flatten_requests(requests)
-    dist = mrc.stack_distances(refs.keys)
+    refs = flatten_requests(requests)
+    dist = stack_distances(refs.keys)
     return requests, refs, dist
 
 
 def test_exact_curve_matches_the_trace_readme(conversation):
     _, refs, dist = conversation
     assert len(dist) == 288_500
-    assert int(np.count_nonzero(dist == mrc.COLD)) == 182_790
-    ratios = mrc.hit_ratios(dist, [5000, 10000, 20000, 50000])
+    assert int(np.count_nonzero(dist == COLD)) == 182_790
+    ratios = hit_ratios(dist, [5000, 10000, 20000, 50000])
     assert np.allclose(ratios, [0.110, 0.211, 0.287, 0.355], atol=0.002), ratios
 
 
 def test_shards_fixed_rate_is_within_one_percent_of_exact(conversation):
     _, refs, dist = conversation
-    exact = mrc.make_curve(ACCURACY_GRID, mrc.hit_ratios(dist, ACCURACY_GRID))
-    prefix = mrc.make_curve(ACCURACY_GRID, mrc.hit_ratios(mrc.running_max_by_request(dist, refs.request_index), ACCURACY_GRID))
-    shards, prefix_shards = mrc.shards_fixed_rate_curves(refs, ACCURACY_GRID, 0.01)
-    assert mrc.mean_abs_error(shards, exact) < 0.01
-    assert mrc.mean_abs_error(prefix_shards, prefix) < 0.01
+    exact = make_curve(ACCURACY_GRID, hit_ratios(dist, ACCURACY_GRID))
+    prefix = make_curve(ACCURACY_GRID, hit_ratios(running_max_by_request(dist, refs.request_index), ACCURACY_GRID))
+    shards, prefix_shards = shards_fixed_rate_curves(refs, ACCURACY_GRID, 0.01)
+    assert mean_abs_error(shards, exact) < 0.01
+    assert mean_abs_error(prefix_shards, prefix) < 0.01
 
 
 def test_online_fixed_rate_equals_offline_fixed_rate(conversation):
     requests, refs, _ = conversation
-    est = mrc.ShardsMRC.fixed_rate(0.01)
+    est = ShardsMRC.fixed_rate(0.01)
     for r in requests:
         est.access_request(r.keys)
-    offline, offline_prefix = mrc.shards_fixed_rate_curves(refs, ACCURACY_GRID, 0.01)
+    offline, offline_prefix = shards_fixed_rate_curves(refs, ACCURACY_GRID, 0.01)
     assert est.curve(ACCURACY_GRID) == offline
     assert est.prefix_curve(ACCURACY_GRID) == offline_prefix
     assert est.references == 288_500
@@ -239,13 +245,13 @@ def test_online_fixed_rate_equals_offline_fixed_rate(conversation):
 
 def test_shards_fixed_size_is_within_one_percent_of_exact(conversation):
     requests, _, dist = conversation
-    est = mrc.ShardsMRC.fixed_size(4000)
+    est = ShardsMRC.fixed_size(4000)
     for r in requests:
         est.access_request(r.keys)
-    exact = mrc.make_curve(ACCURACY_GRID, mrc.hit_ratios(dist, ACCURACY_GRID))
+    exact = make_curve(ACCURACY_GRID, hit_ratios(dist, ACCURACY_GRID))
     assert est.tracked_keys <= 4000
     assert est.rate < 0.05
-    assert mrc.mean_abs_error(est.curve(ACCURACY_GRID), exact) < 0.01
+    assert mean_abs_error(est.curve(ACCURACY_GRID), exact) < 0.01
 
 
 # --------------------------------------------------------------------------- command line
@@ -267,7 +273,7 @@ def test_cli_json_contract(conversation, tmp_path):
     report = json.loads(lines[0])
     for name in ("exact", "shards", "prefix_exact", "prefix_shards"):
         assert [c for c, _ in report[name]] == [5000, 10000, 20000, 50000]
-    expected = mrc.hit_ratios(dist, [5000, 10000, 20000, 50000])
+    expected = hit_ratios(dist, [5000, 10000, 20000, 50000])
     assert np.allclose([h for _, h in report["exact"]], expected, atol=1e-6)
     assert report["references"] == 288_500 and report["distinct"] == 182_790
     assert report["tiers"][0]["cumulative_blocks"] == 5120
@@ -313,11 +319,11 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
        st.lists(st.integers(1, 9), min_size=61, max_size=61), st.sampled_from([0.3, 0.6, 1.0]))
 def test_offline_and_online_shards_agree_in_byte_mode(requests, size_of, rate):
     sizes = [[size_of[k] for k in r] for r in requests]
-    refs = mrc.flatten_requests(_Req(r, s) for r, s in zip(requests, sizes))
-    est = mrc.ShardsMRC.fixed_rate(rate, unit="bytes")
+    refs = flatten_requests(_Req(r, s) for r, s in zip(requests, sizes))
+    est = ShardsMRC.fixed_rate(rate, unit="bytes")
     for r, s in zip(requests, sizes):
         est.access_request(r, s)
     grid = list(range(1, 200, 3))
-    offline, offline_prefix = mrc.shards_fixed_rate_curves(refs, grid, rate, unit="bytes")
+    offline, offline_prefix = shards_fixed_rate_curves(refs, grid, rate, unit="bytes")
     assert est.curve(grid) == offline
     assert est.prefix_curve(grid) == offline_prefix

@@ -13,10 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tierd import mrc
 from tierd.errors import InvalidArgumentError
-from tierd.trace_recorder import TraceRecorder
-from tierd.traces import TRACE_SCHEMA, read_mooncake, read_parquet, read_trace
+from tierd.mrc.curve import hit_ratios
+from tierd.mrc.exact import stack_distances
+from tierd.mrc.references import flatten_requests
+from tierd.mrc.trace_recorder import TraceRecorder
+from tierd.mrc.traces import TRACE_SCHEMA, read_mooncake, read_parquet, read_trace
 
 REPO = Path(__file__).resolve().parents[1]
 CONVERSATION = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "mooncake" / "conversation_trace.jsonl"
@@ -190,9 +192,9 @@ def test_recorded_trace_through_the_cli(tmp_path):
     with TraceRecorder(path) as rec:
         for i in range(60):
             rec.record("lookup", "ns", [key(0), key(1 + i % 4), key(100 + i % 7)], 1 << 20)
-    refs = mrc.flatten_requests(read_parquet(path))
+    refs = flatten_requests(read_parquet(path))
     grid = [1, 2, 4, 8, 16]
-    exact = mrc.hit_ratios(mrc.stack_distances(refs.keys), grid)
+    exact = hit_ratios(stack_distances(refs.keys), grid)
     out = subprocess.run([sys.executable, "-m", "tierd.cli", "mrc", "--trace", str(path), "--format", "parquet",
                           "--sample-rate", "1", "--json", "--grid", "1,2,4,8,16"],
                          cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ})

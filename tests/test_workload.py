@@ -162,7 +162,7 @@ def test_mooncake_shared_ids_are_exactly_shared_tokens() -> None:
 
 @needs_trace
 def test_mooncake_sample_is_whole_conversations_in_trace_order() -> None:
-    from tierd.traces import read_mooncake
+    from tierd.mrc.traces import read_mooncake
 
     spec = MooncakeSpec(requests=80, length_scale=0.5, max_blocks=4)
     sampled = sample_mooncake(spec)

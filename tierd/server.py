@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import tierd
-from tierd.access_observer import AccessObserver
+from tierd.mrc.observer import AccessObserver
 from tierd.assembly import build_store
 from tierd.config import Config
 from tierd.errors import ConfigError, PermissionDeniedError, ProtocolError
@@ -72,7 +72,7 @@ class Daemon:
         self.calibration = BackgroundCalibration(self.store, self.config.calibrate)
         recorder = None
         if self.config.record_trace:
-            from tierd.trace_recorder import TraceRecorder
+            from tierd.mrc.trace_recorder import TraceRecorder
 
             recorder = TraceRecorder(self.config.record_trace)
         observer = AccessObserver(self.store, sample_rate=self.config.mrc_sample_rate, recorder=recorder)

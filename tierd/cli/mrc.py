@@ -2,8 +2,8 @@
 
 Offline mode reads a trace (Mooncake JSONL or tierd's Parquet access trace) and prints the
 exact curve beside its SHARDS estimates, block-level and prefix-level. The work lives in
-`tierd.mrc.analyze`; this module only parses flags and prints, so the live mode (curves
-fetched from a running daemon over --socket) can reuse the same report and printing:
+`tierd.mrc.trace_report.analyze`; this module only parses flags and prints, so the live mode
+(curves fetched from a running daemon over --socket) can reuse the same report and printing:
 see `_run_live`.
 
 JSON contract (`--json`), relied on by scripts: one object with `exact`, `shards`,
@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tierd import mrc
 from tierd.cli.common import add_client_args, print_json, print_table
 from tierd.errors import ConfigError, InvalidArgumentError
+from tierd.mrc.advice import GiB
+from tierd.mrc.sampling import sampling_threshold
+from tierd.mrc.trace_report import analyze
+from tierd.mrc.traces import TRACE_FORMATS, read_trace
 from tierd.sizes import format_size, parse_size
-from tierd.traces import TRACE_FORMATS, read_trace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,7 +75,7 @@ def _run_live(args: argparse.Namespace) -> int:
 
 def _offline_report(args: argparse.Namespace) -> dict[str, Any]:
     rate = _number(args.sample_rate, "--sample-rate", "a rate in (0, 1], e.g. 0.01")
-    mrc.sampling_threshold(rate)  # bad rates fail before the trace is read
+    sampling_threshold(rate)  # bad rates fail before the trace is read
     fixed_size = None
     if args.fixed_size is not None:
         fixed_size = _number(args.fixed_size, "--fixed-size", "a positive whole number of keys, e.g. 4096")
@@ -92,8 +94,8 @@ def _offline_report(args: argparse.Namespace) -> dict[str, Any]:
         sizes = {s for r in requests for s in r.sizes}
         if len(sizes) == 1 and next(iter(sizes)) > 0:
             block_bytes = next(iter(sizes))
-    report = mrc.analyze(requests, sample_rate=rate, grid=grid, fixed_size=fixed_size, block_bytes=block_bytes,
-                         gain_per_gib=gain, tier_capacities=tiers)
+    report = analyze(requests, sample_rate=rate, grid=grid, fixed_size=fixed_size, block_bytes=block_bytes,
+                     gain_per_gib=gain, tier_capacities=tiers)
     report["trace"] = str(args.trace)
     report["format"] = args.format
     return report
@@ -192,7 +194,7 @@ def _plot(report: dict[str, Any], path: str) -> None:
         ax.axvline(rec["capacity_blocks"], color="green", linestyle=":", linewidth=1, label="recommended")
     block_bytes = report.get("block_bytes")
     if block_bytes:
-        gib = block_bytes / mrc.GiB
+        gib = block_bytes / GiB
         top = ax.secondary_xaxis("top", functions=(lambda b: b * gib, lambda g: g / gib))
         top.set_xlabel("capacity (GiB)")
     ax.set_xlabel("capacity (blocks)")

@@ -32,7 +32,7 @@ from tierd.rpc.scope import NamespaceScope
 from tierd.store import ABSENT, Session, TieredStore
 
 if TYPE_CHECKING:
-    from tierd.access_observer import AccessObserver
+    from tierd.mrc.observer import AccessObserver
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from tierd.mrc import ShardsMRC, default_grid, make_curve, recommend_capacity
+from tierd.mrc.advice import recommend_blocks
+from tierd.mrc.curve import default_grid
+from tierd.mrc.shards import ShardsMRC
 
 if TYPE_CHECKING:
     from tierd.store import TieredStore
-    from tierd.trace_recorder import TraceRecorder
+    from tierd.mrc.trace_recorder import TraceRecorder
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +114,7 @@ class AccessObserver:
             t["hit_ratio"], t["prefix_hit_ratio"] = at.get(c, 0.0), pat.get(c, 0.0)
             t["predicted_tier_hit_ratio"] = t["hit_ratio"] - below
             below = t["hit_ratio"]
-        byte_curve = make_curve([c * chunk_bytes for c in grid], [h for _, h in shards])
-        rec = recommend_capacity(byte_curve, gain_per_gib).to_dict() if self.mrc.references else None
-        if rec is not None:
-            rec["capacity_blocks"] = int(rec["capacity_bytes"] // chunk_bytes)
+        rec = recommend_blocks(shards, chunk_bytes, gain_per_gib) if self.mrc.references else None
         return {
             "source": "live", "grid": grid, "shards": shards, "prefix_shards": prefix, "block_bytes": chunk_bytes,
             "sample_rate": self.mrc.rate, "requests": self.requests, "references": self.mrc.references,

@@ -1,4 +1,4 @@
-"""Record the daemon's chunk references to a Parquet access trace (tierd.traces.TRACE_SCHEMA).
+"""Record the daemon's chunk references to a Parquet access trace (tierd.mrc.traces.TRACE_SCHEMA).
 
 A recorded trace replays offline through `tierd mrc --format parquet` with the keys, sizes and
 tiers the daemon really saw, which is what makes a capacity recommendation trustworthy.
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tierd.errors import InvalidArgumentError
-from tierd.traces import TRACE_OPS, TRACE_SCHEMA
+from tierd.mrc.traces import TRACE_OPS, TRACE_SCHEMA
 
 KEY_BYTES = 16
 

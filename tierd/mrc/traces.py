@@ -5,7 +5,7 @@ Two formats, both read into the same `TraceRequest` stream:
 - Mooncake JSONL (FAST'25 traces): one request per line with `timestamp` (ms from the start),
   `input_length` and `hash_ids`, one id per 512-token block, already chained (an id names the
   whole prefix up to its block), so ids are keys as they are.
-- tierd's own Parquet access trace (`TRACE_SCHEMA`), written by `tierd.trace_recorder`: one
+- tierd's own Parquet access trace (`TRACE_SCHEMA`), written by `tierd.mrc.trace_recorder`: one
   row per chunk reference, so a trace taken on a live daemon can be replayed offline with the
   exact same keys and sizes the daemon saw.
 
@@ -133,7 +133,7 @@ def read_parquet(path: str | Path, *, ops: Iterable[str] = ("lookup",)) -> Itera
         raise InvalidArgumentError(f"trace {str(p)!r}: not a Parquet file ({exc}); pass --format mooncake for JSONL") from None
     missing = [c for c in _REQUIRED_COLUMNS if c not in pf.schema_arrow.names]
     if missing:
-        raise InvalidArgumentError(f"trace {str(p)!r}: missing column(s) {', '.join(missing)}; write traces with tierd.trace_recorder")
+        raise InvalidArgumentError(f"trace {str(p)!r}: missing column(s) {', '.join(missing)}; write traces with tierd.mrc.trace_recorder")
     has_tier = "tier" in pf.schema_arrow.names
     return _parquet_rows(pf, wanted, has_tier)
 
