@@ -75,7 +75,7 @@ from tierd.errors import NotFoundError  # noqa: E402
 from tierd.launch import DaemonProcess  # noqa: E402
 from tierd.layout import Layout  # noqa: E402
 from tierd.sizes import format_size, parse_size  # noqa: E402
-from tierd.tiers.nvme import NvmeChunkFiles  # noqa: E402
+from tierd.tiers.nvme.files import NvmeChunkFiles  # noqa: E402
 from tierd.traces import read_mooncake  # noqa: E402
 
 TRACE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "mooncake"
