@@ -58,7 +58,7 @@ from bench.figures import best_seconds, figure  # noqa: E402
 from tierd.codecs import get_codec  # noqa: E402
 from tierd.codecs.sample import synthetic_kv  # noqa: E402
 from tierd.layout import Layout  # noqa: E402
-from tierd.tiers.nvme import NvmeChunkFiles  # noqa: E402
+from tierd.tiers.nvme.files import NvmeChunkFiles  # noqa: E402
 
 LAYOUT = Layout("bench-8b-like", "bfloat16", num_layers=32, num_kv_heads=8, head_dim=128, chunk_tokens=256)
 QUICK_SPECS = ("raw", "zstd:1", "zstd:3", "zstd-shuffle:1", "zstd-shuffle:3", "int8k-tq3v", "int8k-tq4v")

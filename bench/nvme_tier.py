@@ -37,7 +37,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python bench/nvme_tier.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tierd.tiers.nvme import NvmeChunkFiles  # noqa: E402
+from tierd.tiers.nvme.files import NvmeChunkFiles  # noqa: E402
 
 CHUNK = 4 * 1024 * 1024
 LAYOUT = "00000000bec40001"

@@ -2,7 +2,7 @@
 
     python -m bench.object_tier [--quick]
 
-1. Put and get GB/s through the tier (`ObjectTier.write_async` / `read_into_async`: header,
+1. Put and get GB/s through the tier (`ObjectTier.write` / `read_into`: header,
    checksum, existence check, multipart puts and concurrent ranged gets, verification, copy
    into the destination buffer) for 4 MiB and 32 MiB chunks, against raw `obstore.put_async` /
    `get_async` of the same bytes, with the same number of requests in flight (4). Raw and tier
@@ -33,8 +33,9 @@ from tierd.client import Client
 from tierd.keys import chunk_keys
 from tierd.launch import DaemonProcess
 from tierd.layout import Layout
-from tierd.tiers.object_format import object_path
-from tierd.tiers.object_store import ObjectTier, open_store
+from tierd.tiers.object.bucket import open_store
+from tierd.tiers.object.format import object_path
+from tierd.tiers.object.tier import ObjectTier
 
 MiB = 1 << 20
 INFLIGHT = 4
@@ -65,7 +66,7 @@ async def transfer_figures(s3: SeaweedS3, size_mib: int, total_mib: int, rounds:
         t0 = time.perf_counter()
         await _bounded(obstore.put_async(raw, f"r{r}/{i}", memoryview(p)) for i, p in enumerate(payloads))
         t1 = time.perf_counter()
-        await _bounded(tier.write_async(k, "be9c", "bench", memoryview(p)) for k, p in zip(keys, payloads))
+        await _bounded(tier.write(k, "be9c", "bench", memoryview(p)) for k, p in zip(keys, payloads))
         t2 = time.perf_counter()
 
         async def raw_get(i: int) -> None:
@@ -77,7 +78,7 @@ async def transfer_figures(s3: SeaweedS3, size_mib: int, total_mib: int, rounds:
         t3 = time.perf_counter()
 
         async def tier_get(i: int) -> None:
-            assert await tier.read_into_async(keys[i], memoryview(dests[i]), layout_id="be9c", payload_len=size)
+            assert await tier.read_into(keys[i], memoryview(dests[i]), layout_id="be9c", payload_len=size)
 
         await _bounded(tier_get(i) for i in range(n))
         t4 = time.perf_counter()
@@ -88,7 +89,7 @@ async def transfer_figures(s3: SeaweedS3, size_mib: int, total_mib: int, rounds:
         # free the round's space (SeaweedFS on loopback has a bounded number of volumes); untimed
         await obstore.delete_async(raw, [f"r{r}/{i}" for i in range(n)])
         for k in keys:
-            await tier.delete_async(k)
+            await tier.delete(k)
     gb = n * size / 1e9
     med = {k: statistics.median(v) for k, v in times.items()}
     figure(f"object_put_{size_mib}MiB", gb / med["tier_put"], "GB/s", "raw obstore put", gb / med["raw_put"],

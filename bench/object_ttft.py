@@ -36,7 +36,7 @@ from tests.e2e.vllm_runner import run_vllm_doc
 from tests.s3server import SeaweedS3
 from tierd.client import Client
 from tierd.launch import DaemonProcess
-from tierd.tiers.object_store import open_store
+from tierd.tiers.object.bucket import open_store
 
 
 def _object_tier(socket: str) -> dict[str, Any]:

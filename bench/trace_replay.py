@@ -77,7 +77,7 @@ from tierd.mrc.curve import hit_ratios  # noqa: E402
 from tierd.mrc.exact import running_max_by_request, stack_distances  # noqa: E402
 from tierd.mrc.traces import read_mooncake  # noqa: E402
 from tierd.sizes import format_size, parse_size  # noqa: E402
-from tierd.tiers.nvme import NvmeChunkFiles  # noqa: E402
+from tierd.tiers.nvme.files import NvmeChunkFiles  # noqa: E402
 
 TRACE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "mooncake"
 TRACES = {"conversation": TRACE_DIR / "conversation_trace.jsonl", "synthetic": TRACE_DIR / "synthetic_trace.jsonl"}

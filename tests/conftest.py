@@ -16,7 +16,7 @@ import pytest
 from tests.s3server import SeaweedS3
 from tierd.launch import DaemonProcess
 from tierd.layout import Layout
-from tierd.tiers.object_store import open_store
+from tierd.tiers.object.bucket import open_store
 
 #: A small layout: 4 layers, 2 KV heads, head dim 64, bf16, 256 tokens -> 512 KiB chunks.
 SMALL = Layout("test-model", "bfloat16", 4, 2, 64, chunk_tokens=256)

@@ -9,7 +9,8 @@ import numpy as np
 from tests.conftest import SMALL, payload_for
 from tierd.keys import chunk_keys
 from tierd.store import TieredStore
-from tierd.tiers.nvme import NvmeChunkFiles
+from tierd.tiers.nvme.files import NvmeChunkFiles
+from tierd.tiers.nvme.tier import NvmeTier
 
 
 async def _put(store: TieredStore, session, keys) -> None:
@@ -24,8 +25,8 @@ async def _put(store: TieredStore, session, keys) -> None:
 async def test_two_acquires_promoting_one_chunk_while_waiting_for_room(tmp_path):
     """Both acquires find the chunk only on NVMe and wait for DRAM room; when room comes, the
     second must see the first's promotion (not start another over it) and both get the bytes."""
-    store = TieredStore(dram_bytes=4 * SMALL.chunk_bytes, lower_tiers=[(NvmeChunkFiles(tmp_path / "nvme"), 1 << 30)],
-                        io_threads=2)
+    nvme = NvmeTier(NvmeChunkFiles(tmp_path / "nvme"), io_threads=2)
+    store = TieredStore(dram_bytes=4 * SMALL.chunk_bytes, lower_tiers=[(nvme, 1 << 30)])
     await store.start()
     try:
         s = store.open_session("t")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.trace_replay import TRACES, ReplaySetup, chunk_key, layout_for, nvme_bytes_for, replay
-from tierd.tiers.nvme import NvmeChunkFiles
+from tierd.tiers.nvme.files import NvmeChunkFiles
 
 pytestmark = pytest.mark.skipif(not TRACES["conversation"].exists(), reason="Mooncake traces not checked out")
 

@@ -9,18 +9,21 @@ from tierd.tier_costs import declared_costs
 
 if TYPE_CHECKING:
     from tierd.config import Config
+    from tierd.tiers.base import LowerTier
 
 
 def build_store(config: "Config") -> TieredStore:
     """A store with the DRAM arena, the NVMe tier below it when `config.nvme > 0`, and the
     shared object tier last when `config.object_url` is set."""
-    lower: list[tuple[Any, int]] = []
+    lower: list[tuple[LowerTier, int]] = []
     if config.nvme > 0:
-        from tierd.tiers.nvme import NvmeChunkFiles
+        from tierd.tiers.nvme.files import NvmeChunkFiles
+        from tierd.tiers.nvme.tier import NvmeTier
 
-        lower.append((NvmeChunkFiles(Path(config.nvme_dir), codec=_codec(config.nvme_codec, config)), config.nvme))
+        files = NvmeChunkFiles(Path(config.nvme_dir), codec=_codec(config.nvme_codec, config))
+        lower.append((NvmeTier(files, io_threads=config.io_threads), config.nvme))
     if config.object_url:
-        from tierd.tiers.object_store import ObjectTier
+        from tierd.tiers.object.tier import ObjectTier
 
         lower.append((ObjectTier(config.object_url, node=config.node_id, timeout=config.object_timeout,
                                   codec=_codec(config.object_codec, config)),

@@ -16,7 +16,7 @@ from typing import Any
 
 import obstore
 
-from tierd.tiers.object_format import HEADER_BYTES
+from tierd.tiers.object.format import HEADER_BYTES
 
 _DELETE_BATCH = 1000  # the S3 DeleteObjects limit
 

@@ -53,7 +53,7 @@ class ScanCounter:
 
     def total(self) -> int | None:
         if self._total is None and self.root is not None:
-            from tierd.tiers.nvme import CHUNK_SUFFIX
+            from tierd.tiers.nvme.format import CHUNK_SUFFIX
 
             n = 0
             try:

@@ -30,6 +30,7 @@ from tierd.tiers.encoding import TierCodec
 
 if TYPE_CHECKING:
     from tierd.store import TieredStore
+    from tierd.tiers.base import LowerTier
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,12 @@ def declared_costs(store: "TieredStore") -> dict[str, TierCost]:
     return {name: TierCost(name, *DECLARED.get(name, (1e9, 1e-3))) for name in store.tier_names}
 
 
-def _blocking(tier: Any, loop: asyncio.AbstractEventLoop | None) -> Callable[..., Any]:
-    """Call a tier method by name from this (non-loop) thread: an `<op>_async` coroutine runs
-    on `loop` and is waited for; a blocking method is called directly."""
+def _blocking(tier: LowerTier, loop: asyncio.AbstractEventLoop) -> Callable[..., Any]:
+    """Call a tier operation (a coroutine) by name from this (non-loop) thread: it runs on
+    `loop`, the store's, as the store's own calls do (NVMe's on the tier's I/O threads), and is
+    waited for."""
     def call(op: str, *args: Any, **kwargs: Any) -> Any:
-        method = getattr(tier, op + "_async", None)
-        if method is not None and loop is not None:
-            return asyncio.run_coroutine_threadsafe(method(*args, **kwargs), loop).result()
-        return getattr(tier, op)(*args, **kwargs)
+        return asyncio.run_coroutine_threadsafe(getattr(tier, op)(*args, **kwargs), loop).result()
 
     return call
 
@@ -89,8 +88,8 @@ def with_codec(medium: TierCost, codec: TierCodec, speed: tuple[float, float] | 
 def calibrate_costs(store: "TieredStore", *, budget_s: float = 0.3,
                     loop: asyncio.AbstractEventLoop | None = None) -> dict[str, TierCost]:
     """Measure every tier (blocking: run it in a thread). Needs 4 MiB + 64 KiB of free arena.
-    An asynchronous tier (the object store) is measured through `loop`, the store's event loop;
-    without one it keeps its declared cost until real promotions refine it."""
+    The lower tiers are measured through `loop`, the store's event loop (their operations are
+    coroutines); without one they keep their declared costs until real promotions refine them."""
     costs = declared_costs(store)
     size = 4 << 20
     slot = store.alloc.alloc(size)
@@ -109,7 +108,7 @@ def calibrate_costs(store: "TieredStore", *, budget_s: float = 0.3,
                                        budget_s=budget_s)
         for lower in store.lower:
             tier = lower.tier
-            if lower.shared and loop is None:
+            if loop is None:
                 continue
             # one key per size (a chunk's key names its content); on the shared object tier each
             # node calibrates on keys of its own

@@ -18,11 +18,12 @@ import xxhash
 from tierd.codecs.sample import synthetic_kv
 from tierd.errors import CodecError
 from tierd.layout import Layout
-from tierd.tiers import nvme as nvme_mod
 from tierd.tiers.encoding import TierCodec
-from tierd.tiers.nvme import HEADER_BYTES, NvmeChunkFiles
-from tierd.tiers.object_format import object_path
-from tierd.tiers.object_store import ObjectTier
+from tierd.tiers.nvme import format as nvme_format
+from tierd.tiers.nvme.files import NvmeChunkFiles
+from tierd.tiers.nvme.format import HEADER_BYTES
+from tierd.tiers.object.format import object_path
+from tierd.tiers.object.tier import ObjectTier
 
 LAYOUT = Layout("codec-tier-test", "bfloat16", 4, 2, 64, chunk_tokens=256)  # 512 KiB chunks
 ODD = Layout("codec-tier-odd", "bfloat16", 2, 2, 48, chunk_tokens=16)  # head_dim 48: no Hadamard transform
@@ -53,7 +54,7 @@ def test_nvme_tier_stores_encoded_chunks_and_reads_them_back(tmp_path: Path, spe
     raw_size = t.file_bytes_for(len(payload))
     assert size < raw_size and t.path_for(key_of(1)).stat().st_size == size
     dest = bytearray(len(payload))
-    assert t.read_into(key_of(1), dest, layout_id=LAYOUT.layout_id, payload_len=len(payload)) is True
+    assert t.read_into(key_of(1), dest, layout_id=LAYOUT.layout_id, payload_len=len(payload)) is not None
     if spec.startswith("zstd"):
         assert bytes(dest) == payload
     else:
@@ -97,10 +98,10 @@ def test_a_damaged_encoded_chunk_is_a_miss_and_is_deleted(tmp_path: Path, where:
     else:  # a consistent tier header (hash recomputed) that names another codec than the blob's
         raw = bytearray(path.read_bytes())
         raw[96:112] = b"zstd:3".ljust(16, b"\0")
-        struct.pack_into("<Q", raw, nvme_mod._HASH_OFFSET, xxhash.xxh3_64_intdigest(bytes(raw[:nvme_mod._HASH_OFFSET])))
+        struct.pack_into("<Q", raw, nvme_format._HASH_OFFSET, xxhash.xxh3_64_intdigest(bytes(raw[:nvme_format._HASH_OFFSET])))
         path.write_bytes(bytes(raw))
     dest = bytearray(len(payload))
-    assert t.read_into(key_of(3), dest, layout_id=LAYOUT.layout_id, payload_len=len(payload)) is False
+    assert t.read_into(key_of(3), dest, layout_id=LAYOUT.layout_id, payload_len=len(payload)) is None
     assert not path.exists() and t.corrupt == 1
 
 
@@ -109,7 +110,7 @@ def test_an_encoded_chunk_of_an_unregistered_layout_is_a_miss_but_kept(tmp_path:
     tier(tmp_path, "zstd:1").write(key_of(4), LAYOUT.layout_id, "ns", payload)
     fresh = tier(tmp_path, "zstd:1", layouts={})  # e.g. after a restart, before an engine registered it
     assert fresh.read_into(key_of(4), bytearray(len(payload)), layout_id=LAYOUT.layout_id,
-                           payload_len=len(payload)) is False
+                           payload_len=len(payload)) is None
     assert fresh.path_for(key_of(4)).exists() and fresh.corrupt == 0
 
 
@@ -157,7 +158,7 @@ def test_version_1_chunk_files_are_still_read(tmp_path: Path) -> None:
 
 def object_tier(codec: str, *, store: object = None, part_bytes: int = 8 << 20) -> ObjectTier:
     t = ObjectTier("memory://", node="node-a", codec=codec, store=store, part_bytes=part_bytes)
-    t.codec.layouts = LAYOUTS
+    t.use_layouts(LAYOUTS)
     return t
 
 
@@ -166,13 +167,13 @@ def test_object_tier_encoded_round_trip_with_and_without_a_size_hint(part_bytes:
     async def run() -> None:
         writer = object_tier("int8k-tq3v", part_bytes=part_bytes)
         payload = synthetic_kv(LAYOUT, seed=9)
-        written = await writer.write_async(key_of(9), LAYOUT.layout_id, "ns", memoryview(payload))
+        written = await writer.write(key_of(9), LAYOUT.layout_id, "ns", memoryview(payload))
         assert 512 < written < len(payload) // 2
         reader = object_tier("raw", store=writer.store, part_bytes=part_bytes)  # another node, no codec set
         for hint in (written, None, 512 + len(payload)):  # exact, none, the raw size (too large)
             dest = bytearray(len(payload))
-            header = await reader.read_into_async(key_of(9), memoryview(dest), layout_id=LAYOUT.layout_id,
-                                                  payload_len=len(payload), stored_bytes=hint)
+            header = await reader.read_into(key_of(9), memoryview(dest), layout_id=LAYOUT.layout_id,
+                                            payload_len=len(payload), stored_bytes=hint)
             assert header and header.codec == "int8k-tq3v" and header.node == "node-a"
             assert values_rel_mse(payload, dest) <= 0.04
         assert reader.counters["corrupt_deleted"] == 0
@@ -186,21 +187,21 @@ def test_object_tier_damaged_encoded_object_is_a_miss_and_deleted() -> None:
 
         t = object_tier("zstd-shuffle:1")
         payload = synthetic_kv(LAYOUT, seed=10)
-        await t.write_async(key_of(10), LAYOUT.layout_id, "ns", memoryview(payload))
+        await t.write(key_of(10), LAYOUT.layout_id, "ns", memoryview(payload))
         path = object_path(key_of(10))
         raw = bytearray(await (await obstore.get_async(t.store, path)).bytes_async())
         raw[512 + 300] ^= 0x01
         await obstore.put_async(t.store, path, bytes(raw))
         dest = bytearray(len(payload))
-        assert not await t.read_into_async(key_of(10), memoryview(dest), layout_id=LAYOUT.layout_id,
-                                           payload_len=len(payload))
+        assert not await t.read_into(key_of(10), memoryview(dest), layout_id=LAYOUT.layout_id,
+                                     payload_len=len(payload))
         assert t.counters["corrupt_deleted"] == 1 and await t.stored_size(key_of(10)) is None
-        await t.write_async(key_of(11), LAYOUT.layout_id, "ns", memoryview(payload))
+        await t.write(key_of(11), LAYOUT.layout_id, "ns", memoryview(payload))
         path = object_path(key_of(11))
         raw = bytes(await (await obstore.get_async(t.store, path)).bytes_async())
         await obstore.put_async(t.store, path, raw[:-100])  # truncated
-        assert not await t.read_into_async(key_of(11), memoryview(dest), layout_id=LAYOUT.layout_id,
-                                           payload_len=len(payload))
+        assert not await t.read_into(key_of(11), memoryview(dest), layout_id=LAYOUT.layout_id,
+                                     payload_len=len(payload))
         assert t.counters["corrupt_deleted"] == 2
 
     asyncio.run(run())

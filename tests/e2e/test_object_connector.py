@@ -15,8 +15,8 @@ from tests.e2e.vllm_runner import run_vllm
 from tierd.client import Client
 from tierd.keys import chunk_keys
 from tierd.layout import Layout
-from tierd.tiers.object_format import HEADER_BYTES, object_path
-from tierd.tiers.object_store import open_store
+from tierd.tiers.object.format import HEADER_BYTES, object_path
+from tierd.tiers.object.bucket import open_store
 
 # A generous lookup budget: on a loaded 2-core CI machine a 50 ms budget can end before the
 # first wave of HEADs answers, and the test would then (correctly) load less than it checks for.

@@ -16,8 +16,8 @@ from tests.conftest import SMALL, payload_for
 from tests.waiting import wait_for
 from tierd.client import Client
 from tierd.keys import chunk_keys
-from tierd.tiers.object_format import HEADER_BYTES, object_path
-from tierd.tiers.object_store import open_store
+from tierd.tiers.object.format import HEADER_BYTES, object_path
+from tierd.tiers.object.bucket import open_store
 
 
 def _tokens(seed: int, n_chunks: int) -> np.ndarray:
@@ -218,7 +218,7 @@ def test_cli_shows_the_object_tier(object_daemons, object_url):
 
 
 def test_gc_by_age_and_size(s3, object_url):
-    from tierd.tiers.object_store import ObjectTier
+    from tierd.tiers.object.tier import ObjectTier
     import asyncio
 
     tier = ObjectTier(object_url, node="n", env=s3.env())
@@ -226,7 +226,7 @@ def test_gc_by_age_and_size(s3, object_url):
 
     async def put_all() -> None:
         for k in keys:
-            await tier.write_async(k, "ab12", "ns", memoryview(b"\x01" * 100_000))
+            await tier.write(k, "ab12", "ns", memoryview(b"\x01" * 100_000))
 
     asyncio.run(put_all())
     env = s3.env()

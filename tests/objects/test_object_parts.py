@@ -13,9 +13,9 @@ from tests.conftest import SMALL, payload_for
 from tierd.client import Client
 from tierd.config import Config
 from tierd.keys import chunk_keys
-from tierd.remote_lookup import SharedTierProbe
-from tierd.tiers.breaker import BreakerState, CircuitBreaker
-from tierd.tiers.object_store import ObjectTier
+from tierd.tiers.object.probe import SharedTierProbe
+from tierd.tiers.object.breaker import BreakerState, CircuitBreaker
+from tierd.tiers.object.tier import ObjectTier
 from tierd.store.uploads import Upload, UploadQueue
 
 
@@ -96,7 +96,7 @@ async def test_probe_finds_the_leading_run_in_waves():
     tier = ObjectTier("memory://", node="n")
     keys = [bytes([i]) * 16 for i in range(40)]
     for k in keys[:30]:
-        await tier.write_async(k, "ab12", "ns", memoryview(b"\x07" * 1000))
+        await tier.write(k, "ab12", "ns", memoryview(b"\x07" * 1000))
     found: list = []
     probe = SharedTierProbe(tier, found.extend, budget=5.0, first_wave=4, growth=2)
     await probe.extend(keys)
@@ -116,7 +116,7 @@ async def test_probe_answers_within_its_budget_and_goes_on_in_the_background():
     tier = ObjectTier("memory://", node="n")
     keys = [os.urandom(16) for _ in range(64)]
     for k in keys:
-        await tier.write_async(k, "ab12", "ns", memoryview(b"\x07" * 100))
+        await tier.write(k, "ab12", "ns", memoryview(b"\x07" * 100))
     gate = asyncio.Event()
     real = tier.stored_size
 

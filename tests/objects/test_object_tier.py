@@ -10,9 +10,9 @@ import pytest
 
 from tests.conftest import BUCKET
 from tierd.errors import ConfigError, ObjectTierUnavailable
-from tierd.tiers.breaker import BreakerState
-from tierd.tiers.object_format import HEADER_BYTES, object_path
-from tierd.tiers.object_store import ObjectTier
+from tierd.tiers.object.breaker import BreakerState
+from tierd.tiers.object.format import HEADER_BYTES, object_path
+from tierd.tiers.object.tier import ObjectTier
 
 LAYOUT = "ab12cd34ab12cd34"
 
@@ -30,9 +30,9 @@ async def test_round_trip_is_byte_identical(s3, object_url, size):
     tier = _tier(s3, object_url, part_bytes=8 << 20)  # 32 MiB: a multipart put and 5 ranged gets
     await tier.check()
     key, data = os.urandom(16), _payload(size, 1)
-    assert await tier.write_async(key, LAYOUT, "ns", memoryview(data)) == HEADER_BYTES + size
+    assert await tier.write(key, LAYOUT, "ns", memoryview(data)) == HEADER_BYTES + size
     dest = bytearray(size)
-    assert await tier.read_into_async(key, memoryview(dest), layout_id=LAYOUT, payload_len=size)
+    assert await tier.read_into(key, memoryview(dest), layout_id=LAYOUT, payload_len=size)
     assert dest == data.tobytes()
     header = await tier.read_header(key)
     assert header is not None and header.node == "node-a" and header.namespace == "ns"
@@ -41,8 +41,8 @@ async def test_round_trip_is_byte_identical(s3, object_url, size):
 async def test_second_write_of_a_key_is_skipped(s3, object_url):
     a, b = _tier(s3, object_url), ObjectTier(object_url, node="node-b", env=s3.env())
     key, data = os.urandom(16), _payload(1 << 20, 2)
-    assert await a.write_async(key, LAYOUT, "ns", memoryview(data)) > 0
-    assert await b.write_async(key, LAYOUT, "ns", memoryview(data)) == 0
+    assert await a.write(key, LAYOUT, "ns", memoryview(data)) > 0
+    assert await b.write(key, LAYOUT, "ns", memoryview(data)) == 0
     assert b.counters["put_skipped_existing"] == 1
     assert (await b.read_header(key)).node == "node-a"  # the first writer's object stayed
 
@@ -53,7 +53,7 @@ class _Requests:
     answers (HTTP 501): SeaweedFS supports the header, so that answer can only be simulated."""
 
     def __init__(self, monkeypatch, refuse_conditional: bool = False) -> None:
-        import tierd.tiers.object_store as mod
+        import tierd.tiers.object.tier as mod
 
         self.puts: list[str] = []
         self.heads = 0
@@ -77,9 +77,9 @@ async def test_an_upload_is_one_conditional_put(s3, object_url, monkeypatch):
     tier = _tier(s3, object_url)
     requests = _Requests(monkeypatch)
     key, data = os.urandom(16), _payload(1 << 20, 4)
-    assert await tier.write_async(key, LAYOUT, "ns", memoryview(data)) == HEADER_BYTES + (1 << 20)
+    assert await tier.write(key, LAYOUT, "ns", memoryview(data)) == HEADER_BYTES + (1 << 20)
     assert requests.puts == ["create"] and requests.heads == 0
-    assert await tier.write_async(key, LAYOUT, "ns", memoryview(data)) == 0  # the server refused it: 412
+    assert await tier.write(key, LAYOUT, "ns", memoryview(data)) == 0  # the server refused it: 412
     assert tier.counters["put_skipped_existing"] == 1 and tier.breaker.state == BreakerState.CLOSED
 
 
@@ -87,12 +87,12 @@ async def test_a_store_without_conditional_puts_gets_head_then_put(s3, object_ur
     tier = _tier(s3, object_url)
     requests = _Requests(monkeypatch, refuse_conditional=True)
     key, data = os.urandom(16), _payload(1 << 20, 5)
-    assert await tier.write_async(key, LAYOUT, "ns", memoryview(data)) == HEADER_BYTES + (1 << 20)
+    assert await tier.write(key, LAYOUT, "ns", memoryview(data)) == HEADER_BYTES + (1 << 20)
     assert tier.conditional_put is False and requests.puts == ["create", "overwrite"] and requests.heads == 1
-    assert await tier.write_async(key, LAYOUT, "ns", memoryview(data)) == 0  # found by its HEAD
+    assert await tier.write(key, LAYOUT, "ns", memoryview(data)) == 0  # found by its HEAD
     assert requests.puts == ["create", "overwrite"] and requests.heads == 2
     dest = bytearray(1 << 20)
-    assert await tier.read_into_async(key, memoryview(dest), layout_id=LAYOUT, payload_len=1 << 20)
+    assert await tier.read_into(key, memoryview(dest), layout_id=LAYOUT, payload_len=1 << 20)
     assert dest == data.tobytes()
 
 
@@ -100,7 +100,7 @@ async def test_a_store_without_conditional_puts_gets_head_then_put(s3, object_ur
 async def test_damaged_object_is_a_miss_and_is_deleted(s3, object_url, damage):
     tier = _tier(s3, object_url)
     key, data = os.urandom(16), _payload(1 << 20, 3)
-    await tier.write_async(key, LAYOUT, "ns", memoryview(data))
+    await tier.write(key, LAYOUT, "ns", memoryview(data))
     path = object_path(key)
     raw = bytearray(obstore.get(tier.store, path).bytes())
     if damage == "payload_byte":
@@ -111,7 +111,7 @@ async def test_damaged_object_is_a_miss_and_is_deleted(s3, object_url, damage):
         raw[40] ^= 0x01
     obstore.put(tier.store, path, bytes(raw))  # behind the tier's back
     dest = bytearray(b"\xee" * len(data))
-    assert not await tier.read_into_async(key, memoryview(dest), layout_id=LAYOUT, payload_len=len(data))
+    assert not await tier.read_into(key, memoryview(dest), layout_id=LAYOUT, payload_len=len(data))
     assert tier.counters["corrupt_deleted"] == 1
     with pytest.raises(FileNotFoundError):
         obstore.head(tier.store, path)
@@ -120,11 +120,11 @@ async def test_damaged_object_is_a_miss_and_is_deleted(s3, object_url, damage):
 async def test_wrong_layout_or_size_is_a_miss(s3, object_url):
     tier = _tier(s3, object_url)
     key, data = os.urandom(16), _payload(1 << 20, 4)
-    await tier.write_async(key, LAYOUT, "ns", memoryview(data))
+    await tier.write(key, LAYOUT, "ns", memoryview(data))
     dest = bytearray(len(data))
-    assert not await tier.read_into_async(key, memoryview(dest), layout_id="ffff", payload_len=len(data))
-    await tier.write_async(key, LAYOUT, "ns", memoryview(data))
-    assert not await tier.read_into_async(key, memoryview(dest)[:1000], layout_id=LAYOUT, payload_len=1000)
+    assert not await tier.read_into(key, memoryview(dest), layout_id="ffff", payload_len=len(data))
+    await tier.write(key, LAYOUT, "ns", memoryview(data))
+    assert not await tier.read_into(key, memoryview(dest)[:1000], layout_id=LAYOUT, payload_len=1000)
 
 
 async def test_missing_bucket_is_a_clear_error_at_start(s3):
@@ -146,7 +146,7 @@ async def test_unreachable_store_opens_the_circuit_and_fails_fast(s3):
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     with pytest.raises(ObjectTierUnavailable, match="circuit open"):
-        await tier.write_async(os.urandom(16), LAYOUT, "ns", memoryview(b"x" * 100))
+        await tier.write(os.urandom(16), LAYOUT, "ns", memoryview(b"x" * 100))
     assert loop.time() - t0 < 0.1
 
 
@@ -156,11 +156,11 @@ async def test_embedded_stores_round_trip(tmp_path, scheme):
     tier = ObjectTier(url, node="n")
     await tier.check()
     key, data = os.urandom(16), _payload(3 << 20, 5)
-    await tier.write_async(key, LAYOUT, "ns", memoryview(data))
+    await tier.write(key, LAYOUT, "ns", memoryview(data))
     dest = bytearray(len(data))
-    assert await tier.read_into_async(key, memoryview(dest), layout_id=LAYOUT, payload_len=len(data))
+    assert await tier.read_into(key, memoryview(dest), layout_id=LAYOUT, payload_len=len(data))
     assert dest == data.tobytes()
-    assert await tier.delete_async(key) == HEADER_BYTES + len(data)
+    assert await tier.delete(key) == HEADER_BYTES + len(data)
     assert await tier.read_header(key) is None
 
 

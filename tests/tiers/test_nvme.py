@@ -21,9 +21,10 @@ from typing import Iterator
 import pytest
 import xxhash
 
-from tierd.errors import CapacityError, ConfigError, InvalidArgumentError, TierdError
+from tierd.errors import CapacityError, ConfigError, InvalidArgumentError
 from tierd.tiers.base import StoredRecord
-from tierd.tiers.nvme import BLOCK, HEADER_BYTES, MAX_NAMESPACE_BYTES, NvmeChunkFiles, StoredChunk
+from tierd.tiers.nvme.files import NvmeChunkFiles
+from tierd.tiers.nvme.format import BLOCK, HEADER_BYTES, MAX_NAMESPACE_BYTES, StoredChunk
 
 REPO = Path(__file__).resolve().parents[2]
 LAYOUT = "0123456789abcdef"
@@ -106,7 +107,7 @@ def test_round_trip_is_byte_identical(store: NvmeChunkFiles, n: int, aligned: bo
 
     assert written == store.file_bytes_for(n) == HEADER_BYTES + -(-n // BLOCK) * BLOCK
     assert store.path_for(key).stat().st_size == written
-    assert store.read_into(key, dest, layout_id=LAYOUT, payload_len=n) is True
+    assert store.read_into(key, dest, layout_id=LAYOUT, payload_len=n) is not None
     assert bytes(dest[:n]) == data
     assert bytes(dest[n:]) == b"\xaa" * (len(dest) - n)
     assert store.corrupt == 0
@@ -199,7 +200,7 @@ def test_read_of_a_truncated_file_is_a_miss(store: NvmeChunkFiles) -> None:
     key = key_of(3)
     store.write(key, LAYOUT, "d", payload_of(key, 3 * BLOCK))
     os.truncate(store.path_for(key), 2 * BLOCK)
-    assert store.read_into(key, bytearray(3 * BLOCK), layout_id=LAYOUT, payload_len=3 * BLOCK) is False
+    assert store.read_into(key, bytearray(3 * BLOCK), layout_id=LAYOUT, payload_len=3 * BLOCK) is None
     assert store.corrupt == 1 and not store.path_for(key).exists()
 
 
@@ -242,7 +243,7 @@ def test_read_with_a_flipped_header_byte_is_a_miss(store: NvmeChunkFiles) -> Non
     with open(store.path_for(key), "r+b") as f:
         f.seek(72)  # the payload checksum field: only the header hash can notice
         f.write(b"\x00")
-    assert store.read_into(key, bytearray(100), layout_id=LAYOUT, payload_len=100) is False
+    assert store.read_into(key, bytearray(100), layout_id=LAYOUT, payload_len=100) is None
     assert store.corrupt == 1 and not store.path_for(key).exists()
 
 
@@ -272,17 +273,17 @@ def test_corrupt_payload_byte_is_a_miss_and_deletes_the_file(store: NvmeChunkFil
         f.seek(HEADER_BYTES + where)
         f.write(bytes([byte ^ 0x01]))
 
-    assert store.read_into(key, arena.slot(1), layout_id=LAYOUT, payload_len=n) is False
+    assert store.read_into(key, arena.slot(1), layout_id=LAYOUT, payload_len=n) is None
     assert store.corrupt == 1
     assert not store.path_for(key).exists()
-    assert store.read_into(key, arena.slot(1), layout_id=LAYOUT, payload_len=n) is False  # now just absent
+    assert store.read_into(key, arena.slot(1), layout_id=LAYOUT, payload_len=n) is None  # now just absent
     assert store.corrupt == 1
 
 
 def test_wrong_layout_id_is_a_miss(store: NvmeChunkFiles) -> None:
     key = key_of(11)
     store.write(key, LAYOUT, "d", payload_of(key, 5000))
-    assert store.read_into(key, bytearray(5000), layout_id="fedcba9876543210", payload_len=5000) is False
+    assert store.read_into(key, bytearray(5000), layout_id="fedcba9876543210", payload_len=5000) is None
     assert store.corrupt == 1 and not store.path_for(key).exists()
 
 
@@ -290,12 +291,12 @@ def test_wrong_layout_id_is_a_miss(store: NvmeChunkFiles) -> None:
 def test_wrong_length_is_a_miss(store: NvmeChunkFiles, asked: int) -> None:
     key = key_of(12)
     store.write(key, LAYOUT, "d", payload_of(key, 5000))  # 4096 + 8192 bytes on disk; 4999, 5001, 8192 fit the same size
-    assert store.read_into(key, bytearray(8192), layout_id=LAYOUT, payload_len=asked) is False
+    assert store.read_into(key, bytearray(8192), layout_id=LAYOUT, payload_len=asked) is None
     assert store.corrupt == 1 and not store.path_for(key).exists()
 
 
 def test_missing_chunk_is_a_plain_miss(store: NvmeChunkFiles) -> None:
-    assert store.read_into(key_of(13), bytearray(10), layout_id=LAYOUT, payload_len=10) is False
+    assert store.read_into(key_of(13), bytearray(10), layout_id=LAYOUT, payload_len=10) is None
     assert store.corrupt == 0
 
 
@@ -340,7 +341,7 @@ def test_a_failed_write_leaves_no_file(store: NvmeChunkFiles, failing: str, monk
         raise OSError(error, os.strerror(error))
 
     monkeypatch.setattr(os, failing, fail)
-    with pytest.raises(CapacityError if error == errno.ENOSPC else TierdError, match=key_of(16).hex()):
+    with pytest.raises(CapacityError if error == errno.ENOSPC else OSError, match=key_of(16).hex()):
         store.write(key_of(16), LAYOUT, "d", b"z" * 5000)
     monkeypatch.undo()
     assert all_files(store.root) == []
@@ -384,7 +385,7 @@ def test_concurrent_writes_and_reads_of_different_keys(store: NvmeChunkFiles) ->
 
 WRITER = """
 import hashlib, mmap, os, signal, sys
-from tierd.tiers.nvme import NvmeChunkFiles
+from tierd.tiers.nvme.files import NvmeChunkFiles
 root, direct, crash_at, crash_point = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4]
 store = NvmeChunkFiles(root, direct_io=direct)
 slot = memoryview(mmap.mmap(-1, 1 << 20))

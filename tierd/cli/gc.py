@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tierd.config import parse_object_url
     from tierd.retention import collect
-    from tierd.tiers.object_store import ObjectTier
+    from tierd.tiers.object.tier import ObjectTier
 
     url = parse_object_url(args.object_url or os.environ.get("TIERD_OBJECT_URL"), "--object-url", None)
     if url is None:
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     async def go():
         tier = ObjectTier(url, node="gc")
         await tier.check()
-        if tier.breaker.seconds_until_retry() > 0:
+        if tier.retry_after() > 0:
             raise ConfigError(f"--object-url={url!r}: the object store does not answer")
         return await collect(tier.store, max_age=max_age, max_bytes=max_bytes, dry_run=args.dry_run)
 

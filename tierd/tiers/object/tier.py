@@ -1,10 +1,10 @@
 """The object tier (L4): chunks as immutable objects in an S3-compatible bucket shared by all nodes.
 
-Built on obstore (S3, plus its local-filesystem and in-memory stores for embedded use). Unlike
-the NVMe tier this one is asynchronous — requests run on the daemon's event loop, many at
-once — and *shared*: other nodes write to the same prefix, so the local index never knows all
-of it. The store therefore asks it about keys it has not seen (`probe_headers`), counts only
-this node's own writes against `--object`, and never rebuilds an index by listing the bucket.
+Unlike the NVMe tier this one is asynchronous by nature (requests run on the daemon's event
+loop, many at once) and *shared*: other nodes write to the same prefix, so the local index
+never knows all of it. The store therefore asks it about keys it has not seen (its prefix
+probe, `tierd.tiers.object.probe`), counts only this node's own writes against `--object`, and
+never rebuilds an index by listing the bucket.
 
 Every call has a deadline, obstore retries transient errors with backoff, and a circuit
 breaker stops calling a store that keeps failing (calls then fail at once with
@@ -20,26 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from datetime import timedelta
-from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, TypeVar
 
 import obstore
-from obstore.exceptions import (
-    AlreadyExistsError,
-    GenericError,
-    NotFoundError,
-    PermissionDeniedError,
-    UnauthenticatedError,
-)
+from obstore.exceptions import AlreadyExistsError, NotFoundError
 
-from tierd.errors import CodecError, ConfigError, ObjectTierUnavailable, UnknownLayoutError
-from tierd.tiers.base import StoredRecord
-from tierd.tiers.breaker import CircuitBreaker
+from tierd.errors import CodecError, ObjectTierUnavailable, UnknownLayoutError
+from tierd.tiers.base import CopyHeader, FoundCallback, PrefixProbe, StoredRecord
 from tierd.tiers.encoding import TierCodec
-from tierd.tiers.object_format import (
+from tierd.tiers.object.breaker import CircuitBreaker
+from tierd.tiers.object.bucket import check_bucket, first_line, open_store, past_the_end, unsupported_condition
+from tierd.tiers.object.format import (
     HEADER_BYTES,
     BadObject,
     ObjectHeader,
@@ -49,53 +41,27 @@ from tierd.tiers.object_format import (
     pack_header,
     parse_header,
 )
+from tierd.tiers.object.probe import SharedTierProbe
+
+if TYPE_CHECKING:
+    from tierd.layout import Layout
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("s3", "s3a", "file", "memory")
 T = TypeVar("T")
 
 
-def open_store(url: str, *, env: Mapping[str, str] | None = None, timeout: float = 5.0) -> Any:
-    """An obstore store for `url`: s3://bucket/prefix (endpoint, region and credentials from the
-    standard AWS_* variables; AWS_ENDPOINT_URL for S3-compatible servers), file:///dir, memory://."""
-    env = os.environ if env is None else env
-    parsed = urlparse(url)
-    if parsed.scheme not in SCHEMES:
-        raise ConfigError(f"object_url {url!r}: use s3://bucket/prefix, file:///path or memory://")
-    if parsed.scheme == "memory":
-        return obstore.store.MemoryStore()
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
-            raise ConfigError(f"object_url {url!r}: a file:// URL needs an absolute path, like file:///var/tierd")
-        os.makedirs(parsed.path, exist_ok=True)
-        return obstore.store.LocalStore(parsed.path, mkdir=True)
-    if not parsed.netloc:
-        raise ConfigError(f"object_url {url!r}: name the bucket, like s3://my-bucket/tierd")
-    config: dict[str, Any] = {}
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT")
-    if endpoint:
-        config["endpoint"] = endpoint
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-    config["region"] = region or "us-east-1"
-    for var, key in (("AWS_ACCESS_KEY_ID", "access_key_id"), ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
-                     ("AWS_SESSION_TOKEN", "session_token")):
-        if env.get(var):
-            config[key] = env[var]
-    client = {"timeout": timedelta(seconds=timeout), "connect_timeout": timedelta(seconds=min(timeout, 2.0)),
-              "allow_http": bool(endpoint and endpoint.startswith("http://"))}
-    retry = {"max_retries": 2, "retry_timeout": timedelta(seconds=timeout),
-             "backoff": {"init_backoff": timedelta(milliseconds=20), "max_backoff": timedelta(seconds=1), "base": 2}}
-    prefix = parsed.path.strip("/") or None
-    try:
-        return obstore.store.S3Store(parsed.netloc, prefix=prefix, config=config, client_options=client,
-                                     retry_config=retry)
-    except Exception as exc:  # obstore validates the config eagerly
-        raise ConfigError(f"object_url {url!r}: {exc}") from None
-
-
 class ObjectTier:
-    """Chunk objects under one store prefix. Async methods run on the caller's event loop."""
+    """Chunk objects under one store prefix, behind the `tierd.tiers.base.LowerTier` interface.
+    Its coroutines run on the caller's event loop.
+
+    Errors, by operation: `check` raises ConfigError (a missing bucket, refused credentials).
+    `write` raises ObjectTierUnavailable (the store does not answer, or the circuit is open) and
+    InvalidArgumentError (a key, layout id, namespace or node id the header cannot hold).
+    `read_into` and `read_header` raise ObjectTierUnavailable and otherwise answer None for a
+    missing or bad object. `delete` and `scan` raise nothing (a delete the store does not take
+    is logged and frees 0 bytes).
+    """
 
     name = "object"
     shared = True  # other nodes write here too: see the module docstring
@@ -118,15 +84,31 @@ class ObjectTier:
         #: uploads then ask with a HEAD first.
         self.conditional_put = True
 
-    # ------------------------------------------------------------ LowerTier contract (sync part)
+    # ------------------------------------------------------------ LowerTier: facts and reports
+
+    def use_layouts(self, layouts: Mapping[str, Layout]) -> None:
+        self.codec.layouts = layouts
 
     def stored_bytes(self, payload_len: int) -> int:
         return HEADER_BYTES + payload_len
 
-    def scan(self) -> Iterable[StoredRecord]:
+    def retry_after(self) -> float:
+        return self.breaker.seconds_until_retry()
+
+    async def scan(self) -> list[StoredRecord]:
         """Nothing: a shared bucket is never listed at start (it may hold millions of other
         nodes' objects); the store learns of objects through lookups and its own writes."""
-        return ()
+        return []
+
+    def prefix_probe(self, on_found: FoundCallback, *, budget: float) -> PrefixProbe:
+        return SharedTierProbe(self, on_found, budget=budget)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.codec.stats(), **self.counters, "breaker": self.breaker.state.value,
+                "breaker_opened": self.breaker.opened, "node": self.node, "url": self.url}
+
+    async def close(self) -> None:
+        """Nothing to release: obstore's stores hold no connection that needs closing."""
 
     # ------------------------------------------------------------ calls with deadline and breaker
 
@@ -148,49 +130,28 @@ class ObjectTier:
             self.breaker.failure()
             raise ObjectTierUnavailable(f"{what}: no answer from {self.url} within {self.timeout}s") from None
         except Exception as exc:
-            if _past_the_end(exc):  # an answer about the object, not a failing store
+            if past_the_end(exc):  # an answer about the object, not a failing store
                 self.breaker.success()
-                raise _PastEnd(f"{what}: {_first_line(exc)}") from None
+                raise _PastEnd(f"{what}: {first_line(exc)}") from None
             self.counters["errors"] += 1
             self.breaker.failure()
-            raise ObjectTierUnavailable(f"{what}: {_first_line(exc)}") from None
+            raise ObjectTierUnavailable(f"{what}: {first_line(exc)}") from None
         self.breaker.success()
         return result
 
     async def check(self) -> None:
         """At start: a missing bucket or credentials the store refuses are configuration errors;
         a store that does not answer is not (the tier starts with its circuit open and recovers)."""
-        try:
-            stream = obstore.list(self.store, chunk_size=1)
-            await asyncio.wait_for(stream.__anext__(), self.timeout)
-        except StopAsyncIteration:
-            pass
-        except (PermissionDeniedError, UnauthenticatedError) as exc:
-            raise ConfigError(f"object_url {self.url!r}: the store refused our credentials "
-                              f"(check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): {_first_line(exc)}") from None
-        except GenericError as exc:
-            text = str(exc)
-            if "169.254.169.254" in text or "/latest/api/token" in text:
-                raise ConfigError(f"object_url {self.url!r}: no credentials in the environment and no instance "
-                                  f"metadata service answered; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
-            if "NoSuchBucket" in text:
-                raise ConfigError(f"object_url {self.url!r}: the bucket does not exist; create it first") from None
-            if any(s in text for s in ("403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId")):
-                raise ConfigError(f"object_url {self.url!r}: the store refused our credentials "
-                                  f"(check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): {_first_line(exc)}") from None
-            self._unreachable_at_start(exc)
-        except (asyncio.TimeoutError, OSError) as exc:
-            self._unreachable_at_start(exc)
-
-    def _unreachable_at_start(self, exc: BaseException) -> None:
-        log.warning("object store %s does not answer (%s); starting with local tiers only, retrying in the background",
-                    self.url, _first_line(exc) or type(exc).__name__)
-        for _ in range(self.breaker.threshold):
-            self.breaker.failure()
+        unreachable = await check_bucket(self.store, self.url, self.timeout)
+        if unreachable is not None:
+            log.warning("object store %s does not answer (%s); starting with local tiers only, retrying in the "
+                        "background", self.url, first_line(unreachable))
+            for _ in range(self.breaker.threshold):
+                self.breaker.failure()
 
     # ------------------------------------------------------------ chunk operations
 
-    async def write_async(self, key: bytes, layout_id: str, namespace: str, payload: memoryview) -> int:
+    async def write(self, key: bytes, layout_id: str, namespace: str, payload: memoryview) -> int:
         """Upload a chunk unless it is already there. Returns the bytes this call wrote, or 0 when
         another writer got there first (objects are content-addressed: the same key is the same
         chunk, whatever codec stored it).
@@ -228,7 +189,7 @@ class ObjectTier:
                 self.counters["put_skipped_existing"] += 1
                 return 0
             except ObjectTierUnavailable as exc:
-                if mode == "create" and _unsupported_condition(exc):
+                if mode == "create" and unsupported_condition(exc):
                     log.warning("tierd: %s does not support conditional PUTs (%s); uploads ask with a HEAD first",
                                 self.url, exc)
                     self.conditional_put = False
@@ -288,26 +249,26 @@ class ObjectTier:
             total = header.object_bytes  # asked for too little: now the size is known
         raise BadObject("object size kept changing while it was read")
 
-    async def read_into_async(self, key: bytes, dest: memoryview, *, layout_id: str, payload_len: int,
-                              stored_bytes: int | None = None) -> ObjectHeader | bool:
-        """Fill `dest` with the verified raw payload and return the object's header (true, as the
-        LowerTier contract wants; the store learns namespace and writer from it). False on a
-        missing or bad object (a bad one is deleted) or an encoded one of a layout this daemon
-        has not registered; ObjectTierUnavailable if the store does not answer. `stored_bytes`
-        is the object's size if the caller knows it (one round of GETs instead of two)."""
+    async def read_into(self, key: bytes, dest: memoryview, *, layout_id: str, payload_len: int,
+                        stored_bytes: int | None = None) -> CopyHeader | None:
+        """Fill `dest` with the verified raw payload and return the object's header (the store
+        learns namespace and writer from it). None on a missing or bad object (a bad one is
+        deleted) or an encoded one of a layout this daemon has not registered;
+        ObjectTierUnavailable if the store does not answer. `stored_bytes` is the object's size
+        if the caller knows it (one round of GETs instead of two)."""
         path = object_path(key)
         raw_total = HEADER_BYTES + payload_len
         total = stored_bytes if stored_bytes is not None and HEADER_BYTES <= stored_bytes <= raw_total else raw_total
         try:
             found = await self._get_object(key, path, total)
             if found is None:
-                return False
+                return None
             self.counters["gets"] += 1
             header, parts = found
             if header.key == key and (header.layout_id != layout_id or header.payload_len != payload_len):
                 log.warning("object %s is of layout %s, %d bytes; asked for %s, %d: a miss", key.hex(),
                             header.layout_id, header.payload_len, layout_id, payload_len)
-                return False
+                return None
             check_header(header, key, layout_id, payload_len)
             if header.codec:
                 blob = memoryview(b"".join(parts)).cast("B")[HEADER_BYTES:]
@@ -315,7 +276,7 @@ class ObjectTier:
                     raise BadObject("checksum mismatch of the stored bytes")
                 await asyncio.get_running_loop().run_in_executor(
                     None, self.codec.decode_into, blob, header.codec, layout_id, dest)
-                return header
+                return header.copy_header()
             pos = 0
             for i, part in enumerate(parts):
                 view = memoryview(part)[HEADER_BYTES:] if i == 0 else memoryview(part)
@@ -325,11 +286,11 @@ class ObjectTier:
                 raise BadObject("payload checksum mismatch")
         except (BadObject, CodecError) as exc:
             await self._drop_bad(key, path, str(exc))
-            return False
+            return None
         except UnknownLayoutError as exc:
             log.warning("object %s: %s; a miss for now", key.hex(), exc)
-            return False
-        return header
+            return None
+        return header.copy_header()
 
     async def _drop_bad(self, key: bytes, path: str, why: str) -> None:
         log.warning("object %s failed verification (%s): a miss; deleting it", key.hex(), why)
@@ -349,22 +310,25 @@ class ObjectTier:
         size = int(meta["size"])
         return size if size >= HEADER_BYTES else None
 
-    async def read_header(self, key: bytes) -> ObjectHeader | None:
-        """The object's verified header (one small ranged GET), or None if there is none or it is bad."""
+    async def read_header(self, key: bytes) -> CopyHeader | None:
+        """The object's verified header (one small ranged GET), or None if there is none or it is
+        bad. Its `medium_bytes` is what the header says the object's size is (the ranged GET
+        does not see the whole object; a read checks the size)."""
         path = object_path(key)
         try:
             raw = await self._call(f"get header {path}",
                                    lambda: obstore.get_range_async(self.store, path, start=0, end=HEADER_BYTES))
             header = parse_header(memoryview(raw))
             check_header(header, key, None, None)
-            return header
+            return header.copy_header()
         except (FileNotFoundError, NotFoundError):
             return None
         except BadObject as exc:
             await self._drop_bad(key, path, str(exc))
             return None
 
-    async def delete_async(self, key: bytes) -> int:
+    async def delete(self, key: bytes) -> int:
+        """Remove the object; the bytes freed, 0 if it was not there or the store did not answer."""
         path = object_path(key)
         try:
             meta = await self._call(f"head {path}", lambda: obstore.head_async(self.store, path))
@@ -376,25 +340,6 @@ class ObjectTier:
             log.warning("could not delete %s: %s", path, exc)
             return 0
 
-    def stats(self) -> dict[str, Any]:
-        return {**self.counters, "breaker": self.breaker.state.value, "breaker_opened": self.breaker.opened,
-                "node": self.node, "url": self.url}
-
 
 class _PastEnd(Exception):
     """A ranged GET started past the object's end (HTTP 416): the object is shorter than asked."""
-
-
-def _past_the_end(exc: BaseException) -> bool:
-    text = str(exc)
-    return any(s in text for s in ("416", "Range Not Satisfiable", "Invalid range", "InvalidRange", "range was invalid"))
-
-
-def _unsupported_condition(exc: BaseException) -> bool:
-    """Whether a store refused an If-None-Match PUT as a feature it lacks (not as a failure)."""
-    text = str(exc)
-    return any(s in text for s in ("501", "Not Implemented", "NotImplemented"))
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import xxhash
 
 from tierd.errors import InvalidArgumentError
+from tierd.tiers.base import CopyHeader
 
 HEADER_BYTES = 512
 MAGIC = b"TIERDOB1"
@@ -83,6 +84,12 @@ class ObjectHeader:
     @property
     def object_bytes(self) -> int:
         return HEADER_BYTES + self.stored
+
+    def copy_header(self) -> CopyHeader:
+        """The tier-neutral view of this header (`tierd.tiers.base.CopyHeader`)."""
+        return CopyHeader(key=self.key, layout_id=self.layout_id, namespace=self.namespace,
+                          payload_len=self.payload_len, stored=self.stored, medium_bytes=self.object_bytes,
+                          codec=self.codec, created=self.created, node=self.node)
 
 
 def object_path(key: bytes) -> str:

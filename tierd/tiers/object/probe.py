@@ -25,33 +25,28 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
-from tierd.tiers.object_format import HEADER_BYTES
-from tierd.tiers.object_store import ObjectTier
+from tierd.tiers.base import Found, FoundCallback
+from tierd.tiers.object.breaker import CircuitBreaker
+from tierd.tiers.object.format import HEADER_BYTES
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
-    """An object of the shared tier this node had not indexed. Layout and namespace are known
-    only when its header was read (`inspect`); a lookup's HEAD gives the size alone."""
+class SizedTier(Protocol):
+    """What a probe asks of the object tier (`ObjectTier` is one): the size of a key's object
+    (one HEAD; None if absent), and its breaker, so a probe does not queue on a dead store."""
 
-    key: bytes
-    payload_len: int  # the raw chunk's size when the header was read; from a HEAD, the stored size
-    layout_id: str = ""
-    namespace: str = ""
-    created: float = 0.0
-    object_bytes: int = 0  # the object's size, when known (0: not known)
+    breaker: CircuitBreaker
 
-
-FoundCallback = Callable[[Sequence[Found]], None]
+    async def stored_size(self, key: bytes) -> int | None: ...
 
 
 class SharedTierProbe:
-    def __init__(self, tier: ObjectTier, on_found: FoundCallback, *, budget: float = 0.05, first_wave: int = 16,
+    """The object tier's `tierd.tiers.base.PrefixProbe` (see the module docstring)."""
+
+    def __init__(self, tier: SizedTier, on_found: FoundCallback, *, budget: float = 0.05, first_wave: int = 16,
                  growth: int = 4, max_wave: int = 256, max_walks: int = 8, negative_ttl: float = 1.0,
                  max_negative: int = 65536, clock: Callable[[], float] = time.monotonic) -> None:
         self.tier = tier
@@ -72,6 +67,7 @@ class SharedTierProbe:
         self.negative_hits = 0
 
     def forget_miss(self, key: bytes) -> None:
+        """This node just wrote `key`: a remembered miss of it is stale."""
         self._negative.pop(key, None)
 
     def _known_missing(self, key: bytes) -> bool:
@@ -136,6 +132,7 @@ class SharedTierProbe:
             wave = min(wave * self.growth, self.max_wave)
 
     async def close(self) -> None:
+        """Stop the walks still running in the background."""
         for walk in list(self._walks.values()):
             walk.cancel()
         await asyncio.gather(*self._walks.values(), return_exceptions=True)

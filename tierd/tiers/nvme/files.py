@@ -1,0 +1,381 @@
+"""The NVMe tier's chunk files: one checksummed file per chunk in a local directory.
+
+`NvmeChunkFiles` only moves bytes between arena slots and files and proves them intact; the
+index, LRU order and capacity accounting live in `tierd.store`. Its methods BLOCK on disk I/O:
+`tierd.tiers.nvme.tier.NvmeTier` runs them on its own I/O threads for the store, and benchmarks
+and tests call them directly. Methods are thread-safe for different keys; the store never runs
+two methods on the same key at once, so per-key locking is not needed here.
+
+The file format is in `tierd.tiers.nvme.format`, the aligned (O_DIRECT) transfers in
+`tierd.tiers.nvme.aligned`. A tier with a codec (`tierd.tiers.encoding`) stores a codec blob
+instead of the raw chunk when that is smaller; a read decodes it into the destination.
+
+Durability: a chunk is written to a temp file in its shard directory, fdatasync'ed, renamed
+over its final name and the directory is fsync'ed; a crash leaves either the old state plus a
+`.tmp` file (removed by `scan`) or the complete new file, never a torn `.chunk`.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+import xxhash
+
+from tierd.errors import CapacityError, CodecError, ConfigError, InvalidArgumentError, UnknownLayoutError
+from tierd.tiers.encoding import TierCodec
+from tierd.tiers.nvme.aligned import AlignedIO, byte_view, direct_io_works
+from tierd.tiers.nvme.format import (
+    CHUNK_SUFFIX,
+    HEADER_BYTES,
+    KEY_BYTES,
+    SHARDS,
+    TEMP_SUFFIX,
+    ChunkHeader,
+    CorruptChunk,
+    StoredChunk,
+    check_key,
+    check_layout_id,
+    check_namespace,
+    decode_header,
+    file_name,
+    file_size,
+    shard_of,
+)
+
+log = logging.getLogger(__name__)
+
+#: Errors that say the system is short of a resource, not that the file is bad: a miss, keep the file.
+_TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+
+
+class NvmeChunkFiles:
+    """One file per chunk under `directory`, written crash-safely and verified on every read.
+
+    Contract with the caller (`NvmeTier`, benchmarks, tests): every method BLOCKS on disk I/O;
+    calls for different keys may run concurrently, calls for the same key never do. A read
+    returns the header only for bytes that match the header's key, layout, length and the
+    payload checksum; anything else deletes the file and is a miss (`corrupt` counts them).
+
+    `codec`: what this tier writes (a `tierd.codecs` spec or a `TierCodec`; "raw" by default).
+    Reads decode whatever codec a file's header names.
+
+    `direct_io`: None probes O_DIRECT on the directory's filesystem and uses it where it works
+    (durable writes run several times faster than buffered writes + fdatasync on the machines
+    measured by `bench/nvme_tier.py`, and chunk bytes do not crowd the page cache that the DRAM
+    tier needs); True insists (ConfigError if unsupported); False forces buffered I/O.
+    """
+
+    def __init__(self, directory: str | Path, *, direct_io: bool | None = None,
+                 codec: str | TierCodec = "raw") -> None:
+        self.codec = codec if isinstance(codec, TierCodec) else TierCodec(codec)
+        self.root = Path(directory)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for shard in SHARDS:  # all shard dirs up front: no mkdir races, one directory fsync
+                (self.root / shard).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"NVMe tier directory {str(self.root)!r}: cannot create it ({exc}); "
+                              "give a writable directory") from None
+        self._fsync_dir(self.root)
+        supported = direct_io_works(self.root)
+        if direct_io is True and not supported:
+            raise ConfigError(f"NVMe tier directory {str(self.root)!r}: its filesystem does not support "
+                              "O_DIRECT; use direct_io=None (auto) or False")
+        self._io = AlignedIO(supported if direct_io is None else bool(direct_io))
+        self._counter_lock = threading.Lock()
+        #: Files removed by `scan` because their header or size was bad.
+        self.dropped = 0
+        #: Files removed by `read_into` because a check failed or the read failed.
+        self.corrupt = 0
+        #: Leftover temp files (interrupted writes) removed by `scan`.
+        self.temp_removed = 0
+        #: Chunk files the running (or last) `scan` has read so far, for progress lines.
+        self.scanned = 0
+        log.info("NVMe chunk files in %s (O_DIRECT %s)", self.root, "on" if self.direct_io else "off")
+
+    @property
+    def direct_io(self) -> bool:
+        """Whether files are read and written with O_DIRECT."""
+        return self._io.direct
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def path_for(self, key: bytes) -> Path:
+        key = check_key(key)
+        return self.root / shard_of(key) / file_name(key)
+
+    @staticmethod
+    def file_bytes_for(payload_len: int) -> int:
+        """Exact st_size of the file for a payload of this length, for accounting before writing."""
+        if not isinstance(payload_len, int) or isinstance(payload_len, bool) or payload_len < 0:
+            raise InvalidArgumentError(f"payload_len {payload_len!r}: must be a non-negative integer")
+        return file_size(payload_len)
+
+    # -- write ----------------------------------------------------------------------------
+
+    def write(
+        self,
+        key: bytes,
+        layout_id: str,
+        namespace: str,
+        payload: memoryview | bytes | bytearray,
+        *,
+        created: float | None = None,
+    ) -> int:
+        """Store `payload` under `key` durably, replacing any existing file of that key.
+
+        Returns the file's size: `file_bytes_for(len(payload))` for a raw chunk, less for one the
+        tier's codec made smaller (encoding runs here, on the calling I/O thread). With O_DIRECT
+        an aligned payload goes to disk straight from its buffer in one syscall (header block,
+        aligned body, zero-padded tail block). Raises InvalidArgumentError for a bad key, layout
+        id, namespace or payload, CapacityError when the disk is full and OSError (its errno
+        kept, the key and file named) on other I/O errors; either way no file of this write
+        remains.
+        """
+        key = check_key(key)
+        check_layout_id(layout_id)
+        check_namespace(namespace)
+        view = byte_view(payload, writable=False, what=f"payload for key {key.hex()}")
+        raw_len = len(view)
+        stored, codec = self.codec.encode(view, layout_id)
+        view = memoryview(stored).cast("B")
+        n = len(view)
+        header = ChunkHeader(
+            key=key,
+            layout_id=layout_id,
+            namespace=namespace,
+            payload_len=raw_len,
+            checksum=xxhash.xxh3_64_intdigest(view),
+            created=time.time() if created is None else float(created),
+            stored_len=n,
+            codec=codec,
+        )
+        final = self.path_for(key)
+        tmp = final.with_name(f".{key.hex()}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | self._io.open_flag
+        renamed = False
+        try:
+            fd = os.open(tmp, flags, 0o600)
+            try:
+                self._io.write_file(fd, header, view)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            renamed = True
+            self._fsync_dir(final.parent)
+        except BaseException as exc:
+            # A failed write leaves nothing behind, not even a renamed but unsynced file, so
+            # the store's accounting (which will not count this chunk) stays true.
+            try:
+                os.unlink(final if renamed else tmp)
+            except OSError:
+                pass
+            if not isinstance(exc, OSError):
+                raise
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CapacityError(f"NVMe tier {str(self.root)!r} is out of disk space writing chunk "
+                                    f"{key.hex()} ({n} bytes): lower the NVMe capacity below the free space") from None
+            raise OSError(exc.errno, f"writing chunk {key.hex()} to {str(final)!r} failed: {exc}") from exc
+        return file_size(n)
+
+    # -- read -----------------------------------------------------------------------------
+
+    def read_into(
+        self, key: bytes, dest: memoryview | bytearray, *, layout_id: str, payload_len: int,
+        stored_bytes: int | None = None,
+    ) -> ChunkHeader | None:
+        """Fill `dest[:payload_len]` with the chunk's raw payload and return the file's header,
+        only if every check passed; None is a miss.
+
+        Checks: file size, header hash, key, layout id, payload length, the checksum of the
+        stored bytes and, for an encoded chunk, the codec's own checks while decoding. On any
+        failure or I/O error the file is deleted, counted in `corrupt` and None is returned
+        (the caller treats it as a miss; `dest` may then hold partial bytes). A missing file is a
+        plain None, and so is an encoded chunk of a layout not registered in this daemon (kept).
+        Raises only InvalidArgumentError, for a bad key, layout id, destination or length.
+        A raw chunk with O_DIRECT and an aligned `dest` arrives, header and payload, in one
+        preadv straight into `dest`; an encoded one is read into a scratch buffer and decoded
+        into `dest` on this thread. (`stored_bytes` is the LowerTier hint; the file's own size
+        is used instead.)
+        """
+        key = check_key(key)
+        check_layout_id(layout_id)
+        view = byte_view(dest, writable=True, what=f"destination for key {key.hex()}")
+        if not isinstance(payload_len, int) or not 0 <= payload_len <= len(view):
+            raise InvalidArgumentError(f"payload_len {payload_len!r} for key {key.hex()}: must be between 0 and "
+                                       f"the destination size {len(view)}")
+        view = view[:payload_len]
+        path = self.path_for(key)
+        flags = os.O_RDONLY | os.O_CLOEXEC | self._io.open_flag
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in _TRANSIENT_ERRNOS:
+                log.warning("chunk %s: cannot open %s now (%s); treating as a miss", key.hex(), path, exc)
+                return None
+            return self._reject(path, key, f"open failed: {exc}")
+        try:
+            size = os.fstat(fd).st_size
+            if size == self.file_bytes_for(payload_len):  # raw, or encoded to the same rounded size
+                header = decode_header(self._io.read_file(fd, view))
+                stored = view
+            else:  # encoded (smaller), or damaged: the header says which
+                header = decode_header(self._io.read_header_block(fd))
+                stored = None
+            if header.key != key:
+                raise CorruptChunk(f"header key {header.key.hex()} does not match")
+            if header.layout_id != layout_id:
+                raise CorruptChunk(f"header layout {header.layout_id!r}, requested {layout_id!r}")
+            if header.payload_len != payload_len:
+                raise CorruptChunk(f"header payload_len {header.payload_len}, requested {payload_len}")
+            if size != header.file_bytes:
+                raise CorruptChunk(f"file is {size} bytes, expected {header.file_bytes} for stored_len "
+                                   f"{header.stored}")
+            if header.codec:
+                blob = self._io.scratch(header.stored)
+                if stored is None:
+                    self._io.read_stored(fd, blob)
+                else:
+                    blob[:] = stored[: header.stored]
+                stored = blob
+            assert stored is not None
+            if xxhash.xxh3_64_intdigest(stored) != header.checksum:
+                raise CorruptChunk("checksum mismatch of the stored bytes")
+            if header.codec:
+                self.codec.decode_into(stored, header.codec, layout_id, view)
+        except UnknownLayoutError as exc:
+            log.warning("chunk %s: %s; a miss for now, the file is kept", key.hex(), exc)
+            return None
+        except (CorruptChunk, CodecError) as exc:
+            return self._reject(path, key, str(exc))
+        except OSError as exc:
+            return self._reject(path, key, f"read failed: {exc}")
+        finally:
+            os.close(fd)
+        return header
+
+    def read_header(self, key: bytes) -> ChunkHeader | None:
+        """The verified header of the chunk's file (its codec and stored size, for `inspect`), or
+        None if there is no file or its header is damaged (the next read deletes it)."""
+        path = self.path_for(key)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                header = decode_header(f.read(HEADER_BYTES))
+        except (OSError, CorruptChunk):
+            return None
+        return header if header.key == key else None
+
+    def _reject(self, path: Path, key: bytes, reason: str) -> None:
+        with self._counter_lock:
+            self.corrupt += 1
+        log.warning("chunk %s in %s is unusable (%s): deleted, serving a miss", key.hex(), path, reason)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+    # -- delete / scan --------------------------------------------------------------------
+
+    def delete(self, key: bytes) -> int:
+        """Remove the chunk's file; returns the bytes freed (0 if there was none).
+
+        The directory is not fsync'ed: if a crash undoes a delete, the chunk simply reappears
+        intact at the next `scan`, which is harmless.
+        """
+        path = self.path_for(key)
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def scan(self) -> list[StoredChunk]:
+        """Every intact-looking chunk on disk, oldest mtime first, to rebuild the index on restart.
+
+        Removes leftover temp files (`temp_removed`) and files whose name, header or size is bad
+        (`dropped`). Reads one header block per file, never payloads: payload checksums are
+        verified on each read instead.
+        """
+        found: list[StoredChunk] = []
+        temps = dropped = 0
+        self.scanned = 0
+        for entry in os.scandir(self.root):
+            if entry.is_file(follow_symlinks=False) and entry.name.endswith(TEMP_SUFFIX):
+                temps += self._remove(entry.path, "leftover temp file")  # an interrupted O_DIRECT probe
+        for shard_name in SHARDS:
+            shard = self.root / shard_name
+            try:
+                entries = list(os.scandir(shard))
+            except FileNotFoundError:
+                shard.mkdir(exist_ok=True)
+                continue
+            for entry in entries:
+                name = entry.name
+                if name.endswith(TEMP_SUFFIX):
+                    temps += self._remove(entry.path, "temp file of an interrupted write")
+                elif name.endswith(CHUNK_SUFFIX):
+                    self.scanned += 1
+                    chunk, reason = self._scan_one(entry, shard.name)
+                    if chunk is not None:
+                        found.append(chunk)
+                    else:
+                        dropped += self._remove(entry.path, reason)
+        with self._counter_lock:
+            self.temp_removed += temps
+            self.dropped += dropped
+        found.sort(key=lambda c: c.mtime)
+        log.info("scanned %s: %d chunks, %d dropped, %d temp files removed", self.root, len(found), dropped, temps)
+        return found
+
+    def _scan_one(self, entry: os.DirEntry[str], shard: str) -> tuple[StoredChunk | None, str]:
+        stem = entry.name[: -len(CHUNK_SUFFIX)]
+        try:
+            key = bytes.fromhex(stem)
+        except ValueError:
+            key = b""
+        if len(key) != KEY_BYTES or stem != key.hex() or shard != shard_of(key):
+            return None, "name is not <shard>/<32 lowercase hex>.chunk"
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                return None, "not a regular file"
+            with open(entry.path, "rb", buffering=0) as f:
+                block = f.read(HEADER_BYTES)
+            header = decode_header(block)
+        except CorruptChunk as exc:
+            return None, str(exc)
+        except OSError as exc:
+            return None, f"unreadable: {exc}"
+        if header.key != key:
+            return None, f"header key {header.key.hex()} differs from the file name"
+        if st.st_size != header.file_bytes:
+            return None, f"file is {st.st_size} bytes, header says {header.file_bytes} (truncated or extended)"
+        return StoredChunk.from_header(header, st.st_size, st.st_mtime), ""
+
+    @staticmethod
+    def _remove(path: str, reason: str) -> int:
+        log.warning("removing %s: %s", path, reason)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return 0
+        return 1
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _fsync_dir(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,229 @@
+"""The NVMe tier's chunk file format: where a chunk's file lives, and its header, byte by byte.
+
+On-disk layout (all integers little-endian)::
+
+    DIR/<first key byte, 2 hex digits>/<key, 32 hex digits>.chunk
+
+    offset 0     header block, 4096 bytes (format version 2):
+                   0  magic        8s   b"TIERDCK1"
+                   8  version      u16  2 (version 1 files, written before codecs, are still read)
+                  10  flags        u16  0 (reserved)
+                  12  layout_len   u16  length of layout_id (<= 32)
+                  14  ns_len       u16  length of namespace in UTF-8 bytes (<= 256)
+                  16  key          16s
+                  32  layout_id    32s  ASCII hex, zero padded
+                  64  payload_len  u64  bytes of the raw chunk (what a read returns)
+                  72  checksum     u64  xxh3_64 of the stored bytes
+                  80  created      f64  unix time
+                  88  stored_len   u64  bytes stored after the header (== payload_len when raw)
+                  96  codec        16s  codec spec of the stored bytes, "" when raw (tierd.codecs)
+                 112  namespace    256s UTF-8, zero padded
+                 368  header_hash  u64  xxh3_64 of bytes [0, 368) -- detects a torn/flipped header
+                 376  zeros up to 4096
+    offset 4096  stored bytes, then zeros up to the next multiple of 4096
+
+    (version 1: the same fields up to `created`, no stored_len or codec, namespace at 88 and
+    header_hash at 344.)
+
+Every file is therefore `4096 + round_up(stored_len, 4096)` bytes, in both I/O modes, so
+O_DIRECT can write and read it in whole aligned blocks; `file_size(payload_len)` is exact
+for a raw chunk and an upper bound for an encoded one (a tier never stores more than the raw
+chunk), so capacity can be reserved before anything is written.
+
+Nothing here touches a file: `tierd.tiers.nvme.files` does the I/O.
+"""
+from __future__ import annotations
+
+import string
+import struct
+from dataclasses import dataclass
+
+import xxhash
+
+from tierd.errors import InvalidArgumentError, TierdError
+from tierd.tiers.base import CopyHeader, StoredRecord
+
+#: Alignment of every block on disk and of every buffer handed to O_DIRECT I/O.
+BLOCK = 4096
+HEADER_BYTES = BLOCK
+MAGIC = b"TIERDCK1"
+VERSION = 2
+KEY_BYTES = 16
+MAX_LAYOUT_ID = 32
+MAX_NAMESPACE_BYTES = 256
+CHUNK_SUFFIX = ".chunk"
+TEMP_SUFFIX = ".tmp"
+
+_FIXED_V1 = struct.Struct("<8sHHHH16s32sQQd")  # 88 bytes, see module docstring
+_FIXED = struct.Struct("<8sHHHH16s32sQQdQ16s")  # 112 bytes
+_NS_OFFSET = _FIXED.size
+_HASH_OFFSET = _NS_OFFSET + MAX_NAMESPACE_BYTES
+_HASH_OFFSET_V1 = _FIXED_V1.size + MAX_NAMESPACE_BYTES
+_HASH = struct.Struct("<Q")
+_HEADER_USED = _HASH_OFFSET + _HASH.size
+_HEX = frozenset(string.hexdigits)
+
+
+def round_up(n: int, to: int = BLOCK) -> int:
+    return (n + to - 1) // to * to
+
+
+def file_size(stored_len: int) -> int:
+    """Exact st_size of a chunk file holding `stored_len` bytes after its header."""
+    return HEADER_BYTES + round_up(stored_len)
+
+
+#: The shard directories: a key's file lives in the one named by its first byte.
+SHARDS: tuple[str, ...] = tuple(f"{i:02x}" for i in range(256))
+
+
+def shard_of(key: bytes) -> str:
+    """The shard directory of a key: its first byte, two lowercase hex digits."""
+    return SHARDS[key[0]]
+
+
+def file_name(key: bytes) -> str:
+    return f"{key.hex()}{CHUNK_SUFFIX}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkHeader:
+    """What a chunk file says about itself; everything needed to index it without the payload."""
+
+    key: bytes
+    layout_id: str
+    namespace: str
+    payload_len: int
+    checksum: int
+    created: float
+    stored_len: int = -1  # -1: the raw chunk (== payload_len)
+    codec: str = ""
+
+    @property
+    def stored(self) -> int:
+        """Bytes after the header block (before padding)."""
+        return self.payload_len if self.stored_len < 0 else self.stored_len
+
+    @property
+    def file_bytes(self) -> int:
+        """The size of the file this header heads."""
+        return file_size(self.stored)
+
+    def copy_header(self) -> CopyHeader:
+        """The tier-neutral view of this header (`tierd.tiers.base.CopyHeader`)."""
+        return CopyHeader(key=self.key, layout_id=self.layout_id, namespace=self.namespace,
+                          payload_len=self.payload_len, stored=self.stored, medium_bytes=self.file_bytes,
+                          codec=self.codec, created=self.created)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk(StoredRecord):
+    """A chunk file found by `scan`: the `LowerTier` record plus the payload checksum.
+
+    Being a `StoredRecord`, it is what the store's `LowerTier.scan` contract expects;
+    `file_bytes` (== `stored_bytes`, the file's st_size) and `header` are the same facts seen
+    from the file's side.
+    """
+
+    checksum: int
+    stored_len: int = -1
+    codec: str = ""
+
+    @property
+    def file_bytes(self) -> int:
+        return self.stored_bytes
+
+    @property
+    def header(self) -> ChunkHeader:
+        return ChunkHeader(self.key, self.layout_id, self.namespace, self.payload_len, self.checksum, self.created,
+                           self.stored_len, self.codec)
+
+    @classmethod
+    def from_header(cls, header: ChunkHeader, file_bytes: int, mtime: float) -> "StoredChunk":
+        return cls(
+            key=header.key, layout_id=header.layout_id, namespace=header.namespace,
+            payload_len=header.payload_len, stored_bytes=file_bytes, created=header.created,
+            mtime=mtime, checksum=header.checksum, stored_len=header.stored, codec=header.codec,
+        )
+
+
+class CorruptChunk(TierdError):
+    """A chunk file failed a check. Never leaves the NVMe tier: the chunk becomes a miss."""
+
+
+def check_key(key: bytes) -> bytes:
+    if isinstance(key, bytearray):
+        key = bytes(key)
+    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+        raise InvalidArgumentError(f"chunk key {key!r}: must be {KEY_BYTES} bytes (a tierd.keys chunk key)")
+    return key
+
+
+def check_layout_id(layout_id: str) -> bytes:
+    if (
+        not isinstance(layout_id, str)
+        or not layout_id
+        or len(layout_id) > MAX_LAYOUT_ID
+        or not set(layout_id) <= _HEX
+    ):
+        raise InvalidArgumentError(
+            f"layout_id {layout_id!r}: must be a non-empty hex string of at most {MAX_LAYOUT_ID} characters"
+        )
+    return layout_id.encode("ascii")
+
+
+def check_namespace(namespace: str) -> bytes:
+    if not isinstance(namespace, str):
+        raise InvalidArgumentError(f"namespace {namespace!r}: must be a string")
+    raw = namespace.encode("utf-8")
+    if len(raw) > MAX_NAMESPACE_BYTES:
+        raise InvalidArgumentError(
+            f"namespace {namespace[:40]!r}... is {len(raw)} bytes in UTF-8: "
+            f"use a namespace of at most {MAX_NAMESPACE_BYTES} bytes"
+        )
+    return raw
+
+
+def encode_header(header: ChunkHeader, into: memoryview) -> None:
+    """Write `header` as the 4096-byte header block into `into` (zeroing the rest of it)."""
+    layout = check_layout_id(header.layout_id)
+    ns = check_namespace(header.namespace)
+    codec = header.codec.encode("ascii")
+    into[:HEADER_BYTES] = bytes(HEADER_BYTES)
+    _FIXED.pack_into(
+        into, 0, MAGIC, VERSION, 0, len(layout), len(ns), header.key, layout,
+        header.payload_len, header.checksum, header.created, header.stored, codec,
+    )
+    into[_NS_OFFSET : _NS_OFFSET + len(ns)] = ns
+    _HASH.pack_into(into, _HASH_OFFSET, xxhash.xxh3_64_intdigest(into[:_HASH_OFFSET]))
+
+
+def decode_header(block: memoryview | bytes) -> ChunkHeader:
+    """Parse and verify a header block; raises `CorruptChunk` on any damage."""
+    if len(block) < _HEADER_USED:
+        raise CorruptChunk(f"header is {len(block)} bytes, shorter than {_HEADER_USED}")
+    block = memoryview(block)
+    (version,) = struct.unpack_from("<H", block, 8)
+    fixed, ns_at, hash_at = (_FIXED, _NS_OFFSET, _HASH_OFFSET) if version == VERSION else \
+        (_FIXED_V1, _FIXED_V1.size, _HASH_OFFSET_V1)
+    (stored_hash,) = _HASH.unpack_from(block, hash_at)
+    if xxhash.xxh3_64_intdigest(block[:hash_at]) != stored_hash:
+        raise CorruptChunk("header hash mismatch (torn or flipped header)")
+    fields = fixed.unpack_from(block, 0)
+    magic, version, flags, layout_len, ns_len, key, layout, payload_len, checksum, created = fields[:10]
+    stored_len, codec_raw = fields[10:] if version == VERSION else (payload_len, b"")
+    if magic != MAGIC:
+        raise CorruptChunk(f"bad magic {magic!r}")
+    if version not in (1, VERSION) or flags != 0:
+        raise CorruptChunk(f"unsupported version {version} / flags {flags:#x}")
+    if not 0 < layout_len <= MAX_LAYOUT_ID or ns_len > MAX_NAMESPACE_BYTES:
+        raise CorruptChunk(f"field lengths out of range (layout {layout_len}, namespace {ns_len})")
+    if stored_len > payload_len or (not codec_raw.strip(b"\0") and stored_len != payload_len):
+        raise CorruptChunk(f"stored_len {stored_len} does not fit payload_len {payload_len}")
+    try:
+        layout_id = layout[:layout_len].decode("ascii")
+        namespace = bytes(block[ns_at : ns_at + ns_len]).decode("utf-8")
+        codec = codec_raw.rstrip(b"\0").decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise CorruptChunk(f"undecodable header text: {exc}") from None
+    return ChunkHeader(key, layout_id, namespace, payload_len, checksum, created, stored_len, codec)
