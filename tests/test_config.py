@@ -4,9 +4,11 @@ leak in; files are real files in tmp_path."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -502,6 +504,17 @@ def test_empty_yaml_file_is_all_defaults(tmp_path: Path, base_env: dict[str, str
 def test_yaml_off_and_null_turn_metrics_off(tmp_path: Path, base_env: dict[str, str]) -> None:
     for text in ("metrics_port: off\n", "metrics_port: null\n", "metrics_port: none\n"):
         assert load(base_env, file=write(tmp_path, text, name="t.yaml")).metrics_port is None
+
+
+def test_pyyaml_is_declared_so_a_yaml_config_works_on_a_clean_install() -> None:
+    """YAML files are read with PyYAML at run time, so it must be an install requirement of
+    tierd itself, not something only the test environment happens to bring."""
+    setup_py = Path(__file__).resolve().parents[1] / "setup.py"
+    calls = [n for n in ast.walk(ast.parse(setup_py.read_text())) if isinstance(n, ast.Call)
+             and getattr(n.func, "id", None) == "setup"]
+    (requires,) = [ast.literal_eval(k.value) for c in calls for k in c.keywords if k.arg == "install_requires"]
+    names = {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in requires}
+    assert "pyyaml" in names, requires
 
 
 # -------------------------------------------------------------------------- argparse, Config
