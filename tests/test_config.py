@@ -319,10 +319,11 @@ BAD_NATIVES = [
     ("quotas", {"a": "lots"}),
     ("allow_uids", True), ("allow_uids", 1.5), ("allow_uids", [True]), ("allow_uids", []),
     ("namespaces", 5), ("namespaces", {"1001": 5}), ("namespaces", ["1001"]), ("progress_interval", True),
+    ("object_timeout", 10**400), ("mrc_sample_rate", 10**400),  # YAML ints beyond float range
 ]
 
 
-@pytest.mark.parametrize(("name", "value"), BAD_NATIVES, ids=[f"{n}={v!r}" for n, v in BAD_NATIVES])
+@pytest.mark.parametrize(("name", "value"), BAD_NATIVES, ids=[f"{n}={v!r:.24}" for n, v in BAD_NATIVES])
 def test_wrong_types_in_a_yaml_file_name_the_key(tmp_path: Path, base_env: dict[str, str], name: str, value: Any) -> None:
     file = write(tmp_path, yaml.safe_dump({name: value}), name="tierd.yaml")
     with pytest.raises(ConfigError) as info:

@@ -8,6 +8,7 @@ where each came from; parsing them is the option table's job.
 from __future__ import annotations
 
 import tomllib
+from typing import Any, Callable
 
 from tierd.config.options import BY_NAME, unknown_message
 from tierd.errors import ConfigError
@@ -26,20 +27,20 @@ def read_config_file(path: str, path_where: str) -> dict[str, tuple[object, str]
         raise ConfigError(f"{path_where}={path!r}: cannot read the config file ({exc.strerror}); check the path and its permissions") from None
     try:
         text = raw.decode("utf-8")
-        if is_yaml:
-            import yaml  # only needed for YAML files
-
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {path!r} (from {path_where}) is not valid YAML: {exc}; fix the syntax there") from None
-        else:
-            try:
-                data = tomllib.loads(text)
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"config file {path!r} (from {path_where}) is not valid TOML: {exc}; fix the syntax there") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path!r} (from {path_where}) is not UTF-8 text; save it as UTF-8") from None
+    loads: Callable[[str], Any]
+    syntax_error: type[Exception]
+    if is_yaml:
+        import yaml  # only needed for YAML files
+
+        kind, loads, syntax_error = "YAML", yaml.safe_load, yaml.YAMLError
+    else:
+        kind, loads, syntax_error = "TOML", tomllib.loads, tomllib.TOMLDecodeError
+    try:
+        data = loads(text)
+    except syntax_error as exc:
+        raise ConfigError(f"config file {path!r} (from {path_where}) is not valid {kind}: {exc}; fix the syntax there") from None
 
     if data is None:  # an empty YAML file
         data = {}

@@ -158,14 +158,8 @@ def parse_quotas(value: object, where: str, base: str | None) -> dict[str, int]:
 
 def parse_seconds(value: object, where: str, base: str | None) -> float:
     """A duration in seconds: 5, 0.05, "50ms", "2s"."""
-    number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*", value, re.ASCII)
-        if m:
-            number = float(m[1]) / (1000 if m[2] == "ms" else 1)
-    if number is None or not math.isfinite(number) or not 0 < number <= 600:
+    number = _number_with_unit(value, {"ms": 1000, "s": 1})
+    if number is None or not 0 < number <= 600:
         raise ConfigError(f"{where}={value!r}: use a duration above 0 and at most 600 seconds, like 5, 0.05 or 50ms")
     return number
 
@@ -181,6 +175,26 @@ def parse_max_frame(value: object, where: str, base: str | None) -> int:
     if not KiB <= n < 4 * GiB:
         raise ConfigError(f"{where}={value!r}: use a size from 1KiB to below 4GiB, like 16MiB")
     return n
+
+
+def _number_with_unit(value: object, units: dict[str, int]) -> float | None:
+    """A finite number: a file's int or float as it is, or a string of digits with an optional
+    unit suffix from `units`, divided by that unit's divisor ("50ms" -> 0.05). None when the
+    value is neither; the caller checks the range and words the error."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range, which YAML allows
+            return None
+    elif isinstance(value, str):
+        suffixes = "|".join(map(re.escape, units))
+        m = re.fullmatch(rf"\s*([0-9]*\.?[0-9]+)\s*({suffixes})?\s*", value, re.ASCII)
+        if m is None:
+            return None
+        number = float(m[1]) / units.get(m[2] or "", 1)
+    else:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _parse_int(value: object, where: str, lo: int, hi: int, hint: str) -> int:
@@ -231,14 +245,8 @@ def parse_bool(value: object, where: str, base: str | None) -> bool:
 
 def parse_fraction(value: object, where: str, base: str | None) -> float:
     """A fraction in (0, 1] (of DRAM, or of keys sampled); "85%" is accepted as 0.85."""
-    number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(%?)\s*", value, re.ASCII)
-        if m:
-            number = float(m[1]) / (100 if m[2] else 1)
-    if number is None or not math.isfinite(number) or not 0 < number <= 1:
+    number = _number_with_unit(value, {"%": 100})
+    if number is None or not 0 < number <= 1:
         raise ConfigError(f"{where}={value!r}: use a fraction above 0 and at most 1, like 0.9 or 90%")
     return number
 
