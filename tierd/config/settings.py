@@ -59,7 +59,7 @@ class Config:
         for opt in OPTIONS:
             object.__setattr__(self, opt.name, opt.parse(getattr(self, opt.name), f"Config.{opt.name}", None))
         check_watermarks(self.demote_low_watermark, "Config.demote_low_watermark",
-                          self.demote_high_watermark, "Config.demote_high_watermark")
+                         self.demote_high_watermark, "Config.demote_high_watermark")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON/YAML values, for `tierd stat`. socket_mode is written as
@@ -70,6 +70,8 @@ class Config:
 
 
 def check_watermarks(low: float, low_where: str, high: float, high_where: str) -> None:
+    """The one rule across two options. Config checks it for every instance; load_config checks
+    it first with each value's source, so the error names the file, variable or flag to fix."""
     if not low < high:
         raise ConfigError(
             f"demote_low_watermark={low} (from {low_where}) must be below "
