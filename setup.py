@@ -40,6 +40,7 @@ setup(
         "numpy>=1.26",
         "obstore>=0.12",
         "zstandard>=0.22",
+        "PyYAML>=6",
     ],
     extras_require={
         "torch": [TORCH],

@@ -4,9 +4,11 @@ leak in; files are real files in tmp_path."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -317,10 +319,11 @@ BAD_NATIVES = [
     ("quotas", {"a": "lots"}),
     ("allow_uids", True), ("allow_uids", 1.5), ("allow_uids", [True]), ("allow_uids", []),
     ("namespaces", 5), ("namespaces", {"1001": 5}), ("namespaces", ["1001"]), ("progress_interval", True),
+    ("object_timeout", 10**400), ("mrc_sample_rate", 10**400),  # YAML ints beyond float range
 ]
 
 
-@pytest.mark.parametrize(("name", "value"), BAD_NATIVES, ids=[f"{n}={v!r}" for n, v in BAD_NATIVES])
+@pytest.mark.parametrize(("name", "value"), BAD_NATIVES, ids=[f"{n}={v!r:.24}" for n, v in BAD_NATIVES])
 def test_wrong_types_in_a_yaml_file_name_the_key(tmp_path: Path, base_env: dict[str, str], name: str, value: Any) -> None:
     file = write(tmp_path, yaml.safe_dump({name: value}), name="tierd.yaml")
     with pytest.raises(ConfigError) as info:
@@ -502,6 +505,17 @@ def test_empty_yaml_file_is_all_defaults(tmp_path: Path, base_env: dict[str, str
 def test_yaml_off_and_null_turn_metrics_off(tmp_path: Path, base_env: dict[str, str]) -> None:
     for text in ("metrics_port: off\n", "metrics_port: null\n", "metrics_port: none\n"):
         assert load(base_env, file=write(tmp_path, text, name="t.yaml")).metrics_port is None
+
+
+def test_pyyaml_is_declared_so_a_yaml_config_works_on_a_clean_install() -> None:
+    """YAML files are read with PyYAML at run time, so it must be an install requirement of
+    tierd itself, not something only the test environment happens to bring."""
+    setup_py = Path(__file__).resolve().parents[1] / "setup.py"
+    calls = [n for n in ast.walk(ast.parse(setup_py.read_text())) if isinstance(n, ast.Call)
+             and getattr(n.func, "id", None) == "setup"]
+    (requires,) = [ast.literal_eval(k.value) for c in calls for k in c.keywords if k.arg == "install_requires"]
+    names = {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in requires}
+    assert "pyyaml" in names, requires
 
 
 # -------------------------------------------------------------------------- argparse, Config
