@@ -26,6 +26,7 @@ import os
 import re
 
 from tierd.errors import ConfigError
+from tierd.keys import namespace_problem
 from tierd.sizes import GiB, KiB, parse_size
 
 #: Longest Unix socket path Linux can bind (sun_path is 108 bytes including the NUL).
@@ -143,9 +144,9 @@ def parse_quotas(value: object, where: str, base: str | None) -> dict[str, int]:
         raise ConfigError(f"{where}={value!r}: {hint}")
     quotas: dict[str, int] = {}
     for namespace, size in pairs:
-        if not isinstance(namespace, str) or not namespace.strip() or "," in namespace or len(namespace) > 255:
-            raise ConfigError(f"{where}={value!r}: namespace {namespace!r}: use a non-empty name of at most 255 "
-                              f"characters without commas; {hint}")
+        problem = namespace_problem(namespace.strip() if isinstance(namespace, str) else namespace)
+        if problem is not None or "," in namespace:
+            raise ConfigError(f"{where}={value!r}: {problem or f'namespace {namespace!r}: no commas'}; {hint}")
         try:
             n = parse_size(size, key=f"quota of {namespace.strip()!r}")  # type: ignore[arg-type]
         except ConfigError as exc:

@@ -12,6 +12,7 @@ import re
 
 from tierd.config.parsers import is_off
 from tierd.errors import ConfigError
+from tierd.keys import namespace_problem
 
 #: Largest uid Linux hands out ((uid_t)-1 means "no uid").
 MAX_UID = 2**32 - 2
@@ -87,9 +88,9 @@ def parse_namespaces(value: object, where: str, base: str | None) -> str:
     bound: dict[str, str] = {}
     for user, namespace in pairs:
         name = namespace.strip() if isinstance(namespace, str) else ""
-        if not name or len(name) > 255 or "," in name:
-            raise ConfigError(f"{where}={value!r}: namespace {namespace!r} of user {user!r}: use a non-empty "
-                              f"name of at most 255 characters without commas; {hint}")
+        problem = namespace_problem(name) or ("no commas in a namespace" if "," in name else None)
+        if problem is not None:
+            raise ConfigError(f"{where}={value!r}: user {user!r}: {problem}; {hint}")
         uid = _resolve_user(user.strip(), where, value)
         if bound.get(uid, name) != name:
             raise ConfigError(f"{where}={value!r}: user {user!r} is bound to two namespaces "
