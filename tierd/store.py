@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import msgpack
 
-from tierd.costmodel import TierCost
+from tierd.cost.tiers import TierCost
 from tierd.errors import (
     CapacityError,
     ObjectTierUnavailable,

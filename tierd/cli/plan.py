@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from tierd.cli.common import add_client_args, parse_key, print_json, print_table
-from tierd.costmodel import CostModel, DeviceThroughput, ModelShape, TierCost
+from tierd.cost.device import DeviceThroughput
+from tierd.cost.plan import CostModel
+from tierd.cost.shape import ModelShape
+from tierd.cost.tiers import TierCost
 from tierd.errors import ConfigError, TierdError
 from tierd.layout import DTYPE_SIZES
 from tierd.sizes import format_size, parse_size
