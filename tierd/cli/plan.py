@@ -86,8 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def fetch_live_costs(socket: str | None) -> dict[str, Any]:
-    """The daemon's calibrated tier costs, and the engine's model and device if one has asked
-    for a plan: {"tiers": {name: TierCost dict}, "device": DeviceThroughput dict | None, "shape": ...}."""
+    """The daemon's calibrated tier costs, and the model and device of the engine that last asked
+    for a plan, if one has: {"tiers": {name: TierCost dict}, "device": DeviceThroughput dict | None,
+    "shape": ..., "models": {layout_id: {"shape", "device"}} (every engine's)}."""
     from tierd.client import Client
 
     with Client.connect(socket, name="tierd-plan") as client:

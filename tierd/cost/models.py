@@ -54,7 +54,8 @@ class LayoutModels:
     def model(self, layout_id: str | None = None) -> tuple[Layout, CostModel] | None:
         """The layout and model declared for `layout_id` (default: the one planned for last), or
         None when no engine of that layout has declared its model yet."""
-        entry = self._declared.get(self._latest if layout_id is None else layout_id)  # type: ignore[arg-type]
+        key = self._latest if layout_id is None else layout_id
+        entry = self._declared.get(key) if key is not None else None
         if entry is None:
             return None
         entry.model.tiers = self._tier_costs()
