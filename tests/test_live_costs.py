@@ -11,8 +11,10 @@ import pytest
 
 from tests.conftest import SMALL, payload_for
 from tierd.client import Client
+from tierd.cost.shape import ModelShape
 from tierd.errors import InvalidArgumentError, UnknownLayoutError
 from tierd.keys import chunk_keys
+from tierd.layout import Layout
 
 # The shape behind SMALL (4 layers, 2 KV heads of 64): a tiny Llama.
 SHAPE = {"num_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "num_kv_heads": 2, "head_dim": 64,
@@ -93,3 +95,84 @@ def test_observe_prefill_learns_the_device(daemon):
                     {"start": -1, "end": 10, "seconds": 1.0}):
             with pytest.raises(InvalidArgumentError, match="observe_prefill"):
                 c._call("observe_prefill", **bad)
+
+
+# A second engine serving another model: its own layout (2 layers, 4 KV heads of 64, 128-token chunks).
+OTHER = Layout("other-model", "bfloat16", 2, 4, 64, chunk_tokens=128)
+OTHER_SHAPE = {"num_layers": 2, "hidden_size": 512, "num_attention_heads": 8, "num_kv_heads": 4, "head_dim": 64,
+               "intermediate_size": 1376, "vocab_size": 1000}
+
+
+def _plan_req(layout: Layout, shape: dict, prompt_tokens: int, flops_per_s: float | None = None) -> dict:
+    req = {"layout_id": layout.layout_id, "prompt_tokens": prompt_tokens, "shape": shape}
+    return req if flops_per_s is None else {**req, "device": {"flops_per_s": flops_per_s}}
+
+
+def _on_nvme(c: Client, namespace: str) -> int:
+    return len(c.ls(tier="nvme", namespace=namespace))
+
+
+def test_each_engines_chunks_are_admitted_by_its_own_model(daemon_factory):
+    """Regression: the daemon kept one cost model, the one declared last, and judged every
+    chunk by it. Engine A declares a device so fast that no NVMe reload pays, then engine B
+    (another model, another layout) one so slow that every reload pays: A's chunks must still
+    be kept off NVMe and B's written down, each by its own model."""
+    d = daemon_factory(dram="8MiB", nvme="256MiB", extra=("--no-calibrate",))
+    a_keys = chunk_keys(SMALL, np.arange(256 * 40))
+    b_keys = chunk_keys(OTHER, np.arange(128 * 60))
+    with Client.connect(d.socket) as a, Client.connect(d.socket) as b:
+        a.register_layout(SMALL)
+        b.register_layout(OTHER)
+        a._call("lookup", keys=a_keys[:1], plan=_plan_req(SMALL, SHAPE, 300, 1e20))
+        b._call("lookup", keys=b_keys[:1], plan=_plan_req(OTHER, OTHER_SHAPE, 300, 1e6))
+        a.put_chunks(SMALL, a_keys, [payload_for(k, SMALL.chunk_bytes) for k in a_keys], namespace="a")
+        b.put_chunks(OTHER, b_keys, [payload_for(k, OTHER.chunk_bytes) for k in b_keys], namespace="b")
+        assert a.stat()["admission_rejected"] > 0
+        assert _on_nvme(a, "a") == 0, "engine A's chunks were judged by engine B's model"
+        assert _on_nvme(b, "b") > 0, "engine B's chunks were judged by engine A's model"
+
+
+def test_each_engine_plans_with_its_own_model_and_learned_device(daemon_factory):
+    """Two engines, two models, one daemon: each one's plans, `explain` and learned device
+    follow its own model, whichever engine spoke last."""
+    d = daemon_factory(dram="64MiB", nvme="0", extra=("--no-calibrate",))
+    a_keys = chunk_keys(SMALL, np.arange(256 * 8))
+    b_keys = chunk_keys(OTHER, np.arange(128 * 8))
+    with Client.connect(d.socket) as a, Client.connect(d.socket) as b:
+        a.put_chunks(SMALL, a_keys, [payload_for(k, SMALL.chunk_bytes) for k in a_keys])
+        b.put_chunks(OTHER, b_keys, [payload_for(k, OTHER.chunk_bytes) for k in b_keys])
+        a_prompt, b_prompt = 256 * 8 + 10, 128 * 8 + 10
+
+        # declared devices: A's so fast it recomputes everything, B's so slow it loads everything
+        a_plan = a._call("lookup", keys=a_keys, plan=_plan_req(SMALL, SHAPE, a_prompt, 1e20))["plan"]
+        b_plan = b._call("lookup", keys=b_keys, plan=_plan_req(OTHER, OTHER_SHAPE, b_prompt, 1e6))["plan"]
+        assert (a_plan["load_chunks"], b_plan["load_chunks"]) == (0, 8)
+        # explain (no device in the request) answers with the model of the keys' own layout
+        assert a._call("explain", keys=a_keys, prompt_tokens=a_prompt)["plan"]["load_chunks"] == 0
+        assert b._call("explain", keys=b_keys, prompt_tokens=b_prompt)["plan"]["load_chunks"] == 8
+
+        # learned devices: each engine's prefill times teach its own layout's model only
+        a._call("lookup", keys=a_keys, plan=_plan_req(SMALL, SHAPE, a_prompt))
+        b._call("lookup", keys=b_keys, plan=_plan_req(OTHER, OTHER_SHAPE, b_prompt))
+        a_shape, b_shape = ModelShape.from_dict(SHAPE), ModelShape.from_dict(OTHER_SHAPE)
+        for n in (1000, 2000, 4000):
+            assert a._call("observe_prefill", start=0, end=n, seconds=a_shape.prefill_flops(n) / 1e17,
+                           layout_id=SMALL.layout_id)["observed"]
+            assert b._call("observe_prefill", start=0, end=n, seconds=b_shape.prefill_flops(n) / 1e6,
+                           layout_id=OTHER.layout_id)["observed"]
+        a_dev = a._call("costs", layout_id=SMALL.layout_id)["device"]
+        b_dev = b._call("costs", layout_id=OTHER.layout_id)["device"]
+        assert a_dev["observations"] == b_dev["observations"] == 3
+        assert a_dev["flops_per_s"] > 1e15 and b_dev["flops_per_s"] < 1e8
+        assert a._call("lookup", keys=a_keys, plan=_plan_req(SMALL, SHAPE, a_prompt))["plan"]["load_chunks"] == 0
+        assert b._call("lookup", keys=b_keys, plan=_plan_req(OTHER, OTHER_SHAPE, b_prompt))["plan"]["load_chunks"] == 8
+        models = a._call("costs")["models"]
+        assert models[SMALL.layout_id]["shape"] == ModelShape.from_dict(SHAPE).to_dict()
+        assert models[OTHER.layout_id]["shape"] == ModelShape.from_dict(OTHER_SHAPE).to_dict()
+
+        # a layout that was never registered is an error, and teaches nothing
+        with pytest.raises(UnknownLayoutError):
+            a._call("observe_prefill", start=0, end=10, seconds=1.0, layout_id="0" * 16)
+        with pytest.raises(UnknownLayoutError):
+            a._call("costs", layout_id="0" * 16)
+        assert a._call("costs", layout_id=SMALL.layout_id)["device"]["observations"] == 3

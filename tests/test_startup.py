@@ -18,7 +18,7 @@ from tierd.config import default_dram_bytes
 from tierd.keys import chunk_keys
 from tierd.launch import DaemonProcess
 from tierd.sizes import GiB, format_size
-from tierd.tier_costs import DECLARED
+from tierd.cost.tiers import DECLARED
 
 
 def _line_time(d: DaemonProcess, text: str) -> float:

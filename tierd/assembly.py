@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tierd.store import TieredStore
-from tierd.tier_costs import declared_costs
+from tierd.cost.tiers import declared_costs
 
 if TYPE_CHECKING:
     from tierd.config import Config
@@ -40,7 +40,7 @@ def build_store(config: "Config") -> TieredStore:
         lookup_budget=config.object_lookup_budget,
         quotas=config.quotas,
     )
-    store.costs = declared_costs(store)
+    store.costs = declared_costs(store.tier_names)
     return store
 
 

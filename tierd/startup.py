@@ -7,7 +7,7 @@ socket appears: the lower tiers' indexes are rebuilt (a restarted daemon must no
 for chunks it holds), and a missing bucket stops the daemon there. What only makes requests
 faster or plans better comes after: the arena's pages are reserved and faulted in by a thread
 (`tierd.tiers.prefault`), and the tiers are calibrated once that is done, while the store
-answers with its declared costs (`tierd.tier_costs.DECLARED`) until then.
+answers with its declared costs (`tierd.cost.tiers.DECLARED`) until then.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tierd.progress import fraction, report_while
 from tierd.sizes import format_size
-from tierd.tier_costs import calibrate_costs
+from tierd.cost.calibrate import calibrate_costs
 
 if TYPE_CHECKING:
     from tierd.config import Config

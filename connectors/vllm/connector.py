@@ -80,7 +80,7 @@ def layout_from_vllm(vllm_config: "VllmConfig", chunk_tokens: int, model_id: str
 
 def _plan_shape(vllm_config: "VllmConfig") -> dict[str, Any] | None:
     """The model shape the daemon's cost model needs, or None if this model is not Llama-like."""
-    from tierd.costmodel import ModelShape
+    from tierd.cost.shape import ModelShape
 
     if getattr(vllm_config.model_config, "use_mla", False):
         # The model shape counts K and V heads; an MLA model's prefill and KV bytes differ.

@@ -255,7 +255,8 @@ class WorkerSide:
         if client is None or seconds <= 0:
             return
         try:
-            client._post("observe_prefill", start=start, end=end, seconds=seconds)  # no round trip
+            client._post("observe_prefill", start=start, end=end, seconds=seconds,  # no round trip
+                         layout_id=self.layout.layout_id)  # this engine's model learns, no other's
         except (TierdError, OSError) as exc:
             self.link.drop(exc)
 

@@ -216,8 +216,8 @@ def test_tier_codec_refuses_bad_specs() -> None:
 
 def test_codec_calibration_counts_decode_time(tmp_path: Path) -> None:
     """The cost model's view of a codec tier: fewer bytes from the medium, plus decoding."""
-    from tierd.costmodel import TierCost
-    from tierd.tier_costs import codec_speed, with_codec
+    from tierd.cost.calibrate import codec_speed, with_codec
+    from tierd.cost.tiers import TierCost
 
     codec = TierCodec("int8k-tq3v")
     ratio, decode_bw = codec_speed(codec)

@@ -159,8 +159,8 @@ class Targets:
 #: Each op and the arguments the dispatcher knows for it (the adversary read the source). A new
 #: op belongs here, and in `_defuse` too if a valid request of it can delete stored data.
 OPS: dict[str, tuple[str, ...]] = {
-    "hello": ("client", "namespace"), "ping": (), "register_layout": ("layout",), "lookup": ("keys", "plan"), "costs": (),
-    "observe_prefill": ("start", "end", "seconds"), "explain": ("keys", "prompt_tokens"),
+    "hello": ("client", "namespace"), "ping": (), "register_layout": ("layout",), "lookup": ("keys", "plan"), "costs": ("layout_id",),
+    "observe_prefill": ("start", "end", "seconds", "layout_id"), "explain": ("keys", "prompt_tokens"),
     "reserve": ("layout_id", "namespace", "keys", "nbytes", "first_position"), "commit": ("keys",),
     "abort": ("keys",), "acquire": ("layout_id", "keys", "prefix_only"), "release": ("lease",),
     "evict": ("keys", "namespace", "tier", "all"), "pin": ("keys",), "unpin": ("keys",), "stat": (),

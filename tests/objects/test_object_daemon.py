@@ -264,7 +264,7 @@ def test_gc_needs_a_url():
 
 
 def test_object_tier_is_calibrated_at_start(object_daemons, object_url):
-    from tierd.tier_costs import DECLARED
+    from tierd.cost.tiers import DECLARED
 
     d = object_daemons("cal", object_url, extra=("--calibrate",))
     with Client.connect(d.socket) as c:

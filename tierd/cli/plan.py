@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from tierd.cli.common import add_client_args, parse_key, print_json, print_table
-from tierd.costmodel import CostModel, DeviceThroughput, ModelShape, TierCost
+from tierd.cost.device import DeviceThroughput
+from tierd.cost.plan import CostModel
+from tierd.cost.shape import ModelShape
+from tierd.cost.tiers import TierCost
 from tierd.errors import ConfigError, TierdError
 from tierd.layout import DTYPE_SIZES
 from tierd.sizes import format_size, parse_size
@@ -83,8 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def fetch_live_costs(socket: str | None) -> dict[str, Any]:
-    """The daemon's calibrated tier costs, and the engine's model and device if one has asked
-    for a plan: {"tiers": {name: TierCost dict}, "device": DeviceThroughput dict | None, "shape": ...}."""
+    """The daemon's calibrated tier costs, and the model and device of the engine that last asked
+    for a plan, if one has: {"tiers": {name: TierCost dict}, "device": DeviceThroughput dict | None,
+    "shape": ..., "models": {layout_id: {"shape", "device"}} (every engine's)}."""
     from tierd.client import Client
 
     with Client.connect(socket, name="tierd-plan") as client:

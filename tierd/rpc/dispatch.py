@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 import tierd
-from tierd.costmodel import CostModel, DeviceThroughput, ModelShape
+from tierd.cost.admission import CostAdmission
+from tierd.cost.models import LayoutModels
 from tierd.errors import (InternalError, InvalidArgumentError, NotFoundError, PermissionDeniedError, ProtocolError,
                           TierdError, names, shown)
 from tierd.keys import KEY_BYTES
@@ -61,11 +62,10 @@ class Dispatcher:
         self.store = store
         self.extra_info = extra_info
         self.observer = observer
-        #: The engine's model (shape from its plan requests) and its device: declared by the
-        #: engine, or learned from the prefill times its connector reports (`observe_prefill`).
-        self._model: CostModel | None = None
-        self._model_key = ""
-        self._learned = DeviceThroughput()
+        #: Each layout's cost model (shape from its engine's plan requests, device declared or
+        #: learned from the prefill times its connector reports), and admission judged by them.
+        self.models = LayoutModels(lambda: store.costs)
+        store.admission = CostAdmission(self.models)
         self.observe: Callable[[str, float, bool], None] | None = None
         #: Namespace bindings of connections, by session id (a session has no room for it).
         self._scopes: dict[int, NamespaceScope] = {}
@@ -76,8 +76,9 @@ class Dispatcher:
             "ping": ({}, lambda s, a: {"pong": True}),
             "register_layout": ({"layout": Arg((dict,))}, self._register_layout),
             "lookup": ({"keys": _KEYS, "plan": Arg((dict,), required=False)}, self._lookup),
-            "costs": ({}, self._costs),
-            "observe_prefill": ({"start": _INT, "end": _INT, "seconds": Arg((float, int))}, self._observe_prefill),
+            "costs": ({"layout_id": _OPT_STR}, self._costs),
+            "observe_prefill": ({"start": _INT, "end": _INT, "seconds": Arg((float, int)), "layout_id": _OPT_STR},
+                                self._observe_prefill),
             "explain": ({"keys": _KEYS, "prompt_tokens": Arg((int,), required=False)}, self._explain),
             "reserve": (
                 {"layout_id": _STR, "namespace": _STR, "keys": _KEYS, "nbytes": _INT,
@@ -209,32 +210,9 @@ class Dispatcher:
         return reply
 
     def _plan(self, request: dict[str, Any], codes: bytes) -> dict[str, Any]:
-        """The cost model's answer for this lookup: how many leading chunks to load.
-
-        `request`: {"layout_id", "prompt_tokens", "shape": ModelShape dict, "device":
-        DeviceThroughput dict or None}; the engine knows its model and measures its prefills,
-        the daemon knows its tiers."""
-        unknown = names(set(request) - {"layout_id", "prompt_tokens", "shape", "device"})
-        if unknown:
-            raise InvalidArgumentError(f"plan: unknown field(s) {unknown}")
-        layout = self.store.layout(request.get("layout_id"))  # type: ignore[arg-type]
-        prompt_tokens = request.get("prompt_tokens")
-        if not isinstance(prompt_tokens, int) or isinstance(prompt_tokens, bool):
-            raise InvalidArgumentError(f"plan.prompt_tokens {shown(prompt_tokens)}: must be an integer")
-        declared = request.get("device")
-        key = shown((request.get("shape"), declared))  # bounded: a hostile shape cannot blow it up
-        if key != self._model_key:  # one engine per daemon in practice: keep the last one's model
-            device = DeviceThroughput.from_dict(declared) if declared else self._learned
-            self._model = CostModel(ModelShape.from_dict(request.get("shape") or {}), device)
-            self._model_key = key
-            self.store.admission = self._admission_rule(self._model)
-        model = self._model
-        assert model is not None
-        model.tiers = self.store.costs
+        """The cost model's answer for this lookup (`LayoutModels.plan_request`)."""
         tier_names = self.store.tier_names
-        covered = min(len(codes), prompt_tokens // layout.chunk_tokens)
-        tiers = [tier_names[c] for c in codes[:covered]]
-        return model.plan(tiers, layout.chunk_tokens, layout.chunk_bytes, prompt_tokens).to_dict()
+        return self.models.plan_request(request, self.store.layout, [tier_names[c] for c in codes]).to_dict()
 
     async def _reserve(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         scope = self._bound(session)
@@ -307,39 +285,39 @@ class Dispatcher:
             raise hidden
         return result
 
-    def _admission_rule(self, model: CostModel) -> Callable[[Any, str], bool]:
-        """Admission from the engine's model: a chunk goes to a lower tier only if reloading it
-        from there can beat recomputing it at its position in the prompt."""
-        layouts = self.store.layouts
-
-        def admit(chunk: Any, tier: str) -> bool:
-            layout = layouts.get(chunk.layout_id)
-            if layout is None or tier not in model.tiers:
-                return True
-            return model.admit(tier, layout.chunk_tokens, chunk.size, chunk.position * layout.chunk_tokens)
-
-        return admit
-
     def _observe_prefill(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        """A prefill of tokens [start, end) took `seconds` on the engine: refine the learned device
-        throughput (used by plans when the engine declares none)."""
+        """A prefill of tokens [start, end) took `seconds` on the engine of `layout_id` (default:
+        the layout planned for last): refine its learned device (used by plans when the engine
+        declares none)."""
         start, end, seconds = args["start"], args["end"], float(args["seconds"])
         if not 0 <= start < end or not seconds > 0:
             raise InvalidArgumentError(f"observe_prefill: need 0 <= start < end and seconds > 0, got {start}, {end}, {seconds}")
-        if self._model is None:
+        layout_id = args.get("layout_id")
+        if layout_id is not None:
+            self.store.layout(layout_id)  # an unregistered layout is an error, not a silent no-op
+        learned = self.models.observe_prefill(layout_id, start, end, seconds)
+        if learned is None:
             return {"observed": False}  # no shape yet: the engine has not asked for a plan
-        self._learned.observe_split(*self._model.shape.flops_parts(end, start), seconds)
-        return {"observed": True, "device": self._learned.to_dict()}
+        return {"observed": True, "device": learned.to_dict()}
 
     def _costs(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        model = self._model
+        """Tier costs, every layout's model, and one model's shape and device: `layout_id`'s, or
+        by default the one planned for last."""
+        layout_id = args.get("layout_id")
+        if layout_id is not None:
+            self.store.layout(layout_id)
+        found = self.models.model(layout_id)
+        model = found[1] if found is not None else None
         return {"tiers": {n: c.to_dict() for n, c in self.store.costs.items()},
+                "layout_id": found[0].layout_id if found is not None else None,
                 "device": model.device.to_dict() if model is not None else None,
-                "shape": model.shape.to_dict() if model is not None else None}
+                "shape": model.shape.to_dict() if model is not None else None,
+                "models": self.models.to_dict()}
 
     def _explain(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        """Where each key is and what loading it costs; plus the plan, when an engine has told
-        the daemon its model (through a lookup with a plan request). Counts as no lookup."""
+        """Where each key is and what loading it costs; plus the plan, when the engine of the
+        first key's layout has told the daemon its model (through a lookup with a plan
+        request). Counts as no lookup."""
         keys = args["keys"]
         tier_names = self.store.tier_names
         scope = self._bound(session)
@@ -358,15 +336,12 @@ class Dispatcher:
         prefix = codes.find(255)
         prefix = len(codes) if prefix < 0 else prefix
         plan = None
-        model = self._model
         first = self.store.index.get(keys[0]) if keys and codes[0] != 255 else None
-        if model is not None and first is not None:
-            layout = self.store.layouts.get(first.layout_id)
-            if layout is not None:
-                prompt = args.get("prompt_tokens") or len(keys) * layout.chunk_tokens + 1
-                covered = min(prefix, prompt // layout.chunk_tokens)
-                plan = model.plan([tier_names[c] for c in codes[:covered]], layout.chunk_tokens, layout.chunk_bytes,
-                                  prompt).to_dict()
+        layout = self.store.layouts.get(first.layout_id) if first is not None else None
+        if layout is not None:
+            prompt = args.get("prompt_tokens") or len(keys) * layout.chunk_tokens + 1
+            found = self.models.plan(layout.layout_id, [tier_names[c] for c in codes[:prefix]], prompt)
+            plan = found.to_dict() if found is not None else None
         return {"chunks": rows, "prefix": prefix, "plan": plan}
 
     def _mrc(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from tierd.tiers.arena import SharedArena
 from tierd.tiers.base import LowerTier
 
 if TYPE_CHECKING:
-    from tierd.costmodel import TierCost
+    from tierd.cost.tiers import TierCost
 
 log = logging.getLogger(__name__)
 
