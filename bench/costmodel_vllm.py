@@ -66,7 +66,7 @@ from tierd.client import Client
 from tierd.cost.device import DeviceThroughput
 from tierd.cost.shape import ModelShape
 from tierd.keys import chunk_keys
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 from tierd.layout import Layout
 
 LENGTHS = (1024, 2048, 4096, 8192, 16384)

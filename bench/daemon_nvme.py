@@ -25,7 +25,7 @@ import numpy as np
 from bench.figures import figure
 from tierd.client import Client
 from tierd.keys import chunk_keys
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 from tierd.layout import Layout
 
 MiB = 1 << 20

@@ -31,7 +31,7 @@ from bench.figures import figure
 from tests.s3server import SeaweedS3
 from tierd.client import Client
 from tierd.keys import chunk_keys
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 from tierd.layout import Layout
 from tierd.tiers.object.bucket import open_store
 from tierd.tiers.object.format import object_path

@@ -35,7 +35,7 @@ from tests.e2e.testmodel import build_bench_model
 from tests.e2e.vllm_runner import run_vllm_doc
 from tests.s3server import SeaweedS3
 from tierd.client import Client
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 from tierd.tiers.object.bucket import open_store
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from bench.figures import figure
 from tierd.client import Client
 from tierd.keys import chunk_keys
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 from tierd.layout import Layout
 
 LAYOUT = Layout("quota-bench", "bfloat16", 1, 1, 8, chunk_tokens=16)  # 512-byte chunks: many in little DRAM

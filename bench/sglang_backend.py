@@ -41,7 +41,7 @@ import torch
 
 from bench.figures import figure
 from connectors.sglang.cpu_import import import_sglang
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 
 import_sglang()
 

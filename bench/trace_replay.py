@@ -71,7 +71,7 @@ if __package__ in (None, ""):  # `python bench/trace_replay.py`
 from bench.figures import figure  # noqa: E402
 from tierd.client import Client  # noqa: E402
 from tierd.errors import NotFoundError  # noqa: E402
-from tierd.launch import DaemonProcess  # noqa: E402
+from tierd.daemon.launch import DaemonProcess  # noqa: E402
 from tierd.layout import Layout  # noqa: E402
 from tierd.mrc.curve import hit_ratios  # noqa: E402
 from tierd.mrc.exact import running_max_by_request, stack_distances  # noqa: E402

@@ -38,7 +38,7 @@ from bench.figures import figure
 from tests.e2e.testmodel import build_bench_model
 from tests.e2e.vllm_runner import run_vllm_doc
 from tierd.client import Client
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 
 WARM_REPEATS = 5
 LOAD_LINE = re.compile(r"tierd: loaded (\d+) tokens for \d+ requests in ([\d.]+) ms \(the forward waited ([\d.]+) ms\)")

@@ -307,7 +307,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from tests.e2e.testmodel import build_test_model, read_spec
-    from tierd.launch import DaemonProcess
+    from tierd.daemon.launch import DaemonProcess
 
     specs, sizes = (QUICK, QUICK_SIZES) if args.quick else (FULL, FULL_SIZES)
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]

@@ -14,7 +14,7 @@ import obstore
 import pytest
 
 from tests.s3server import SeaweedS3
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 from tierd.layout import Layout
 from tierd.tiers.object.bucket import open_store
 

@@ -21,7 +21,7 @@ from tests.conftest import SMALL, DaemonFactory, payload_for
 from tierd.client import Client
 from tierd.errors import NotFoundError, PermissionDeniedError
 from tierd.keys import chunk_keys
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 from tierd.rpc import frames
 
 UID = os.getuid()

@@ -16,7 +16,7 @@ from tests.conftest import SMALL, payload_for
 from tierd.client import Client
 from tierd.config import default_dram_bytes
 from tierd.keys import chunk_keys
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 from tierd.sizes import GiB, format_size
 from tierd.cost.tiers import DECLARED
 

@@ -14,7 +14,7 @@ from tests.objects.test_object_daemon import _object_tier, _uploaded, wait_for
 from tierd.client import Client
 from tierd.codecs.sample import synthetic_kv
 from tierd.keys import chunk_keys
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 
 
 def tierd(*args: str) -> str:

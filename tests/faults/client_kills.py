@@ -46,7 +46,7 @@ from tests.faults.workload import (
 )
 from tests.waiting import wait_for
 from tierd.client import Client
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 
 KNOWN_SEED = 424_242
 KNOWN_PROMPTS = 6  # 24 chunks of 256 KiB: 6 MiB of the 8 MiB arena

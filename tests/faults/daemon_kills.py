@@ -51,7 +51,7 @@ from tests.faults.workload import (
 )
 from tests.waiting import wait_for
 from tierd.client import Client
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 
 #: NVMe capacity of the run: far above what 100+ cycles write, so no acknowledged chunk is
 #: ever evicted for room (which would be allowed, and would blur "lost").

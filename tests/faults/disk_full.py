@@ -58,7 +58,7 @@ from tests.faults.workload import (
 )
 from tests.waiting import wait_for
 from tierd.client import Client
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 
 MiB = 1 << 20
 IO_THREADS = 4  # the daemon's default --io-threads

@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 from tests.faults.workload import CHUNK, FAULTS, daemon_args, prompt_keys, put_prompt, verify
 from tests.waiting import wait_for
 from tierd.client import Client
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 from tierd.rpc import frames
 
 KNOWN_NS = "known"
@@ -324,10 +324,10 @@ def reply_problem(reply: Any, request: Any) -> str:
 #: Each has a strict-xfail probe in test_frame_fuzz.py, which fails once the bug is fixed: then
 #: delete it here and there.
 DEEP_REPR = ("a value nested ~1000 deep in a layout or a plan: repr() in an error message raises RecursionError "
-             "(Layout.__post_init__/from_dict, Dispatcher._plan's model key, TieredStore.layout)")
+             "(Layout.__post_init__/from_dict, PlanOps.plan's model key, TieredStore.layout)")
 _REPR_DEPTH = 900  # CPython's repr gives up at 1000 frames, less the handler's own
 MRC_OVERFLOW = ("mrc with a grid capacity within 2^11 of 2^64: the curve goes through float64 and back, the reply "
-                "holds 2^64, which msgpack cannot encode (OverflowError in server.py's frames.pack)")
+                "holds 2^64, which msgpack cannot encode (OverflowError in tierd/daemon/server.py's frames.pack)")
 
 
 def nesting(obj: Any) -> int:

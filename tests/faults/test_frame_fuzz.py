@@ -23,7 +23,7 @@ from tests.faults.frame_fuzz import (
 )
 from tests.faults.workload import FAULTS, daemon_args, prompt_keys
 from tierd.client import Client
-from tierd.launch import DaemonProcess
+from tierd.daemon.launch import DaemonProcess
 from tierd.rpc import frames
 
 pytestmark = pytest.mark.faults

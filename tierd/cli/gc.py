@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tierd.config import parse_object_url
-    from tierd.retention import collect
+    from tierd.tiers.object.retention import collect
     from tierd.tiers.object.tier import ObjectTier
 
     url = parse_object_url(args.object_url or os.environ.get("TIERD_OBJECT_URL"), "--object-url", None)

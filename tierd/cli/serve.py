@@ -13,6 +13,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tierd.server import serve
+    from tierd.daemon.server import serve
 
     return serve(load_config(args))

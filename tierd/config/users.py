@@ -3,7 +3,7 @@ parsers, which resolve user names to uids while the config loads.
 
 Names are resolved at load time rather than per connection so that a typo stops the daemon at
 start instead of locking a user out later, and so the stored values ("self,1001",
-"1001:tenantA") print in `tierd stat` and load back as they are. tierd.rpc.peers reads them.
+"1001:tenantA") print in `tierd stat` and load back as they are. tierd.daemon.peers reads them.
 """
 from __future__ import annotations
 

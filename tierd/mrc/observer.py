@@ -23,6 +23,7 @@ import numpy as np
 from tierd.mrc.advice import recommend_blocks
 from tierd.mrc.curve import default_grid
 from tierd.mrc.shards import ShardsMRC
+from tierd.supervise import Supervised, supervise
 
 if TYPE_CHECKING:
     from tierd.store import TieredStore
@@ -44,7 +45,7 @@ class AccessObserver:
         self._queue: collections.deque[tuple[Sequence[bytes], bytes]] = collections.deque()
         self._limit = queue_limit
         self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: Supervised | None = None
 
     def __call__(self, keys: Sequence[bytes], codes: bytes, prefix: int) -> None:
         """The store's lookup hook: enqueue and return."""
@@ -56,20 +57,27 @@ class AccessObserver:
 
     def start(self) -> None:
         self.store.observers.append(self)
-        self._task = asyncio.create_task(self._drain_loop(), name="tierd-access-observer")
+        # Supervised: a drain that dies of a bug is logged and restarted, never silently gone
+        # (the curve would freeze while lookups keep filling the queue up to its bound).
+        self._task = supervise("tierd-access-observer", self._drain_loop)
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.gather(self._task.task, return_exceptions=True)
         self.drain()
         if self.recorder is not None:
             self.recorder.close()
 
+    def alive(self) -> bool:
+        """Whether the drain task is running (False before `start` or once it was lost)."""
+        return self._task is not None and self._task.alive()
+
     async def _drain_loop(self) -> None:
         while True:
-            await self._ready.wait()
-            self._ready.clear()
+            if not self._queue:  # what a crashed drain left behind is drained first after its restart
+                self._ready.clear()
+                await self._ready.wait()
             self.drain()
 
     def drain(self) -> None:

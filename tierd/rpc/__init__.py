@@ -1,1 +1,2 @@
-"""The control plane: msgpack frames and the operations they carry."""
+"""What the daemon and its clients share: msgpack frames (`frames`) and the wire schema of
+requests and replies (`schema`)."""

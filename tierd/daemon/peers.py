@@ -9,7 +9,7 @@ forge them. Policy (`allow_uids`, `namespaces` in the config):
   not let in implicitly (it could read the arena anyway, but an explicit list is the one rule
   an auditor has to read): list it (`self,root`) if admins run the CLI with sudo;
 - a user bound to a namespace gets connections that see and write only that namespace's chunks
-  (`tierd.rpc.dispatch` enforces it); other admitted users see every namespace.
+  (`tierd.daemon.scope` and the request handlers enforce it); other admitted users see every namespace.
 """
 from __future__ import annotations
 

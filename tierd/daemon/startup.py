@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tierd.progress import fraction, report_while
+from tierd.daemon.progress import fraction, report_while
 from tierd.sizes import format_size
 from tierd.cost.calibrate import calibrate_costs
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
-    from tierd.server import Daemon
+    from tierd.daemon.server import Daemon
 
 _GAUGES = {"capacity_bytes": "Capacity of the tier", "used_bytes": "Bytes in use", "chunks": "Chunks stored"}
 _COUNTERS = {

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from tierd.progress import fraction, report_while
+from tierd.daemon.progress import fraction, report_while
 from tierd.sizes import format_size
 
 if TYPE_CHECKING:

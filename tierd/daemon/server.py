@@ -6,10 +6,10 @@ died, its reservations and leases go back to the store. SIGTERM/SIGINT stop acce
 in-flight requests finish, write DRAM-only chunks down, persist metadata, remove the socket and
 exit 0.
 
-Start-up (`tierd.startup`) puts the socket up as soon as the store's indexes are rebuilt, and
+Start-up (`tierd.daemon.startup`) puts the socket up as soon as the store's indexes are rebuilt, and
 prints one ready line naming the tiers; the arena's pages are pre-faulted and the tiers
 calibrated in the background after that. Every accepted connection is checked against the
-peer policy (`tierd.rpc.peers`) before its first request: a refused peer gets one error frame
+peer policy (`tierd.daemon.peers`) before its first request: a refused peer gets one error frame
 and the connection is closed; an admitted one may be bound to a namespace.
 """
 from __future__ import annotations
@@ -25,15 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import tierd
-from tierd.mrc.observer import AccessObserver
-from tierd.assembly import build_store
 from tierd.config import Config
-from tierd.errors import ConfigError, PermissionDeniedError, ProtocolError
+from tierd.daemon.assembly import build_store
+from tierd.daemon.dispatch import Dispatcher
+from tierd.daemon.peers import PeerCredentials, PeerPolicy, peer_credentials
+from tierd.daemon.shutdown import close_store
+from tierd.daemon.startup import BackgroundCalibration, prefaulted, ready_line, start_store
+from tierd.errors import ConfigError, InternalError, PermissionDeniedError, ProtocolError
+from tierd.mrc.observer import AccessObserver
 from tierd.rpc import frames
-from tierd.rpc.dispatch import Dispatcher
-from tierd.rpc.peers import PeerCredentials, PeerPolicy, peer_credentials
-from tierd.shutdown import close_store
-from tierd.startup import BackgroundCalibration, prefaulted, ready_line, start_store
+from tierd.rpc.schema import error_reply
 from tierd.store import TieredStore
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Daemon:
         observer.start()
         self.dispatcher = Dispatcher(self.store, extra_info=self._info, observer=observer)
         if self.config.metrics_port is not None:
-            from tierd.metrics import start_metrics
+            from tierd.daemon.metrics import start_metrics
 
             self.metrics_port = start_metrics(self, self.config.metrics_host, self.config.metrics_port)
         old_umask = os.umask(0o177)
@@ -158,7 +159,7 @@ class Daemon:
                     request = await frames.read_frame(reader, self.config.max_frame_bytes)
                 except ProtocolError as exc:
                     # The stream is out of step after a bad frame: answer once, then hang up.
-                    writer.write(frames.pack({"id": None, "ok": False, "error": {"code": exc.code, "message": str(exc)}}))
+                    writer.write(frames.pack(error_reply(None, exc.code, str(exc))))
                     await writer.drain()
                     break
                 if request is None:
@@ -183,7 +184,7 @@ class Daemon:
         message = self.peers.refusal(peer)
         log.warning("refused a connection: %s", message)
         error = PermissionDeniedError(message)
-        writer.write(frames.pack({"id": None, "ok": False, "error": {"code": error.code, "message": message}}))
+        writer.write(frames.pack(error_reply(None, error.code, message)))
         await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
@@ -203,8 +204,8 @@ def _encode_reply(reply: dict[str, Any]) -> bytes:
         return frames.pack(reply)
     except Exception as exc:
         log.exception("reply to request %s could not be encoded", reply.get("id"))
-        message = f"the reply could not be encoded ({type(exc).__name__}: {exc}); see the daemon's log"
-        return frames.pack({"id": reply.get("id"), "ok": False, "error": {"code": "InternalError", "message": message}})
+        error = InternalError(f"the reply could not be encoded ({type(exc).__name__}: {exc}); see the daemon's log")
+        return frames.pack(error_reply(reply.get("id"), error.code, str(error)))
 
 
 def _claim_socket_path(path: Path) -> None:

@@ -1,0 +1,137 @@
+"""A put's reserved slots (`PutBatch`) and a get's lease (`GetLease`), with views into the arena.
+
+A put reserves slots, the caller copies KV into them (numpy/torch views of the mapping, no
+intermediate buffer), and the commit makes them visible. A get acquires a lease, the caller
+copies out of the views, and the release lets the daemon move or evict the chunks again. Both
+are context managers, so an exception aborts the put or releases the lease. The `Async`
+variants are the same objects for `AsyncClient`, awaited.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from tierd.client.arena import as_tensor
+from tierd.layout import Layout
+
+if TYPE_CHECKING:
+    from tierd.client.async_client import AsyncClient
+    from tierd.client.sync import Client
+
+
+class PutBatch:
+    """Slots reserved for a put. Write each chunk into `view(i)` (or `tensor(i)`), then leave the
+    `with` block (or call `commit()`); on an exception the reservation is aborted instead."""
+
+    def __init__(self, client: "Client | AsyncClient", layout: Layout, keys: Sequence[bytes],
+                 slots: list[int | None]) -> None:
+        self.client, self.layout, self.keys, self.slots = client, layout, list(keys), slots
+        self.done = False
+
+    @property
+    def reserved(self) -> list[int]:
+        """Indexes (into keys) that got a slot: the chunks this put must write."""
+        return [i for i, s in enumerate(self.slots) if s is not None]
+
+    def _finish(self) -> list[bytes]:
+        """Mark the batch done; the keys its commit or abort names."""
+        self.done = True
+        return [self.keys[i] for i in self.reserved]
+
+    def view(self, i: int) -> np.ndarray:
+        slot = self.slots[i]
+        if slot is None:
+            raise IndexError(f"chunk {i} has no reserved slot (already stored or no room)")
+        return self.client.view(slot, self.layout.chunk_bytes)
+
+    def tensor(self, i: int) -> Any:
+        return as_tensor(self.view(i), self.layout)
+
+    def commit(self) -> int:
+        keys = self._finish()
+        return self.client._call("commit", keys=keys)["committed"] if keys else 0
+
+    def abort(self) -> None:
+        keys = self._finish()
+        if keys:
+            self.client._call("abort", keys=keys)
+
+    def __enter__(self) -> "PutBatch":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.done:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class GetLease:
+    """A lease on the leading present chunks of a get; `count` of them are readable."""
+
+    def __init__(self, client: "Client | AsyncClient", layout: Layout, lease: int, slots: list[int | None]) -> None:
+        self.client, self.layout, self.lease, self.slots = client, layout, lease, slots
+        self.count = next((i for i, s in enumerate(slots) if s is None), len(slots))
+        self.released = False
+
+    def view(self, i: int) -> np.ndarray:
+        slot = self.slots[i]
+        if slot is None:
+            raise IndexError(f"chunk {i} is not available in this lease")
+        return self.client.view(slot, self.layout.chunk_bytes)
+
+    def tensor(self, i: int) -> Any:
+        return as_tensor(self.view(i), self.layout)
+
+    def _finish(self) -> bool:
+        """Mark the lease released; whether the release still has to be sent."""
+        first, self.released = not self.released, True
+        return first
+
+    def release(self) -> None:
+        if self._finish():
+            self.client._post("release", lease=self.lease)
+
+    def __enter__(self) -> "GetLease":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class AsyncPutBatch(PutBatch):
+    """`PutBatch` for `AsyncClient`: `async with`, and `await commit()` / `await abort()`."""
+
+    async def commit(self) -> int:  # type: ignore[override]
+        keys = self._finish()
+        return (await self.client.call("commit", keys=keys))["committed"] if keys else 0
+
+    async def abort(self) -> None:  # type: ignore[override]
+        keys = self._finish()
+        if keys:
+            await self.client.call("abort", keys=keys)
+
+    async def __aenter__(self) -> "AsyncPutBatch":
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if not self.done:
+            await (self.commit() if exc_type is None else self.abort())
+
+
+class AsyncGetLease(GetLease):
+    """`GetLease` for `AsyncClient`: `async with`, and `await release()`."""
+
+    async def release(self) -> None:  # type: ignore[override]
+        if self._finish():
+            await self.client.call("release", lease=self.lease)
+
+    async def __aenter__(self) -> "AsyncGetLease":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.release()
+
