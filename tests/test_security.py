@@ -225,3 +225,27 @@ def test_binding_rejects_an_empty_namespace_and_async_clients_bind_too(daemon: D
             await c.close()
 
     assert asyncio.run(scenario()) == ["tenantA"]
+
+
+def test_a_namespace_is_at_most_255_utf8_bytes_whatever_the_entry(daemon: DaemonProcess) -> None:
+    """One limit, in UTF-8 bytes, for a binding and for a put: "€" is 3 bytes, so 100 of them
+    (300 bytes) are refused with the limit named, and 85 (255 bytes) are accepted and their
+    chunks served. A refused put stores nothing."""
+    from tierd.errors import InvalidArgumentError
+
+    too_long, longest = "€" * 100, "€" * 85
+    assert (len(too_long.encode()), len(longest.encode())) == (300, 255)
+    limit = "is 300 bytes in UTF-8: use at most 255 bytes"
+    with pytest.raises(InvalidArgumentError, match=limit):
+        Client.connect(daemon.socket, namespace=too_long, map_arena=False)
+    keys = chunk_keys(SMALL, np.arange(256 * 2) + 13, namespace=longest)
+    payloads = [payload_for(k, SMALL.chunk_bytes) for k in keys]
+    with Client.connect(daemon.socket) as c:
+        with pytest.raises(InvalidArgumentError, match=limit):
+            c.put(SMALL, keys, too_long)
+        assert c.ls() == [] and c.stat()["reservations"] == 0
+    with Client.connect(daemon.socket, namespace=longest) as bound:
+        assert bound.namespace == longest
+        assert bound.put_chunks(SMALL, keys, payloads) == 2  # the bound namespace by default
+        assert {row["namespace"] for row in bound.ls()} == {longest}
+        assert bound.get_chunks(SMALL, keys) == [p.tobytes() for p in payloads]

@@ -51,6 +51,13 @@ class Supervised:
         self.task.cancel()
 
 
+def log_if_failed(task: "asyncio.Task[Any]") -> None:
+    """Done callback for a one-shot background task (not worth restarting): if it died of an
+    exception, say so in the log now rather than never."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task %s died", task.get_name(), exc_info=exc)
+
+
 def supervise(name: str, work: Callable[[], Awaitable[Any]]) -> Supervised:
     """Start `work()` as a background task that is restarted whenever it dies of an exception."""
     return Supervised(name, work)

@@ -36,6 +36,7 @@ from tierd.mrc.observer import AccessObserver
 from tierd.rpc import frames
 from tierd.rpc.schema import error_reply
 from tierd.store import TieredStore
+from tierd.supervise import log_if_failed
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Daemon:
         line = ready_line(self.config, self.store, time.monotonic() - self.started)
         print(f"{line}{extra}", file=sys.stderr, flush=True)
         background = asyncio.create_task(self._after_ready(), name="tierd-after-ready")
+        background.add_done_callback(log_if_failed)  # one-shot: logged if it dies, not restarted
         await self._stopping.wait()
         log.info("shutting down")
         self._server.close()
@@ -112,8 +114,14 @@ class Daemon:
             path.unlink()
         except FileNotFoundError:
             pass
+        for sig in (signal.SIGTERM, signal.SIGINT):  # ours end with the daemon (it may run in-process)
+            loop.remove_signal_handler(sig)
         print("tierd: stopped", file=sys.stderr, flush=True)
         return self._exit_status
+
+    def stop(self) -> None:
+        """Begin the shutdown SIGTERM begins (for a daemon run in-process)."""
+        self._stopping.set()
 
     async def _after_ready(self) -> None:
         """What waits until the socket is up: the arena's pre-faulting (a failure to reserve its
