@@ -8,7 +8,7 @@ variants are the same objects for `AsyncClient`, awaited.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
 
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 class PutBatch:
     """Slots reserved for a put. Write each chunk into `view(i)` (or `tensor(i)`), then leave the
-    `with` block (or call `commit()`); on an exception the reservation is aborted instead."""
+    `with` block (or call `commit()`); on an exception the reservation is aborted instead.
+    `Client` makes these, `AsyncClient` the `AsyncPutBatch` below: each variant talks to its own."""
 
     def __init__(self, client: "Client | AsyncClient", layout: Layout, keys: Sequence[bytes],
                  slots: list[int | None]) -> None:
@@ -50,12 +51,12 @@ class PutBatch:
 
     def commit(self) -> int:
         keys = self._finish()
-        return self.client._call("commit", keys=keys)["committed"] if keys else 0
+        return cast("Client", self.client)._call("commit", keys=keys)["committed"] if keys else 0
 
     def abort(self) -> None:
         keys = self._finish()
         if keys:
-            self.client._call("abort", keys=keys)
+            cast("Client", self.client)._call("abort", keys=keys)
 
     def __enter__(self) -> "PutBatch":
         return self
@@ -93,7 +94,7 @@ class GetLease:
 
     def release(self) -> None:
         if self._finish():
-            self.client._post("release", lease=self.lease)
+            cast("Client", self.client)._post("release", lease=self.lease)
 
     def __enter__(self) -> "GetLease":
         return self
@@ -107,12 +108,12 @@ class AsyncPutBatch(PutBatch):
 
     async def commit(self) -> int:  # type: ignore[override]
         keys = self._finish()
-        return (await self.client.call("commit", keys=keys))["committed"] if keys else 0
+        return (await cast("AsyncClient", self.client).call("commit", keys=keys))["committed"] if keys else 0
 
     async def abort(self) -> None:  # type: ignore[override]
         keys = self._finish()
         if keys:
-            await self.client.call("abort", keys=keys)
+            await cast("AsyncClient", self.client).call("abort", keys=keys)
 
     async def __aenter__(self) -> "AsyncPutBatch":
         return self
@@ -127,7 +128,7 @@ class AsyncGetLease(GetLease):
 
     async def release(self) -> None:  # type: ignore[override]
         if self._finish():
-            await self.client.call("release", lease=self.lease)
+            await cast("AsyncClient", self.client).call("release", lease=self.lease)
 
     async def __aenter__(self) -> "AsyncGetLease":
         return self

@@ -82,11 +82,11 @@ def validate(op: str, request: dict[str, Any]) -> dict[str, Any]:
             if spec.required:
                 raise InvalidArgumentError(f"{op}: missing argument {name!r}")
             continue
-        value = request[name]
+        value: Any = request[name]
         if not isinstance(value, spec.types) or (isinstance(value, bool) and bool not in spec.types):
             want = "/".join(t.__name__ for t in spec.types)
             raise InvalidArgumentError(f"{op}: argument {name!r} must be {want}, got {type(value).__name__}")
-        if spec.list_of is not None and set(map(type, value)) - {spec.list_of}:
+        if spec.list_of is not None and {type(v) for v in value} - {spec.list_of}:
             raise InvalidArgumentError(f"{op}: argument {name!r} must be a list of {spec.list_of.__name__}")
         args[name] = value
     return args
