@@ -65,7 +65,10 @@ class AccessObserver:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task.task, return_exceptions=True)
-        self.drain()
+        try:
+            self.drain()
+        except Exception:  # the shutdown that called this must go on to write the store down
+            log.exception("the access observer's last drain failed; its queued lookups are dropped")
         if self.recorder is not None:
             self.recorder.close()
 
