@@ -33,6 +33,8 @@ class Demoter:
         """The loop (the store runs it supervised); returns when the store closes."""
         backoff = 0.0
         dram = self.dram
+        if dram.excess() > 0:  # restarted after dying mid-work: the wake-up it took is gone with it,
+            dram.pressure.set()  # and a put waiting for room would otherwise wait out its deadline
         while True:
             await dram.pressure.wait()
             dram.pressure.clear()
