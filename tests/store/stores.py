@@ -88,15 +88,19 @@ async def settle(store: TieredStore, timeout: float = 10.0) -> None:
     writes in flight is then settled too). Polls the loop, never sleeps a fixed time."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while (store.moves.in_flight or store.moves._background or store.writedown.deleting
-           or store.uploads_in_flight or len(store.uploads) or store.dram_room.pressure.is_set()
-           or store.dram_room.room_waiters):
+    def busy() -> bool:
+        return bool(store.moves.in_flight or store.moves._background or store.writedown.deleting
+                    or store.uploads_in_flight or len(store.uploads) or store.dram_room.pressure.is_set()
+                    or store.dram_room.room_waiters or store.demoter.working)
+
+    quiet = 0
+    while quiet < 3:  # quiet for three polls in a row: nothing was about to start either
+        quiet = 0 if busy() else quiet + 1
         if loop.time() > deadline:
-            raise TimeoutError(f"store did not settle in {timeout}s: moves {store.moves.in_flight}, "
-                               f"deleting {len(store.writedown.deleting)}, uploads {len(store.uploads)}")
-        await asyncio.sleep(0.002)
-    for _ in range(3):  # the demoter may be between its last check and going back to wait
-        await asyncio.sleep(0)
+            raise TimeoutError(f"store did not settle in {timeout}s: moves {dict(store.moves.in_flight)}, "
+                               f"deleting {len(store.writedown.deleting)}, uploads {len(store.uploads)}, "
+                               f"demoter working {store.demoter.working}")
+        await asyncio.sleep(0.001)
 
 
 def check_invariants(store: TieredStore, quotas_of: Sequence[str] = ()) -> None:
@@ -105,7 +109,7 @@ def check_invariants(store: TieredStore, quotas_of: Sequence[str] = ()) -> None:
     match the index, quotas are kept and their bookkeeping is exact, nothing is in flight, no
     reservation or lease outlives its session, and every background task is alive."""
     assert store.background_alive(), "a background task died"
-    assert not store.moves.in_flight, store.moves.in_flight
+    assert not store.moves.in_flight, dict(store.moves.in_flight)
     chunks = list(store.index.values())
     assert all(c.moving is None for c in chunks)
     # sessions: every one was closed by its op, and took its reservations and leases with it

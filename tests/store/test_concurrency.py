@@ -1,0 +1,200 @@
+"""Hunting races in the store: a hypothesis state machine over a real `TieredStore` (a small
+shared-memory DRAM arena that forces demotion, a real NVMe directory, an object tier in memory),
+where every step runs several operations at once on one event loop — put (committed or
+aborted), get (which promotes), evict from each tier and from all, pin and unpin, demotion
+pressure, flush, and a lookup that asks the object tier — each after a drawn number of loop
+turns, so the interleavings differ from step to step.
+
+Checked at every loop turn of a step: no chunk is claimed by two moves (a second claim raises
+in `Moves._claim`) and a claim is always recorded in `moves.in_flight`; DRAM, NVMe and a quota
+are never over their limits (writes in flight included). Checked after every step, once the
+store is settled (`tests.store.stores.check_invariants`): each tier's used bytes are the sum of
+its copies' sizes and NVMe's copies are exactly its files on disk, counters and eviction orders
+match the index, no reservation or lease outlives its session, and every background task is
+alive. Every chunk a get serves is compared with the bytes that were put.
+
+The examples are derandomized (the same every run), so a failure reproduces; hypothesis prints
+the failing steps.
+"""
+from __future__ import annotations
+
+import asyncio
+from contextlib import contextmanager
+import shutil
+import tempfile
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from tests.store.stores import NVME, OBJECT, build_store, check_invariants, get, put, settle
+from tierd.keys import chunk_keys
+from tierd.layout import Layout
+from tierd.store import DRAM, TieredStore
+
+#: 16 KiB chunks: an NVMe file is 20 KiB (a 4 KiB header), an object 16.5 KiB.
+LAYOUT = Layout("stateful-model", "bfloat16", 1, 1, 64, chunk_tokens=64)
+CHUNK = LAYOUT.chunk_bytes
+DRAM_CHUNKS = 6
+NVME_FILES = 8
+QUOTA = 3 * CHUNK  # namespace "a": 3 chunks in DRAM, 2 files on NVMe
+NAMESPACES = ("a", "b")
+KEYS = {ns: chunk_keys(LAYOUT, np.arange(64 * 8) + 7, namespace=ns) for ns in NAMESPACES}
+ALL_KEYS = [k for ns in NAMESPACES for k in KEYS[ns]]
+
+key_sets = st.lists(st.sampled_from(ALL_KEYS), min_size=1, max_size=3, unique=True)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of a step; its repr is what a failure report lists."""
+
+    kind: str
+    args: tuple[Any, ...] = ()
+
+    def __repr__(self) -> str:
+        shown = [[f"{KEY_NAMES[k]}" for k in a] if isinstance(a, list) else a for a in self.args]
+        return f"{self.kind}{tuple(shown)}"
+
+    async def __call__(self, store: TieredStore) -> Any:
+        kind, args = self.kind, self.args
+        if kind == "put":
+            ns, keys, commit = args
+            return await put(store, LAYOUT, ns, keys, timeout=0.5, commit=commit)
+        if kind == "get":
+            return await get(store, LAYOUT, args[0])
+        if kind == "evict":
+            return await store.evict(keys=args[0], tier=args[1])
+        if kind == "evict_namespace":
+            return await store.evict(namespace=args[0], tier=args[1])
+        if kind == "pin":
+            return store.pin(args[0], args[1])
+        if kind == "pressure":  # wake the demoter as DRAM over its high watermark would
+            store.dram_room.pressure.set()
+            return None
+        if kind == "flush":
+            return await store.moves.flush(2)
+        if kind == "lookup":  # asks the object tier's prefix probe past the local run
+            return await store.lookup_async(args[0])
+        raise AssertionError(kind)
+
+
+KEY_NAMES = {k: f"{ns}{i}" for ns in NAMESPACES for i, k in enumerate(KEYS[ns])}
+TIERS = st.sampled_from([DRAM, NVME, OBJECT, None])
+
+ops = st.one_of(
+    st.builds(lambda ns, picks, commit: Op("put", (ns, [KEYS[ns][i] for i in picks], commit)),
+              st.sampled_from(NAMESPACES), st.lists(st.integers(0, 7), min_size=1, max_size=3, unique=True),
+              st.booleans() | st.just(True)),
+    st.builds(lambda keys: Op("get", (keys,)), key_sets),
+    st.builds(lambda keys, tier: Op("evict", (keys, tier)), key_sets, TIERS),
+    st.builds(lambda ns, tier: Op("evict_namespace", (ns, tier)), st.sampled_from(NAMESPACES),
+              st.sampled_from([DRAM, NVME, OBJECT])),
+    st.builds(lambda keys, pinned: Op("pin", (keys, pinned)), key_sets, st.booleans()),
+    st.just(Op("pressure")),
+    st.just(Op("flush")),
+    st.builds(lambda keys: Op("lookup", (keys,)), key_sets),
+)
+
+
+class StoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.root = Path(tempfile.mkdtemp(prefix="tierd-stateful-"))
+        self.loop = asyncio.new_event_loop()
+        self.store = build_store(self.root, dram_bytes=DRAM_CHUNKS * CHUNK, nvme_bytes=NVME_FILES * (CHUNK + 4096),
+                                 object_bytes=12 * (CHUNK + 512), quotas={"a": QUOTA}, high_watermark=0.8,
+                                 low_watermark=0.5)
+        self.loop.run_until_complete(self.store.start())
+        self.store.register_layout(LAYOUT)
+        #: What ran so far, for the failure report (timing makes a failing run hard to replay).
+        self.steps: list[str] = []
+
+    def teardown(self) -> None:
+        try:
+            self.loop.run_until_complete(self.store.close(flush=False))
+        finally:
+            self.loop.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _watch_limits(self) -> None:
+        """What must hold at every loop turn, moves and writes in flight included."""
+        store = self.store
+        moving = {c.key for c in store.index.values() if c.moving is not None}
+        assert moving == set(store.moves.in_flight), (moving, store.moves.in_flight)
+        assert store.alloc.used <= store.alloc.size
+        for lower in store.lower:
+            assert lower.stats.used_bytes <= lower.stats.capacity_bytes, (lower.name, lower.stats.used_bytes)
+        held = sum(r.size for r in store.index.reserved.values() if r.namespace == "a")
+        held += sum(c.size for c in store.index.values() if c.namespace == "a" and c.slot is not None)
+        assert held <= QUOTA and store.quotas.used(DRAM, "a") <= QUOTA, held
+        assert store.quotas.used(NVME, "a") <= QUOTA
+
+    async def _run_step(self, drawn: list[tuple[Op, int]]) -> list[Any]:
+        done = False
+
+        async def watch() -> None:
+            while not done:
+                self._watch_limits()
+                await asyncio.sleep(0)
+
+        async def after(turns: int, op: Op) -> Any:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            return await op(self.store)
+
+        self.steps.append("at once: " + ", ".join(f"{op!r} after {t} turns" for op, t in drawn))
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(after(t, op) for op, t in drawn)), 30)
+        finally:
+            done = True
+            await watcher
+
+    @rule(drawn=st.lists(st.tuples(ops, st.integers(0, 4)), min_size=2, max_size=5))
+    def concurrently(self, drawn: list[tuple[Op, int]]) -> None:
+        with self._reported():
+            results = self.loop.run_until_complete(self._run_step(drawn))
+            for result in results:
+                if isinstance(result, dict):  # an evict's counts
+                    assert min(result.values()) >= 0, result
+            self.loop.run_until_complete(settle(self.store))
+
+    @rule(ns=st.sampled_from(NAMESPACES))
+    def fill(self, ns: str) -> None:
+        """Demotion pressure: a namespace's whole key range, two chunks a put, as an engine would."""
+        async def go() -> None:
+            await asyncio.gather(*(put(self.store, LAYOUT, ns, KEYS[ns][i:i + 2], timeout=0.5) for i in range(0, 8, 2)))
+            await settle(self.store)
+        self.steps.append(f"fill {ns}")
+        with self._reported():
+            self.loop.run_until_complete(go())
+
+    @rule()
+    def unpin_all(self) -> None:
+        self.steps.append("unpin all")
+        self.store.pin(ALL_KEYS, False)
+
+    @invariant()
+    def settled_store_is_consistent(self) -> None:
+        with self._reported():
+            check_invariants(self.store, NAMESPACES)
+
+    @contextmanager
+    def _reported(self) -> Iterator[None]:
+        """A failure names the steps that led to it."""
+        try:
+            yield
+        except BaseException as exc:
+            exc.add_note("steps of this run:\n  " + "\n  ".join(self.steps))
+            raise
+
+
+StoreMachine.TestCase.settings = settings(max_examples=8, stateful_step_count=30, deadline=None, derandomize=True,
+                                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+TestStoreUnderConcurrency = StoreMachine.TestCase
