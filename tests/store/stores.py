@@ -85,21 +85,26 @@ def nvme_temp_files(store: TieredStore) -> list[Path]:
 
 async def settle(store: TieredStore, timeout: float = 10.0) -> None:
     """Wait until no move, copy, deletion, upload or demotion is under way (the accounting of
-    writes in flight is then settled too). Polls the loop, never sleeps a fixed time."""
+    writes in flight is then settled too); a demoter backing off (its writes all failed, e.g.
+    the tier below is full of pinned chunks) counts as quiet. Polls the loop, never sleeps a
+    fixed time."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     def busy() -> bool:
         return bool(store.moves.in_flight or store.moves._background or store.writedown.deleting
-                    or store.uploads_in_flight or len(store.uploads) or store.dram_room.pressure.is_set()
-                    or store.dram_room.room_waiters or store.demoter.working)
+                    or store.uploads_in_flight or len(store.uploads) or store.dram_room.room_waiters
+                    or store.demoter.state == "working"
+                    or (store.demoter.state == "waiting" and store.dram_room.pressure.is_set()))
 
     quiet = 0
     while quiet < 3:  # quiet for three polls in a row: nothing was about to start either
         quiet = 0 if busy() else quiet + 1
         if loop.time() > deadline:
             raise TimeoutError(f"store did not settle in {timeout}s: moves {dict(store.moves.in_flight)}, "
-                               f"deleting {len(store.writedown.deleting)}, uploads {len(store.uploads)}, "
-                               f"demoter working {store.demoter.working}")
+                               f"background copies {len(store.moves._background)}, "
+                               f"deleting {len(store.writedown.deleting)}, uploads queued {len(store.uploads)} "
+                               f"in flight {store.uploads_in_flight}, pressure {store.dram_room.pressure.is_set()}, "
+                               f"room waiters {store.dram_room.room_waiters}, demoter {store.demoter.state}")
         await asyncio.sleep(0.001)
 
 

@@ -28,8 +28,9 @@ class Demoter:
         self.moves = moves
         self.writedown = writedown
         self.batch = batch
-        #: Between a wake-up and going back to wait (or to back off): moves of its may be under way.
-        self.working = False
+        #: "waiting" (for pressure), "working" (moves of its may be under way or about to start),
+        #: or "backing off" (its last batch all failed); for `stat` and tests that wait for quiet.
+        self.state = "waiting"
 
     async def run(self) -> None:
         """The loop (the store runs it supervised); returns when the store closes."""
@@ -38,12 +39,12 @@ class Demoter:
         if dram.excess() > 0:  # restarted after dying mid-work: the wake-up it took is gone with it,
             dram.pressure.set()  # and a put waiting for room would otherwise wait out its deadline
         while True:
-            self.working = False
+            self.state = "waiting"
             await dram.pressure.wait()
             dram.pressure.clear()
             if dram.closing:
                 return
-            self.working = True
+            self.state = "working"
             while not dram.closing and dram.excess() > 0:
                 batch, dropped = self.pick()
                 if not batch and not dropped:
@@ -51,9 +52,9 @@ class Demoter:
                 done = await asyncio.gather(*(self.moves.demote(c) for c in batch))
                 if batch and not any(done) and not dropped:
                     backoff = min(2.0, max(0.05, backoff * 2))
-                    self.working = False
+                    self.state = "backing off"
                     await self._back_off(backoff)
-                    self.working = True
+                    self.state = "working"
                 else:
                     backoff = 0.0
                     if self.index.lowers:
