@@ -85,6 +85,26 @@ def test_two_concurrent_cli_evicts_from_dram_of_one_key(daemon_factory, tmp_path
         assert c.get_chunks(SMALL, keys) == [p.tobytes() for p in _payloads(keys)]
 
 
+def test_two_pipelined_evicts_from_dram_of_one_key(daemon_factory, tmp_path):
+    """The same race as above with the two requests sent back to back on two connections
+    (written to the sockets without waiting for a reply), so the daemon most often reads both
+    in one loop turn: every pair gets two answers, each key is on NVMe once.
+
+    Old code: the connection whose `_demote` finished last was dropped (DaemonUnavailableError
+    here) in the rounds where both requests were read in one turn."""
+    d = daemon_factory("ev3", dram="8MiB", nvme="64MiB", extra=("--no-calibrate",))
+    keys = _keys(16, 12)
+    with Client.connect(d.socket) as a, Client.connect(d.socket) as b:
+        assert a.put_chunks(SMALL, keys, _payloads(keys)) == 12
+        for key in keys:
+            for c in (a, b):
+                c._post("evict", keys=[key], namespace=None, tier=DRAM, all=False)
+            assert a.stat() and b.stat()  # each reads its evict's reply first (a dropped one raises)
+        assert a.lookup(keys).tiers == [NVME] * 12
+        on_disk = _files_on_disk(tmp_path / "ev3-nvme")
+        assert len(on_disk) == 12 and _tiers(a)[NVME]["used_bytes"] == sum(on_disk.values()) == 12 * FILE
+
+
 def test_one_evict_naming_a_key_twice(daemon_factory, tmp_path):
     """An evict that names one key twice moves it once and answers.
 
