@@ -58,7 +58,9 @@ def test_two_concurrent_cli_evicts_from_dram_of_one_key(daemon_factory, tmp_path
     chunk (the in-flight marker was set inside `_demote`, unchecked); the second overwrote the
     first's future, the one finishing last called `set_result` on None, and the AttributeError
     escaped the dispatcher (it caught only TierdError), dropping that connection. Both writes
-    were charged: NVMe used bytes 1,056,768 for one 528,384-byte file."""
+    were charged: NVMe used bytes 1,056,768 for one 528,384-byte file. (Two CLI processes land in
+    one loop turn only by chance: against the old code its race checks passed in the run tried; the
+    pipelined test below and the in-process one reproduce the race every time.)"""
     d = daemon_factory("ev", dram="8MiB", nvme="64MiB", extra=("--no-calibrate",))
     nvme_dir = tmp_path / "ev-nvme"
     keys = _keys(1, 4)

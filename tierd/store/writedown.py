@@ -12,6 +12,7 @@ handed down to the upload queue (write-back) through `moves`, which the store pa
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Awaitable, Callable
 
@@ -152,7 +153,7 @@ class WriteDown:
         fut = asyncio.ensure_future(lower.tier.delete(c.key))
         self.deleting[c.key] = fut
         self._deleting_on.setdefault(lower.name, set()).add(fut)
-        fut.add_done_callback(lambda f, k=c.key, tier=lower.name: self._deleted(k, tier, f))
+        fut.add_done_callback(functools.partial(self._deleted, c.key, lower.name))
 
     def _deleted(self, key: bytes, tier: str, fut: asyncio.Future[int]) -> None:
         if self.deleting.get(key) is fut:
