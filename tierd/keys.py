@@ -31,7 +31,10 @@ def namespace_problem(namespace: object) -> str | None:
         return f"namespace {shown(namespace)}: use a non-empty string"
     if "\x00" in namespace:
         return f"namespace {shown(namespace)}: must not contain NUL"
-    size = len(namespace.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(namespace.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: no medium could write it down
+        return f"namespace {shown(namespace)}: is not valid Unicode text (it holds a lone surrogate)"
     if size > MAX_NAMESPACE_BYTES:
         return (f"namespace {shown(namespace)} is {size} bytes in UTF-8: use at most {MAX_NAMESPACE_BYTES} "
                 "bytes")

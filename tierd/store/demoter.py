@@ -28,16 +28,23 @@ class Demoter:
         self.moves = moves
         self.writedown = writedown
         self.batch = batch
+        #: "waiting" (for pressure), "working" (moves of its may be under way or about to start),
+        #: or "backing off" (its last batch all failed); for `stat` and tests that wait for quiet.
+        self.state = "waiting"
 
     async def run(self) -> None:
         """The loop (the store runs it supervised); returns when the store closes."""
         backoff = 0.0
         dram = self.dram
+        if dram.excess() > 0:  # restarted after dying mid-work: the wake-up it took is gone with it,
+            dram.pressure.set()  # and a put waiting for room would otherwise wait out its deadline
         while True:
+            self.state = "waiting"
             await dram.pressure.wait()
             dram.pressure.clear()
             if dram.closing:
                 return
+            self.state = "working"
             while not dram.closing and dram.excess() > 0:
                 batch, dropped = self.pick()
                 if not batch and not dropped:
@@ -45,7 +52,9 @@ class Demoter:
                 done = await asyncio.gather(*(self.moves.demote(c) for c in batch))
                 if batch and not any(done) and not dropped:
                     backoff = min(2.0, max(0.05, backoff * 2))
+                    self.state = "backing off"
                     await self._back_off(backoff)
+                    self.state = "working"
                 else:
                     backoff = 0.0
                     if self.index.lowers:

@@ -12,6 +12,7 @@ handed down to the upload queue (write-back) through `moves`, which the store pa
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Awaitable, Callable
 
@@ -41,6 +42,9 @@ class WriteDown:
         self.rejected = 0
         #: Deletions in flight by key: a write of the same key waits for its deletion first.
         self.deleting: dict[bytes, asyncio.Future[int]] = {}
+        #: Deletions in flight by tier name: their room is already handed out (`forget_lower_copy`
+        #: released it), so a write to a local tier waits for them before its file appears.
+        self._deleting_on: dict[str, set[asyncio.Future[int]]] = {}
         #: Called after a write to the shared tier lands (the prefix probe forgets its miss).
         self.on_shared_write: Callable[[bytes], None] | None = None
 
@@ -60,10 +64,10 @@ class WriteDown:
             return False
         charged = not lower.shared
         self._charge(lower, c.namespace, need, charged)  # claimed now: no await since make_room checked
+        pending = self._deletions_before(lower, c.key)
         try:
-            pending = self.deleting.get(c.key)
-            if pending is not None:
-                await asyncio.shield(pending)
+            if pending:
+                await asyncio.wait(pending)
             stored = await lower.tier.write(c.key, c.layout_id, c.namespace, payload)
         except ObjectTierUnavailable as exc:
             self._charge(lower, c.namespace, -need, charged)
@@ -91,6 +95,18 @@ class WriteDown:
         if lower.shared and self.on_shared_write is not None:
             self.on_shared_write(c.key)
         return True
+
+    def _deletions_before(self, lower: Lower, key: bytes) -> set[asyncio.Future[int]]:
+        """What a write must wait for before it writes: a deletion of the same key (on any tier),
+        and on a local tier every deletion under way there when the write claimed its room.
+        The room of a copy is released when the copy is forgotten, before its file is gone; a
+        write that did not wait could put the files on disk over the tier's capacity or a
+        namespace's quota for as long as a deletion takes."""
+        pending = set() if lower.shared else set(self._deleting_on.get(lower.name, ()))
+        same_key = self.deleting.get(key)
+        if same_key is not None:
+            pending.add(same_key)
+        return pending
 
     def _charge(self, lower: Lower, namespace: str, nbytes: int, quota: bool) -> None:
         lower.stats.used_bytes += nbytes
@@ -136,15 +152,18 @@ class WriteDown:
             return
         fut = asyncio.ensure_future(lower.tier.delete(c.key))
         self.deleting[c.key] = fut
-        fut.add_done_callback(lambda f, k=c.key: self._deleted(k, f))
+        self._deleting_on.setdefault(lower.name, set()).add(fut)
+        fut.add_done_callback(functools.partial(self._deleted, c.key, lower.name))
 
-    def _deleted(self, key: bytes, fut: asyncio.Future[int]) -> None:
+    def _deleted(self, key: bytes, tier: str, fut: asyncio.Future[int]) -> None:
         if self.deleting.get(key) is fut:
             del self.deleting[key]
+        self._deleting_on[tier].discard(fut)
         if not fut.cancelled() and fut.exception() is not None:
             log.warning("deleting chunk %s failed: %s", key.hex(), fut.exception())
 
     async def drain(self) -> None:
         """Wait for the deletions in flight (at shutdown)."""
-        if self.deleting:
-            await asyncio.gather(*self.deleting.values(), return_exceptions=True)
+        pending = set().union(*self._deleting_on.values())
+        if pending:
+            await asyncio.wait(pending)

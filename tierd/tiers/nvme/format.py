@@ -9,7 +9,7 @@ On-disk layout (all integers little-endian)::
                    8  version      u16  2 (version 1 files, written before codecs, are still read)
                   10  flags        u16  0 (reserved)
                   12  layout_len   u16  length of layout_id (<= 32)
-                  14  ns_len       u16  length of namespace in UTF-8 bytes (<= 256)
+                  14  ns_len       u16  length of namespace in UTF-8 bytes (<= 255 written)
                   16  key          16s
                   32  layout_id    32s  ASCII hex, zero padded
                   64  payload_len  u64  bytes of the raw chunk (what a read returns)
@@ -17,13 +17,18 @@ On-disk layout (all integers little-endian)::
                   80  created      f64  unix time
                   88  stored_len   u64  bytes stored after the header (== payload_len when raw)
                   96  codec        16s  codec spec of the stored bytes, "" when raw (tierd.codecs)
-                 112  namespace    256s UTF-8, zero padded
+                 112  namespace    256s UTF-8, zero padded (a field of 256 bytes; see below)
                  368  header_hash  u64  xxh3_64 of bytes [0, 368) -- detects a torn/flipped header
                  376  zeros up to 4096
     offset 4096  stored bytes, then zeros up to the next multiple of 4096
 
     (version 1: the same fields up to `created`, no stored_len or codec, namespace at 88 and
     header_hash at 344.)
+
+A namespace is written only if it is within `tierd.keys.MAX_NAMESPACE_BYTES` (255), the one
+limit of every entry point, so any namespace the store accepts can be written down. The field
+stays 256 bytes wide, and a reader accepts up to the field's width: files written before the
+limit was shared (when this format alone allowed 256 bytes) are still read.
 
 Every file is therefore `4096 + round_up(stored_len, 4096)` bytes, in both I/O modes, so
 O_DIRECT can write and read it in whole aligned blocks; `file_size(payload_len)` is exact
@@ -41,6 +46,7 @@ from dataclasses import dataclass
 import xxhash
 
 from tierd.errors import InvalidArgumentError, TierdError
+from tierd.keys import MAX_NAMESPACE_BYTES
 from tierd.tiers.base import CopyHeader, StoredRecord
 
 #: Alignment of every block on disk and of every buffer handed to O_DIRECT I/O.
@@ -50,15 +56,16 @@ MAGIC = b"TIERDCK1"
 VERSION = 2
 KEY_BYTES = 16
 MAX_LAYOUT_ID = 32
-MAX_NAMESPACE_BYTES = 256
+#: Width of the namespace field on disk; what is written is at most MAX_NAMESPACE_BYTES of it.
+NAMESPACE_FIELD = 256
 CHUNK_SUFFIX = ".chunk"
 TEMP_SUFFIX = ".tmp"
 
 _FIXED_V1 = struct.Struct("<8sHHHH16s32sQQd")  # 88 bytes, see module docstring
 _FIXED = struct.Struct("<8sHHHH16s32sQQdQ16s")  # 112 bytes
 _NS_OFFSET = _FIXED.size
-_HASH_OFFSET = _NS_OFFSET + MAX_NAMESPACE_BYTES
-_HASH_OFFSET_V1 = _FIXED_V1.size + MAX_NAMESPACE_BYTES
+_HASH_OFFSET = _NS_OFFSET + NAMESPACE_FIELD
+_HASH_OFFSET_V1 = _FIXED_V1.size + NAMESPACE_FIELD
 _HASH = struct.Struct("<Q")
 _HEADER_USED = _HASH_OFFSET + _HASH.size
 _HEX = frozenset(string.hexdigits)
@@ -216,7 +223,7 @@ def decode_header(block: memoryview | bytes) -> ChunkHeader:
         raise CorruptChunk(f"bad magic {magic!r}")
     if version not in (1, VERSION) or flags != 0:
         raise CorruptChunk(f"unsupported version {version} / flags {flags:#x}")
-    if not 0 < layout_len <= MAX_LAYOUT_ID or ns_len > MAX_NAMESPACE_BYTES:
+    if not 0 < layout_len <= MAX_LAYOUT_ID or ns_len > NAMESPACE_FIELD:
         raise CorruptChunk(f"field lengths out of range (layout {layout_len}, namespace {ns_len})")
     if stored_len > payload_len or (not codec_raw.strip(b"\0") and stored_len != payload_len):
         raise CorruptChunk(f"stored_len {stored_len} does not fit payload_len {payload_len}")

@@ -9,7 +9,7 @@ and when (`tierd inspect`). All integers little-endian (format version 2)::
       8  version      u16  2 (version 1 objects, written before codecs, are still read)
      10  flags        u16  0 (reserved)
      12  layout_len   u16  length of layout_id (<= 32)
-     14  ns_len       u16  namespace length in UTF-8 bytes (<= 256)
+     14  ns_len       u16  namespace length in UTF-8 bytes (<= 255 written, <= 256 read)
      16  node_len     u16  writer node id length in UTF-8 bytes (<= 64)
      18  (zero)       u16
      20  key          16s
@@ -26,6 +26,10 @@ and when (`tierd inspect`). All integers little-endian (format version 2)::
     512  stored bytes (stored_len of them)
 
 (Version 1 had no stored_len or codec: namespace at 92, node at 348, header_hash at 412.)
+
+A namespace is written only within `tierd.keys.MAX_NAMESPACE_BYTES` (255), the one limit of
+every entry point; the field stays 256 bytes wide and readers accept up to its width (objects
+written when this format alone allowed 256 bytes are still read).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 import xxhash
 
 from tierd.errors import InvalidArgumentError
+from tierd.keys import MAX_NAMESPACE_BYTES
 from tierd.tiers.base import CopyHeader
 
 HEADER_BYTES = 512
@@ -42,7 +47,8 @@ MAGIC = b"TIERDOB1"
 VERSION = 2
 KEY_BYTES = 16
 MAX_LAYOUT_ID = 32
-MAX_NAMESPACE = 256
+#: Width of the namespace field; what is written is at most MAX_NAMESPACE_BYTES of it.
+NAMESPACE_FIELD = 256
 MAX_NODE = 64
 
 MAX_CODEC = 16
@@ -54,7 +60,7 @@ _HASH = struct.Struct("<Q")
 
 def _offsets(fixed: struct.Struct) -> tuple[int, int, int]:
     """(namespace, node, header hash) offsets after a fixed part of this size."""
-    return fixed.size, fixed.size + MAX_NAMESPACE, fixed.size + MAX_NAMESPACE + MAX_NODE
+    return fixed.size, fixed.size + NAMESPACE_FIELD, fixed.size + NAMESPACE_FIELD + MAX_NODE
 
 
 _NS_AT, _NODE_AT, _HASH_AT = _offsets(_FIXED)
@@ -110,8 +116,9 @@ def pack_header(h: ObjectHeader) -> bytes:
         raise InvalidArgumentError(f"chunk key {h.key!r}: must be {KEY_BYTES} bytes")
     if not layout or len(layout) > MAX_LAYOUT_ID:
         raise InvalidArgumentError(f"layout_id {h.layout_id!r}: 1 to {MAX_LAYOUT_ID} characters")
-    if len(ns) > MAX_NAMESPACE:
-        raise InvalidArgumentError(f"namespace {h.namespace!r}: at most {MAX_NAMESPACE} UTF-8 bytes")
+    if len(ns) > MAX_NAMESPACE_BYTES:
+        raise InvalidArgumentError(f"namespace {h.namespace[:40]!r}... is {len(ns)} bytes in UTF-8: "
+                                   f"use at most {MAX_NAMESPACE_BYTES} bytes")
     if len(node) > MAX_NODE:
         raise InvalidArgumentError(f"node id {h.node!r}: at most {MAX_NODE} UTF-8 bytes")
     codec = h.codec.encode("ascii")
@@ -143,7 +150,7 @@ def parse_header(raw: bytes | memoryview) -> ObjectHeader:
         raise BadObject(f"object format version {version}; this tierd reads versions 1 and {VERSION}")
     if _HASH.unpack_from(raw, hash_at)[0] != xxhash.xxh3_64_intdigest(raw[:hash_at]):
         raise BadObject("header checksum mismatch")
-    if layout_len > MAX_LAYOUT_ID or ns_len > MAX_NAMESPACE or node_len > MAX_NODE:
+    if layout_len > MAX_LAYOUT_ID or ns_len > NAMESPACE_FIELD or node_len > MAX_NODE:
         raise BadObject("header field lengths out of range")
     if stored_len > payload_len or (not codec_raw.strip(b"\0") and stored_len != payload_len):
         raise BadObject(f"stored_len {stored_len} does not fit payload_len {payload_len}")
