@@ -24,7 +24,8 @@ import xxhash
 from tierd.errors import CapacityError, ConfigError, InvalidArgumentError
 from tierd.tiers.base import StoredRecord
 from tierd.tiers.nvme.files import NvmeChunkFiles
-from tierd.tiers.nvme.format import BLOCK, HEADER_BYTES, MAX_NAMESPACE_BYTES, StoredChunk
+from tierd.keys import MAX_NAMESPACE_BYTES
+from tierd.tiers.nvme.format import BLOCK, HEADER_BYTES, StoredChunk
 
 REPO = Path(__file__).resolve().parents[2]
 LAYOUT = "0123456789abcdef"

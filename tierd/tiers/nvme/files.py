@@ -27,20 +27,18 @@ from pathlib import Path
 import xxhash
 
 from tierd.errors import CapacityError, CodecError, ConfigError, InvalidArgumentError, UnknownLayoutError
+from tierd.keys import check_namespace
 from tierd.tiers.encoding import TierCodec
+from tierd.tiers.header import KEY_BYTES, check_key, check_layout_id
 from tierd.tiers.nvme.aligned import AlignedIO, byte_view, direct_io_works
 from tierd.tiers.nvme.format import (
     CHUNK_SUFFIX,
     HEADER_BYTES,
-    KEY_BYTES,
     SHARDS,
     TEMP_SUFFIX,
     ChunkHeader,
     CorruptChunk,
     StoredChunk,
-    check_key,
-    check_layout_id,
-    check_namespace,
     decode_header,
     file_name,
     file_size,
@@ -236,8 +234,8 @@ class NvmeChunkFiles:
                 raise CorruptChunk(f"header layout {header.layout_id!r}, requested {layout_id!r}")
             if header.payload_len != payload_len:
                 raise CorruptChunk(f"header payload_len {header.payload_len}, requested {payload_len}")
-            if size != header.file_bytes:
-                raise CorruptChunk(f"file is {size} bytes, expected {header.file_bytes} for stored_len "
+            if size != header.medium_bytes:
+                raise CorruptChunk(f"file is {size} bytes, expected {header.medium_bytes} for stored_len "
                                    f"{header.stored}")
             if header.codec:
                 blob = self._io.scratch(header.stored)
@@ -357,8 +355,8 @@ class NvmeChunkFiles:
             return None, f"unreadable: {exc}"
         if header.key != key:
             return None, f"header key {header.key.hex()} differs from the file name"
-        if st.st_size != header.file_bytes:
-            return None, f"file is {st.st_size} bytes, header says {header.file_bytes} (truncated or extended)"
+        if st.st_size != header.medium_bytes:
+            return None, f"file is {st.st_size} bytes, header says {header.medium_bytes} (truncated or extended)"
         return StoredChunk.from_header(header, st.st_size, st.st_mtime), ""
 
     @staticmethod

@@ -39,25 +39,20 @@ Nothing here touches a file: `tierd.tiers.nvme.files` does the I/O.
 """
 from __future__ import annotations
 
-import string
 import struct
 from dataclasses import dataclass
 
 import xxhash
 
-from tierd.errors import InvalidArgumentError, TierdError
-from tierd.keys import MAX_NAMESPACE_BYTES
-from tierd.tiers.base import CopyHeader, StoredRecord
+from tierd.errors import TierdError
+from tierd.tiers.base import StoredRecord
+from tierd.tiers.header import MAX_LAYOUT_ID, NAMESPACE_FIELD, MediumHeader
 
 #: Alignment of every block on disk and of every buffer handed to O_DIRECT I/O.
 BLOCK = 4096
 HEADER_BYTES = BLOCK
 MAGIC = b"TIERDCK1"
 VERSION = 2
-KEY_BYTES = 16
-MAX_LAYOUT_ID = 32
-#: Width of the namespace field on disk; what is written is at most MAX_NAMESPACE_BYTES of it.
-NAMESPACE_FIELD = 256
 CHUNK_SUFFIX = ".chunk"
 TEMP_SUFFIX = ".tmp"
 
@@ -68,7 +63,6 @@ _HASH_OFFSET = _NS_OFFSET + NAMESPACE_FIELD
 _HASH_OFFSET_V1 = _FIXED_V1.size + NAMESPACE_FIELD
 _HASH = struct.Struct("<Q")
 _HEADER_USED = _HASH_OFFSET + _HASH.size
-_HEX = frozenset(string.hexdigits)
 
 
 def round_up(n: int, to: int = BLOCK) -> int:
@@ -94,33 +88,13 @@ def file_name(key: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkHeader:
+class ChunkHeader(MediumHeader):
     """What a chunk file says about itself; everything needed to index it without the payload."""
 
-    key: bytes
-    layout_id: str
-    namespace: str
-    payload_len: int
-    checksum: int
-    created: float
-    stored_len: int = -1  # -1: the raw chunk (== payload_len)
-    codec: str = ""
-
     @property
-    def stored(self) -> int:
-        """Bytes after the header block (before padding)."""
-        return self.payload_len if self.stored_len < 0 else self.stored_len
-
-    @property
-    def file_bytes(self) -> int:
+    def medium_bytes(self) -> int:
         """The size of the file this header heads."""
         return file_size(self.stored)
-
-    def copy_header(self) -> CopyHeader:
-        """The tier-neutral view of this header (`tierd.tiers.base.CopyHeader`)."""
-        return CopyHeader(key=self.key, layout_id=self.layout_id, namespace=self.namespace,
-                          payload_len=self.payload_len, stored=self.stored, medium_bytes=self.file_bytes,
-                          codec=self.codec, created=self.created)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,44 +132,9 @@ class CorruptChunk(TierdError):
     """A chunk file failed a check. Never leaves the NVMe tier: the chunk becomes a miss."""
 
 
-def check_key(key: bytes) -> bytes:
-    if isinstance(key, bytearray):
-        key = bytes(key)
-    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
-        raise InvalidArgumentError(f"chunk key {key!r}: must be {KEY_BYTES} bytes (a tierd.keys chunk key)")
-    return key
-
-
-def check_layout_id(layout_id: str) -> bytes:
-    if (
-        not isinstance(layout_id, str)
-        or not layout_id
-        or len(layout_id) > MAX_LAYOUT_ID
-        or not set(layout_id) <= _HEX
-    ):
-        raise InvalidArgumentError(
-            f"layout_id {layout_id!r}: must be a non-empty hex string of at most {MAX_LAYOUT_ID} characters"
-        )
-    return layout_id.encode("ascii")
-
-
-def check_namespace(namespace: str) -> bytes:
-    if not isinstance(namespace, str):
-        raise InvalidArgumentError(f"namespace {namespace!r}: must be a string")
-    raw = namespace.encode("utf-8")
-    if len(raw) > MAX_NAMESPACE_BYTES:
-        raise InvalidArgumentError(
-            f"namespace {namespace[:40]!r}... is {len(raw)} bytes in UTF-8: "
-            f"use a namespace of at most {MAX_NAMESPACE_BYTES} bytes"
-        )
-    return raw
-
-
 def encode_header(header: ChunkHeader, into: memoryview) -> None:
     """Write `header` as the 4096-byte header block into `into` (zeroing the rest of it)."""
-    layout = check_layout_id(header.layout_id)
-    ns = check_namespace(header.namespace)
-    codec = header.codec.encode("ascii")
+    layout, ns, codec, _node = header.encoded_fields()
     into[:HEADER_BYTES] = bytes(HEADER_BYTES)
     _FIXED.pack_into(
         into, 0, MAGIC, VERSION, 0, len(layout), len(ns), header.key, layout,

@@ -38,20 +38,11 @@ from dataclasses import dataclass
 
 import xxhash
 
-from tierd.errors import InvalidArgumentError
-from tierd.keys import MAX_NAMESPACE_BYTES
-from tierd.tiers.base import CopyHeader
+from tierd.tiers.header import MAX_LAYOUT_ID, MAX_NODE, NAMESPACE_FIELD, MediumHeader
 
 HEADER_BYTES = 512
 MAGIC = b"TIERDOB1"
 VERSION = 2
-KEY_BYTES = 16
-MAX_LAYOUT_ID = 32
-#: Width of the namespace field; what is written is at most MAX_NAMESPACE_BYTES of it.
-NAMESPACE_FIELD = 256
-MAX_NODE = 64
-
-MAX_CODEC = 16
 
 _FIXED = struct.Struct("<8sHHHHHH16s32sQQdQ16s")
 _FIXED_V1 = struct.Struct("<8sHHHHHH16s32sQQd")
@@ -71,31 +62,13 @@ class BadObject(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class ObjectHeader:
-    key: bytes
-    layout_id: str
-    namespace: str
-    payload_len: int
-    checksum: int
-    created: float
-    node: str
-    stored_len: int = -1  # -1: the raw chunk (== payload_len)
-    codec: str = ""
+class ObjectHeader(MediumHeader):
+    """An object's header: the shared fields, with the writer's node id."""
 
     @property
-    def stored(self) -> int:
-        """Bytes after the header."""
-        return self.payload_len if self.stored_len < 0 else self.stored_len
-
-    @property
-    def object_bytes(self) -> int:
+    def medium_bytes(self) -> int:
+        """The size of the object this header heads."""
         return HEADER_BYTES + self.stored
-
-    def copy_header(self) -> CopyHeader:
-        """The tier-neutral view of this header (`tierd.tiers.base.CopyHeader`)."""
-        return CopyHeader(key=self.key, layout_id=self.layout_id, namespace=self.namespace,
-                          payload_len=self.payload_len, stored=self.stored, medium_bytes=self.object_bytes,
-                          codec=self.codec, created=self.created, node=self.node)
 
 
 def object_path(key: bytes) -> str:
@@ -109,21 +82,7 @@ def checksum(payload: memoryview | bytes) -> int:
 
 
 def pack_header(h: ObjectHeader) -> bytes:
-    layout = h.layout_id.encode("ascii")
-    ns = h.namespace.encode("utf-8")
-    node = h.node.encode("utf-8")
-    if len(h.key) != KEY_BYTES:
-        raise InvalidArgumentError(f"chunk key {h.key!r}: must be {KEY_BYTES} bytes")
-    if not layout or len(layout) > MAX_LAYOUT_ID:
-        raise InvalidArgumentError(f"layout_id {h.layout_id!r}: 1 to {MAX_LAYOUT_ID} characters")
-    if len(ns) > MAX_NAMESPACE_BYTES:
-        raise InvalidArgumentError(f"namespace {h.namespace[:40]!r}... is {len(ns)} bytes in UTF-8: "
-                                   f"use at most {MAX_NAMESPACE_BYTES} bytes")
-    if len(node) > MAX_NODE:
-        raise InvalidArgumentError(f"node id {h.node!r}: at most {MAX_NODE} UTF-8 bytes")
-    codec = h.codec.encode("ascii")
-    if len(codec) > MAX_CODEC:
-        raise InvalidArgumentError(f"codec {h.codec!r}: at most {MAX_CODEC} ASCII characters")
+    layout, ns, codec, node = h.encoded_fields()
     buf = bytearray(HEADER_BYTES)
     _FIXED.pack_into(buf, 0, MAGIC, VERSION, 0, len(layout), len(ns), len(node), 0, h.key,
                      layout, h.payload_len, h.checksum, h.created, h.stored, codec)

@@ -172,7 +172,7 @@ class ObjectTier:
                 None, self.codec.encode, payload, layout_id)
         stored = memoryview(stored).cast("B")
         header = pack_header(ObjectHeader(key, layout_id, namespace, raw_len, checksum(stored), time.time(),
-                                          self.node, len(stored), codec))
+                                          stored_len=len(stored), codec=codec, node=self.node))
         total = HEADER_BYTES + len(stored)
         multipart = total > self.part_bytes
         body: Any = [header, stored] if multipart else header + bytes(stored)
@@ -242,11 +242,11 @@ class ObjectTier:
             header = parse_header(parts[0][:HEADER_BYTES]) if got >= HEADER_BYTES else None
             if header is None:
                 raise BadObject(f"object of {got} bytes is shorter than its header")
-            if header.object_bytes == got:
+            if header.medium_bytes == got:
                 return header, parts
-            if got < total or header.object_bytes < got:  # the store ran out early, or holds extra bytes
-                raise BadObject(f"object is {got} bytes, its header says {header.object_bytes}")
-            total = header.object_bytes  # asked for too little: now the size is known
+            if got < total or header.medium_bytes < got:  # the store ran out early, or holds extra bytes
+                raise BadObject(f"object is {got} bytes, its header says {header.medium_bytes}")
+            total = header.medium_bytes  # asked for too little: now the size is known
         raise BadObject("object size kept changing while it was read")
 
     async def read_into(self, key: bytes, dest: memoryview, *, layout_id: str, payload_len: int,
