@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from tierd.errors import InvalidArgumentError, UnknownLayoutError, shown
 from tierd.layout import Layout
-from tierd.store import persist, report
+import tierd.store.persist as persist
+import tierd.store.report as report
 from tierd.store.chunk import DRAM, Chunk, Session, TierStats, check_keys
 from tierd.store.demoter import Demoter
 from tierd.store.dram import DramRoom
