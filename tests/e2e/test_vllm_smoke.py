@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .testmodel import read_spec
-from .vllm_runner import run_vllm
+from .engines import EnginePool
 
 MAX_TOKENS = 8
 LOGPROB_TOL = 1e-5
@@ -38,11 +38,13 @@ def prompts(test_model_dir: Path) -> dict[str, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def two_runs(test_model_dir: Path, prompts: dict[str, list[int]]) -> tuple[dict, dict]:
+def two_runs(test_model_dir: Path, engines: EnginePool, prompts: dict[str, list[int]]) -> tuple[dict, dict]:
     names = list(prompts)
     runs = []
     for _ in range(2):
-        results = run_vllm(test_model_dir, list(prompts.values()), max_tokens=MAX_TOKENS, sequential=True)
+        # two engine processes, each started for this (fresh: not from the pool), in vLLM's production shape
+        results = engines.run(test_model_dir, list(prompts.values()), max_tokens=MAX_TOKENS, sequential=True,
+                              fresh=True)
         runs.append(dict(zip(names, results)))
     return runs[0], runs[1]
 
