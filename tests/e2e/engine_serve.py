@@ -40,6 +40,9 @@ def serve(llm: Any, info: dict[str, Any], reply_fd: int, *, generate: Callable[.
     reply = os.fdopen(reply_fd, "w", buffering=1)
     _send(reply, {"ready": True, **info})
     links = _daemon_links()
+    if "connectors.link" in sys.modules and not links:
+        raise RuntimeError("a tierd connector is loaded but none of its links was found: cannot reconnect it")
+    print(f"tierd test runner: serving, {len(links)} links to tierd", file=sys.stderr, flush=True)
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -65,11 +68,16 @@ def _send(reply: Any, doc: dict[str, Any]) -> None:
 
 
 def _daemon_links() -> list[Any]:
-    """The connector's links to the daemon in this process (scheduler, worker, save queue)."""
-    link_module = sys.modules.get("connectors.link")
-    if link_module is None:  # no tierd connector in this engine
-        return []
-    return [o for o in gc.get_objects() if isinstance(o, link_module.DaemonLink)]
+    """The connector's links to the daemon in this process (scheduler, worker, save queue).
+
+    vLLM freezes the garbage collector after start-up (``gc.freeze``), which hides every object
+    made until then from ``gc.get_objects``: thaw, look, freeze again."""
+    gc.unfreeze()
+    try:
+        return [o for o in gc.get_objects()
+                if type(o).__name__ == "DaemonLink" and type(o).__module__ == "connectors.link"]
+    finally:
+        gc.freeze()
 
 
 def _scheduler(llm: Any) -> Any:
