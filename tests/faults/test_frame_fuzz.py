@@ -25,10 +25,11 @@ from tests.faults.workload import FAULTS, daemon_args, prompt_keys
 from tierd.client import Client
 from tierd.launch import DaemonProcess
 from tierd.rpc import frames
+from tests.faults.counts import fault_count
 
 pytestmark = pytest.mark.faults
 
-EXAMPLES = 2000
+EXAMPLES = fault_count(2000, ci=600)
 
 
 @pytest.fixture(scope="module")
