@@ -14,8 +14,8 @@ and resets vLLM's prefix cache before answering. A call that kills a process und
 drain needs the engine core in the runner process); any other configuration runs one-shot
 through ``run_vllm_doc``, as does a call with ``fresh=True``.
 
-At most ``max_alive`` engines stay up (``TIERD_E2E_ENGINES``, default 3): the least recently
-used is shut down to make room, so memory stays bounded (~2 GiB an engine).
+At most ``max_alive`` engines stay up (``TIERD_E2E_ENGINES``, default 5): the least recently
+used is shut down to make room, so memory stays bounded (an idle engine holds ~1.8 GiB).
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class EnginePool:
 
     def __init__(self, workdir: Path, max_alive: int | None = None) -> None:
         self.workdir = workdir
-        self.max_alive = max_alive or int(os.environ.get("TIERD_E2E_ENGINES", "3"))
+        self.max_alive = max_alive or int(os.environ.get("TIERD_E2E_ENGINES", "5"))
         self._engines: OrderedDict[str, _Engine] = OrderedDict()
         self.starts = 0  # engine start-ups this pool caused (pooled and one-shot)
 
