@@ -382,7 +382,8 @@ def check(r: Report) -> list[str]:
         problems.append(f"predicted prefill off by more than a factor {SANITY_FACTOR} at {off} tokens")
     for d in r.decisions:
         if d.cached_tokens != (d.tokens - 1) // BLOCK * BLOCK:
-            problems.append(f"{d.tokens} tokens: the warm run loaded {d.cached_tokens} tokens, not all but the last block")
+            problems.append(f"{d.tokens} tokens: the warm run loaded {d.cached_tokens} tokens, "
+                            "not all but the last block")
         if d.plan["present_chunks"] != d.tokens // d.plan["chunk_tokens"]:
             problems.append(f"{d.tokens} tokens: the plan saw {d.plan['present_chunks']} chunks present")
     wrong = [d.tokens for d in r.wrong_decisions()]

@@ -47,7 +47,7 @@ def kv_config(socket: str, **extra: Any) -> dict[str, Any]:
 def baseline(test_model_dir, engines) -> dict[tuple[int, ...], dict[str, Any]]:
     """Every prompt without any connector, engine prefix caching off: the reference outputs."""
     results = engines.run(test_model_dir, ALL_PROMPTS, sequential=True, enable_prefix_caching=False,
-                       single_process=True, block_size=BLOCK)
+                          single_process=True, block_size=BLOCK)
     return {tuple(p): r for p, r in zip(ALL_PROMPTS, results)}
 
 
@@ -73,7 +73,7 @@ def tiers(socket: str) -> dict[str, dict[str, Any]]:
 def test_cold_warm_divergent_and_short(test_model_dir, engines, baseline, daemon):
     prompts = [A, A, B, S, S]
     results = engines.run(test_model_dir, prompts, kv_transfer_config=kv_config(daemon.socket), sequential=True,
-                       enable_prefix_caching=False, single_process=True, block_size=BLOCK)
+                          enable_prefix_caching=False, single_process=True, block_size=BLOCK)
     # cold: nothing; warm: A's two full chunks; B shares them; S is shorter than a chunk
     check(results, prompts, baseline, [0, 512, 512, 0, 0])
     t = tiers(daemon.socket)
@@ -83,41 +83,43 @@ def test_cold_warm_divergent_and_short(test_model_dir, engines, baseline, daemon
 
 def test_concurrent_batch_with_overlapping_prefixes(test_model_dir, engines, baseline, daemon):
     cold = engines.run(test_model_dir, Q, kv_transfer_config=kv_config(daemon.socket), enable_prefix_caching=False,
-                    single_process=True, block_size=BLOCK)
+                       single_process=True, block_size=BLOCK)
     check(cold, Q, baseline, [0, 0, 0])
     assert tiers(daemon.socket)["dram"]["chunks"] == 2  # the shared prefix, once
     warm = engines.run(test_model_dir, Q, kv_transfer_config=kv_config(daemon.socket), enable_prefix_caching=False,
-                    single_process=True, block_size=BLOCK)
+                       single_process=True, block_size=BLOCK)
     check(warm, Q, baseline, [512, 512, 512])
     assert tiers(daemon.socket)["dram"]["hits"] == 6
 
 
-def test_two_engines_share_a_daemon_and_nvme_survives_restart(test_model_dir, engines, baseline, daemon_factory, tmp_path):
+def test_two_engines_share_a_daemon_and_nvme_survives_restart(test_model_dir, engines, baseline, daemon_factory,
+                                                              tmp_path):
     nvme = tmp_path / "nvme"
     d = daemon_factory(nvme_dir=nvme)  # "d": the socket of the other tests' engines
     # engine A: a real multi-process engine (scheduler and worker in separate processes)
     check(engines.run(test_model_dir, [LONG], kv_transfer_config=kv_config(d.socket), enable_prefix_caching=False,
-                   block_size=BLOCK), [LONG], baseline, [0])
+                      block_size=BLOCK), [LONG], baseline, [0])
     # engine B, another process: A's prefill is a hit from DRAM
     check(engines.run(test_model_dir, [LONG], kv_transfer_config=kv_config(d.socket), enable_prefix_caching=False,
-                   single_process=True, block_size=BLOCK), [LONG], baseline, [1280])
+                      single_process=True, block_size=BLOCK), [LONG], baseline, [1280])
     assert tiers(d.socket)["dram"]["hits"] == 5
     assert d.stop() == 0  # graceful: DRAM written down to NVMe
     d2 = daemon_factory(nvme_dir=nvme)  # the same socket: engine B reaches it at its next call
     check(engines.run(test_model_dir, [LONG], kv_transfer_config=kv_config(d2.socket), enable_prefix_caching=False,
-                   single_process=True, block_size=BLOCK), [LONG], baseline, [1280])
+                      single_process=True, block_size=BLOCK), [LONG], baseline, [1280])
     t = tiers(d2.socket)
     assert t["nvme"]["hits"] == 5 and t["dram"]["promotions"] == 5
 
 
 def test_with_vllm_prefix_caching_on(test_model_dir, engines, baseline, daemon):
     engines.run(test_model_dir, [LONG], kv_transfer_config=kv_config(daemon.socket), enable_prefix_caching=False,
-             single_process=True, block_size=BLOCK)  # tierd now holds LONG's five chunks
+                single_process=True, block_size=BLOCK)  # tierd now holds LONG's five chunks
     before = tiers(daemon.socket)["dram"]["bytes_out"]
     prompts = [X1, LONG, *FILLERS, LONG]
+    # 24 blocks (3072 tokens): the fillers push LONG out of the engine's own cache
     results = engines.run(test_model_dir, prompts, kv_transfer_config=kv_config(daemon.socket), sequential=True,
-                       enable_prefix_caching=True, single_process=True, block_size=BLOCK,
-                       max_model_len=2048, engine_args={"num_gpu_blocks_override": 24})  # 3072 tokens: fillers evict LONG
+                          enable_prefix_caching=True, single_process=True, block_size=BLOCK,
+                          max_model_len=2048, engine_args={"num_gpu_blocks_override": 24})
     # X1: tierd's two chunks. LONG: the engine's own 512-token hit, tierd the rest up to 1280.
     # After the fillers have pushed LONG out of the engine's cache, tierd serves all of it again.
     check(results, prompts, baseline, [512, 1280, 0, 0, 0, 0, 1280])
@@ -130,9 +132,9 @@ def test_preemption_waits_for_saves_and_the_resumed_request_loads_them(test_mode
     # 13 blocks: two prompts fit (12), the third waits; when both need a 7th block while
     # decoding, one is preempted. Its two chunks were saved at prefill: when it resumes, it
     # loads them from tierd (prefix caching is off, so the engine itself has nothing).
-    doc = engines.run_doc(test_model_dir, TIGHT, kv_transfer_config=kv_config(daemon.socket), enable_prefix_caching=False,
-                       single_process=True, block_size=BLOCK, max_model_len=1024,
-                       engine_args={"num_gpu_blocks_override": 13})
+    doc = engines.run_doc(test_model_dir, TIGHT, kv_transfer_config=kv_config(daemon.socket),
+                          enable_prefix_caching=False, single_process=True, block_size=BLOCK, max_model_len=1024,
+                          engine_args={"num_gpu_blocks_override": 13})
     for r, p in zip(doc["results"], TIGHT, strict=True):
         assert_same(r, baseline[tuple(p)])
     assert "tierd: 1 requests preempted" in doc["log"]  # the engine's log during this call
@@ -145,8 +147,8 @@ def test_daemon_killed_while_engine_runs(test_model_dir, engines, baseline, daem
     daemon = daemon_factory(name="killed")  # a socket of its own: the pool retires the engine after the kill
     prompts = [A, A, B]
     results = engines.run(test_model_dir, prompts, kv_transfer_config=kv_config(daemon.socket), sequential=True,
-                       enable_prefix_caching=False, single_process=True, block_size=BLOCK,
-                       kill_pid_after=(daemon.pid, 0))  # SIGKILL the daemon after the first prompt
+                          enable_prefix_caching=False, single_process=True, block_size=BLOCK,
+                          kill_pid_after=(daemon.pid, 0))  # SIGKILL the daemon after the first prompt
     check(results, prompts, baseline, [0, 0, 0])  # everything recomputed, correctly
     assert daemon.proc.poll() is not None
 
@@ -154,7 +156,7 @@ def test_daemon_killed_while_engine_runs(test_model_dir, engines, baseline, daem
 def test_bad_connector_config_fails_engine_start(test_model_dir, engines, daemon):
     with pytest.raises(VllmRunError, match="chunk_size 100: must be a multiple"):
         engines.run(test_model_dir, [S], kv_transfer_config=kv_config(daemon.socket, chunk_size=100),
-                 single_process=True, block_size=BLOCK, timeout=300)
+                    single_process=True, block_size=BLOCK, timeout=300)
     with pytest.raises(VllmRunError, match="unknown key"):
         engines.run(test_model_dir, [S], kv_transfer_config=kv_config(daemon.socket, chunk_sise=256),
-                 single_process=True, block_size=BLOCK, timeout=300)
+                    single_process=True, block_size=BLOCK, timeout=300)

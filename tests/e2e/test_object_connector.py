@@ -52,11 +52,11 @@ def test_engine_on_another_node_loads_the_prefix_from_the_bucket(test_model_dir,
     a = object_daemons(NODE_A, object_url, extra=OBJECT_ARGS)
     b = object_daemons("node-b", object_url, extra=OBJECT_ARGS)
     cold = engines.run(test_model_dir, [LONG], kv_transfer_config=kv_config(a.socket), enable_prefix_caching=False,
-                    single_process=True, block_size=BLOCK)[0]
+                       single_process=True, block_size=BLOCK)[0]
     assert_same(cold, base)
     _wait_uploaded(a.socket, 5)  # LONG's five full chunks are in the bucket
     warm = engines.run(test_model_dir, [LONG], kv_transfer_config=node_b_config(b.socket), enable_prefix_caching=False,
-                    single_process=True, block_size=BLOCK)[0]
+                       single_process=True, block_size=BLOCK)[0]
     assert_same(warm, base)
     assert warm["num_cached_tokens"] == 1280
     t = tiers(b.socket)
@@ -68,7 +68,7 @@ def test_corrupted_object_is_recomputed_not_served(test_model_dir, engines, base
     a = object_daemons(NODE_A, object_url, extra=OBJECT_ARGS)
     b = object_daemons("node-b", object_url, extra=OBJECT_ARGS)
     engines.run(test_model_dir, [LONG], kv_transfer_config=kv_config(a.socket), enable_prefix_caching=False,
-             single_process=True, block_size=BLOCK)
+                single_process=True, block_size=BLOCK)
     _wait_uploaded(a.socket, 5)
     with Client.connect(a.socket, map_arena=False) as c:
         layout = next(iter(c._call("layouts")["layouts"].values()))
@@ -80,7 +80,7 @@ def test_corrupted_object_is_recomputed_not_served(test_model_dir, engines, base
     # the lookup finds all five chunks; chunk 3 fails its checksum on load: with the recompute
     # policy vLLM recomputes from there
     warm = engines.run(test_model_dir, [LONG], kv_transfer_config=node_b_config(b.socket), enable_prefix_caching=False,
-                    single_process=True, block_size=BLOCK)[0]
+                       single_process=True, block_size=BLOCK)[0]
     assert_same(warm, base)  # chunks 3 and 4 were recomputed
     t = tiers(b.socket)
     assert t["object"]["corrupt"] == 1 and t["object"]["corrupt_deleted"] == 1
