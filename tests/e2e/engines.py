@@ -12,7 +12,8 @@ daemon on the same socket path, see ``conftest.py``), waits for the connector's 
 and resets vLLM's prefix cache before answering. A call that kills a process under the engine
 (``kill_pid_after``) retires that engine afterwards. Only single-process engines are pooled (the
 drain needs the engine core in the runner process); any other configuration runs one-shot
-through ``run_vllm_doc``, as does a call with ``fresh=True``.
+through ``run_vllm_doc``, as does a call with ``fresh=True`` (for a configuration no other test
+uses: it then takes no room in the pool).
 
 At most ``max_alive`` engines stay up (``TIERD_E2E_ENGINES``, default 5): the least recently
 used is shut down to make room, so memory stays bounded (an idle engine holds ~1.8 GiB).
@@ -60,12 +61,16 @@ class _Engine:
             if time.monotonic() > deadline:
                 raise VllmRunError(f"vLLM runner gave no reply within {timeout}s\n{log_tail(self.log_path)}")
 
-    def close(self) -> None:
+    def end_requests(self) -> None:
+        """End of requests: the runner shuts its engine down and exits."""
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             try:
-                self.proc.stdin.close()  # end of requests: the runner shuts the engine down
+                self.proc.stdin.close()
             except BrokenPipeError:
                 pass
+
+    def close(self) -> None:
+        self.end_requests()
         try:
             self.proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
@@ -120,8 +125,12 @@ class EnginePool:
         return {**engine.info, **reply, "log": log, "log_file": None}
 
     def close(self) -> None:
-        while self._engines:
-            self._retire(next(iter(self._engines.values())))
+        engines = list(self._engines.values())
+        self._engines.clear()
+        for engine in engines:
+            engine.end_requests()  # all shut down at once: each takes seconds
+        for engine in engines:
+            engine.close()
 
     # ------------------------------------------------------------------ helpers
 

