@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_connector import BLOCK, CHUNK, assert_same, kv_config
+from tests.waiting import wait_for
 from tierd.client import Client
 from tierd.cost.shape import ModelShape
 from tierd.keys import chunk_keys
 from tierd.layout import Layout
-from tests.waiting import wait_for
 
 SHORT = [random.Random(60).randrange(10, 900) for _ in range(600)]  # two chunks and a tail
 LONG = [random.Random(61).randrange(10, 900) for _ in range(1500)]  # five chunks and a tail

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.client_kills import MODES, ClientKillReport, run_client_kills
 from tests.faults.counts import fault_count
+from tests.faults.client_kills import MODES, ClientKillReport, run_client_kills
 
 pytestmark = pytest.mark.faults
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from tests.faults.daemon_kills import DaemonKillReport, run_daemon_kills
 from tests.faults.counts import fault_count
+from tests.faults.daemon_kills import DaemonKillReport, run_daemon_kills
 
 pytestmark = pytest.mark.faults
 

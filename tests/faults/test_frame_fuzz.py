@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.faults.counts import fault_count
 from tests.faults.frame_fuzz import (
     REPLY_TIMEOUT,
     FuzzReport,
@@ -25,7 +26,6 @@ from tests.faults.workload import FAULTS, daemon_args, prompt_keys
 from tierd.client import Client
 from tierd.launch import DaemonProcess
 from tierd.rpc import frames
-from tests.faults.counts import fault_count
 
 pytestmark = pytest.mark.faults
 
