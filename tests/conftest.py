@@ -1,5 +1,9 @@
 """Shared fixtures: real daemons as subprocesses on sockets in short temp dirs, always stopped;
-a real S3 server (SeaweedFS) for the object tier, started once per session when a test asks."""
+a real S3 server (SeaweedFS) for the object tier, started once per session when a test asks.
+
+Under ``CI=true`` a skipped test fails the run unless it is marked ``gpu`` (needs a CUDA device
+or toolchain): anything else that skips there (a C++ build that failed, a trace not checked
+out, a filesystem without O_DIRECT) is a broken set-up, not a pass."""
 from __future__ import annotations
 
 import os
@@ -108,3 +112,27 @@ def object_daemons(s3: SeaweedS3, tmp_path: Path, short_dir: Path) -> Iterator[O
     yield start
     for d in started:
         d.stop(timeout=30)
+
+
+# ------------------------------------------------------------------ skips under CI
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true, fail the run on any skip of a test not marked `gpu` (see the docstring)."""
+    if not _in_ci():
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    bad = [r for r in skipped if "gpu" not in r.keywords]
+    if not bad:
+        return
+    if reporter is not None:
+        reporter.write_sep("=", f"CI=true: {len(bad)} skipped test(s) not marked gpu", red=True)
+        for r in bad:
+            reason = r.longrepr[2] if isinstance(r.longrepr, tuple) else str(r.longrepr)
+            reporter.write_line(f"{r.nodeid}: {reason}")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -262,6 +262,7 @@ def test_bit_packing_round_trips(bits: int, values: list[int]) -> None:
     assert torch.equal(unpack_bits(packed, bits, len(values)), indices)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_path_matches_cpu() -> None:
     layout = small()

@@ -34,7 +34,8 @@ def _no_cuda_reason() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_no_cuda_reason() is not None, reason=str(_no_cuda_reason()))
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(_no_cuda_reason() is not None, reason=str(_no_cuda_reason()))]
 
 
 def _gpu_kv(seed: int) -> dict[str, torch.Tensor]:

@@ -19,7 +19,6 @@ from typing import Any
 
 
 from tests.e2e.test_connector import BLOCK, assert_same, kv_config, tiers
-from tests.e2e.vllm_runner import run_vllm
 from tests.waiting import wait_for
 from tierd.client import Client
 
@@ -41,13 +40,13 @@ def agreement(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> dict[str
             "tokens_before_divergence": before / sum(len(w["token_ids"]) for w in want)}
 
 
-def test_codec_tier_hits_against_recompute(test_model_dir, daemon_factory, tmp_path):
+def test_codec_tier_hits_against_recompute(test_model_dir, engines, daemon_factory, tmp_path):
     url = f"file://{tmp_path / 'bucket'}"
     objects = ("--object-url", url, "--object-codec", "int8k-tq3v", "--object-lookup-budget", "2", "--no-calibrate")
-    d = daemon_factory("codec", extra=("--nvme-codec", "zstd-shuffle:1", "--node-id", "a", *objects))
+    d = daemon_factory(extra=("--nvme-codec", "zstd-shuffle:1", "--node-id", "a", *objects))
     run = dict(sequential=True, enable_prefix_caching=False, single_process=True, block_size=BLOCK,
                max_tokens=MAX_TOKENS)
-    cold = run_vllm(test_model_dir, PROMPTS, kv_transfer_config=kv_config(d.socket, load_plan=False), **run)
+    cold = engines.run(test_model_dir, PROMPTS, kv_transfer_config=kv_config(d.socket, load_plan=False), **run)
     assert [r["num_cached_tokens"] for r in cold] == [0] * len(PROMPTS)
     chunks = 2 * len(PROMPTS)
     with Client.connect(d.socket, map_arena=False) as c:
@@ -58,7 +57,7 @@ def test_codec_tier_hits_against_recompute(test_model_dir, daemon_factory, tmp_p
         c.evict(tier="dram", everything=True)  # written down to NVMe through zstd-shuffle:1
         assert all(c.lookup([k]).tiers == ["nvme"] for k in keys)
 
-    warm = run_vllm(test_model_dir, PROMPTS, kv_transfer_config=kv_config(d.socket, load_plan=False), **run)
+    warm = engines.run(test_model_dir, PROMPTS, kv_transfer_config=kv_config(d.socket, load_plan=False), **run)
     assert [r["num_cached_tokens"] for r in warm] == [512] * len(PROMPTS)
     t = tiers(d.socket)
     nvme, obj = t["nvme"], t["object"]
@@ -68,10 +67,10 @@ def test_codec_tier_hits_against_recompute(test_model_dir, daemon_factory, tmp_p
         assert_same(g, w)
     d.stop()
 
-    b = daemon_factory("codec-b", nvme="0", extra=("--node-id", "b", *objects))  # reads the bucket only
+    b = daemon_factory(nvme="0", nvme_dir=tmp_path / "b-nvme", extra=("--node-id", "b", *objects))  # the bucket only
     with Client.connect(b.socket, map_arena=False) as c:
         wait_for("the bucket's chunks", lambda: all(c.lookup([k]).tiers == ["object"] for k in keys))
-    lossy = run_vllm(test_model_dir, PROMPTS, kv_transfer_config=kv_config(b.socket, load_plan=False), **run)
+    lossy = engines.run(test_model_dir, PROMPTS, kv_transfer_config=kv_config(b.socket, load_plan=False), **run)
     assert [r["num_cached_tokens"] for r in lossy] == [512] * len(PROMPTS)
     assert tiers(b.socket)["dram"]["promotions"] == chunks  # every loaded chunk came from the lossy objects
     figures = agreement(lossy, cold)

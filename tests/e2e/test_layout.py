@@ -7,18 +7,17 @@ import random
 import torch
 
 from tests.e2e.test_connector import BLOCK, kv_config
-from tests.e2e.vllm_runner import run_vllm
 from tierd.client import Client
 from tierd.keys import chunk_keys
 from tierd.layout import Layout
 
 
-def test_stored_chunk_matches_transformers_kv(test_model_dir, daemon):
+def test_stored_chunk_matches_transformers_kv(test_model_dir, engines, daemon):
     from transformers import AutoModelForCausalLM
 
     tokens = [random.Random(7).randrange(10, 900) for _ in range(300)]
-    run_vllm(test_model_dir, [tokens], kv_transfer_config=kv_config(daemon.socket), enable_prefix_caching=False,
-             single_process=True, block_size=BLOCK, max_tokens=1)
+    engines.run(test_model_dir, [tokens], kv_transfer_config=kv_config(daemon.socket), enable_prefix_caching=False,
+                single_process=True, block_size=BLOCK, max_tokens=1)
     model = AutoModelForCausalLM.from_pretrained(test_model_dir, dtype=torch.float32)
     with torch.no_grad():
         cache = model(torch.tensor([tokens]), use_cache=True).past_key_values

@@ -11,7 +11,6 @@ import obstore
 import pytest
 
 from tests.e2e.test_connector import BLOCK, LONG, assert_same, kv_config, tiers
-from tests.e2e.vllm_runner import run_vllm
 from tierd.client import Client
 from tierd.keys import chunk_keys
 from tierd.layout import Layout
@@ -21,12 +20,21 @@ from tierd.tiers.object.bucket import open_store
 # A generous lookup budget: on a loaded 2-core CI machine a 50 ms budget can end before the
 # first wave of HEADs answers, and the test would then (correctly) load less than it checks for.
 OBJECT_ARGS = ("--object-lookup-budget", "2s")
+#: Node A is named "d": its socket is that of the other e2e tests' daemons, so its engine is theirs.
+NODE_A = "d"
+
+
+def node_b_config(socket: str) -> dict:
+    """Node B's engine in both tests: a chunk that fails its checksum on load is recomputed (the
+    default, "fail", would fail the request instead). The same configuration in both tests, so
+    one engine serves both; where every load succeeds the policy changes nothing."""
+    return {**kv_config(socket), "kv_load_failure_policy": "recompute"}
 
 
 @pytest.fixture(scope="module")
-def base(test_model_dir):
+def base(test_model_dir, engines):
     """LONG without any connector: the reference output."""
-    return run_vllm(test_model_dir, [LONG], enable_prefix_caching=False, single_process=True, block_size=BLOCK)[0]
+    return engines.run(test_model_dir, [LONG], enable_prefix_caching=False, single_process=True, block_size=BLOCK)[0]
 
 
 def _wait_uploaded(socket: str, n: int, timeout: float = 60.0) -> None:
@@ -39,16 +47,16 @@ def _wait_uploaded(socket: str, n: int, timeout: float = 60.0) -> None:
         time.sleep(0.05)  # polling with a deadline
 
 
-def test_engine_on_another_node_loads_the_prefix_from_the_bucket(test_model_dir, base, object_daemons, object_url,
-                                                                 s3):
-    a = object_daemons("node-a", object_url, extra=OBJECT_ARGS)
+def test_engine_on_another_node_loads_the_prefix_from_the_bucket(test_model_dir, engines, base, object_daemons,
+                                                                 object_url, s3):
+    a = object_daemons(NODE_A, object_url, extra=OBJECT_ARGS)
     b = object_daemons("node-b", object_url, extra=OBJECT_ARGS)
-    cold = run_vllm(test_model_dir, [LONG], kv_transfer_config=kv_config(a.socket), enable_prefix_caching=False,
-                    single_process=True, block_size=BLOCK)[0]
+    cold = engines.run(test_model_dir, [LONG], kv_transfer_config=kv_config(a.socket), enable_prefix_caching=False,
+                       single_process=True, block_size=BLOCK)[0]
     assert_same(cold, base)
     _wait_uploaded(a.socket, 5)  # LONG's five full chunks are in the bucket
-    warm = run_vllm(test_model_dir, [LONG], kv_transfer_config=kv_config(b.socket), enable_prefix_caching=False,
-                    single_process=True, block_size=BLOCK)[0]
+    warm = engines.run(test_model_dir, [LONG], kv_transfer_config=node_b_config(b.socket), enable_prefix_caching=False,
+                       single_process=True, block_size=BLOCK)[0]
     assert_same(warm, base)
     assert warm["num_cached_tokens"] == 1280
     t = tiers(b.socket)
@@ -56,11 +64,11 @@ def test_engine_on_another_node_loads_the_prefix_from_the_bucket(test_model_dir,
     assert t["dram"]["promotions"] == 5 and t["object"]["used_bytes"] == 0  # b read, wrote nothing of its own
 
 
-def test_corrupted_object_is_recomputed_not_served(test_model_dir, base, object_daemons, object_url, s3):
-    a = object_daemons("node-a", object_url, extra=OBJECT_ARGS)
+def test_corrupted_object_is_recomputed_not_served(test_model_dir, engines, base, object_daemons, object_url, s3):
+    a = object_daemons(NODE_A, object_url, extra=OBJECT_ARGS)
     b = object_daemons("node-b", object_url, extra=OBJECT_ARGS)
-    run_vllm(test_model_dir, [LONG], kv_transfer_config=kv_config(a.socket), enable_prefix_caching=False,
-             single_process=True, block_size=BLOCK)
+    engines.run(test_model_dir, [LONG], kv_transfer_config=kv_config(a.socket), enable_prefix_caching=False,
+                single_process=True, block_size=BLOCK)
     _wait_uploaded(a.socket, 5)
     with Client.connect(a.socket, map_arena=False) as c:
         layout = next(iter(c._call("layouts")["layouts"].values()))
@@ -70,10 +78,9 @@ def test_corrupted_object_is_recomputed_not_served(test_model_dir, base, object_
     raw[HEADER_BYTES + 4096] ^= 0x01  # one bit of chunk 3's KV, behind every daemon's back
     obstore.put(store, object_path(keys[3]), bytes(raw))
     # the lookup finds all five chunks; chunk 3 fails its checksum on load: with the recompute
-    # policy vLLM recomputes from there (the default, "fail", would fail the request instead)
-    config = {**kv_config(b.socket), "kv_load_failure_policy": "recompute"}
-    warm = run_vllm(test_model_dir, [LONG], kv_transfer_config=config, enable_prefix_caching=False,
-                    single_process=True, block_size=BLOCK)[0]
+    # policy vLLM recomputes from there
+    warm = engines.run(test_model_dir, [LONG], kv_transfer_config=node_b_config(b.socket), enable_prefix_caching=False,
+                       single_process=True, block_size=BLOCK)[0]
     assert_same(warm, base)  # chunks 3 and 4 were recomputed
     t = tiers(b.socket)
     assert t["object"]["corrupt"] == 1 and t["object"]["corrupt_deleted"] == 1

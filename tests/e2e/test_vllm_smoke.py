@@ -2,8 +2,10 @@
 deterministic across engine processes, its outputs depend on the context, and a prefix-cache
 hit reproduces what computing the prefix gives.
 
-Two engines run (about 50 s each on the 2-core dev machine), each on the same prompts, one
-``generate`` call per prompt in order.
+Two engine processes run the same prompts, one ``generate`` call per prompt in order: one in
+vLLM's production shape (scheduler and worker in separate processes, started for this test,
+~40 s on the 2-core dev machine) and one with both in the runner process (the shape of the
+session's pooled engines, which the connector tests compare against): the outputs are the same.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from .testmodel import read_spec
-from .vllm_runner import run_vllm
+from .engines import EnginePool
 
 MAX_TOKENS = 8
 LOGPROB_TOL = 1e-5
@@ -38,11 +40,12 @@ def prompts(test_model_dir: Path) -> dict[str, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def two_runs(test_model_dir: Path, prompts: dict[str, list[int]]) -> tuple[dict, dict]:
+def two_runs(test_model_dir: Path, engines: EnginePool, prompts: dict[str, list[int]]) -> tuple[dict, dict]:
     names = list(prompts)
     runs = []
-    for _ in range(2):
-        results = run_vllm(test_model_dir, list(prompts.values()), max_tokens=MAX_TOKENS, sequential=True)
+    for single_process in (False, True):
+        results = engines.run(test_model_dir, list(prompts.values()), max_tokens=MAX_TOKENS, sequential=True,
+                              single_process=single_process)
         runs.append(dict(zip(names, results)))
     return runs[0], runs[1]
 

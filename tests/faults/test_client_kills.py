@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.faults.counts import fault_count
 from tests.faults.client_kills import MODES, ClientKillReport, run_client_kills
 
 pytestmark = pytest.mark.faults
 
-KILLS = 20
+KILLS = fault_count(20, ci=9)
 
 
 @pytest.fixture(scope="module")

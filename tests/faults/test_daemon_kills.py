@@ -7,11 +7,12 @@ import math
 
 import pytest
 
+from tests.faults.counts import fault_count
 from tests.faults.daemon_kills import DaemonKillReport, run_daemon_kills
 
 pytestmark = pytest.mark.faults
 
-KILLS = 15
+KILLS = fault_count(15, ci=6)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.faults.counts import fault_count
 from tests.faults.frame_fuzz import (
     REPLY_TIMEOUT,
     FuzzReport,
@@ -28,7 +29,7 @@ from tierd.rpc import frames
 
 pytestmark = pytest.mark.faults
 
-EXAMPLES = 2000
+EXAMPLES = fault_count(2000, ci=600)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,8 @@ def _no_cuda_reason() -> str | None:
     return None
 
 
+pytestmark = pytest.mark.gpu  # the CUDA kernels and toolchain: nothing here runs on a CPU-only machine
+
 NO_CUDA = _no_cuda_reason()
 needs_cuda = pytest.mark.skipif(NO_CUDA is not None, reason=str(NO_CUDA))
 

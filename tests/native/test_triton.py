@@ -54,6 +54,7 @@ def test_interpreted_kernel_handles_heads_larger_than_one_tile():
     _check_gather(built, runs, 1, 16, triton_copy.TritonCopier(built.cache))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason=GPU_WHY)
 @pytest.mark.parametrize("kind", ["gpu_LBNHC", "gpu_BLHNC", "gpu_padded", "kv_first"])
 def test_compiled_kernel_matches_reference_on_the_device(kind):

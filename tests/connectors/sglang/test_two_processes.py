@@ -2,28 +2,20 @@
 one daemon: what one stores, the other finds and reads byte for byte."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 from sglang.srt.mem_cache.utils import get_hash_str
 
 from connectors.sglang.pages import HostPages
-from tests.connectors.sglang.conftest import BackendFactory
+from tests.connectors.sglang.conftest import BackendFactory, Peer
 from tests.connectors.sglang.pools import PAGE, fill_random, make_pool
 
-REPO = Path(__file__).resolve().parents[3]
 
-
-def test_pages_stored_by_another_process_are_found_and_identical(daemon: Any, backend_factory: BackendFactory) -> None:
+def test_pages_stored_by_another_process_are_found_and_identical(daemon: Any, backend_factory: BackendFactory,
+                                                                  sglang_peer: Peer) -> None:
     seed, n = 4242, 6
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-m", "tests.connectors.sglang.peer", daemon.socket, "mha",
-                           "page_first", str(seed), str(n)], capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"stored": [True] * n}
+    assert sglang_peer.store(daemon.socket, "mha", "page_first", seed, n) == [True] * n
 
     # the peer's pool, rebuilt here from its seed: what the pages must hold
     theirs = make_pool("mha", "page_first")
