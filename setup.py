@@ -52,5 +52,5 @@ setup(
         "bench": [TORCH, "matplotlib>=3.8", "tqdm>=4.66"],
         "plot": ["matplotlib>=3.8"],
     },
-    entry_points={"console_scripts": ["tierd=tierd.cli:main"]},
+    entry_points={"console_scripts": ["tierd=tierd.cli:entry"]},
 )

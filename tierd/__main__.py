@@ -1,6 +1,4 @@
 """`python -m tierd` is the `tierd` command."""
-import sys
+from tierd.cli import entry
 
-from tierd.cli import main
-
-sys.exit(main())
+entry()
