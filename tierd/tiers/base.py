@@ -91,7 +91,10 @@ class LowerTier(Protocol):
 
     name: str
     shared: bool
-    url: str | None  # where the copies live, for reports and the metadata file (None: local)
+
+    @property
+    def url(self) -> str | None:
+        """Where the copies live, for reports and the metadata file (None: a local tier)."""
 
     def use_layouts(self, layouts: Mapping[str, Layout]) -> None:
         """The layouts registered with the store (a codec needs a chunk's layout to encode and
