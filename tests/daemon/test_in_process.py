@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SMALL, payload_for
+from tests.waiting import wait_until
 from tierd.client import AsyncClient
 from tierd.config import Config
 from tierd.daemon.server import Daemon
@@ -20,15 +20,6 @@ from tierd.errors import InternalError
 from tierd.keys import chunk_keys
 from tierd.mrc.observer import AccessObserver
 from tierd.store import TieredStore
-
-
-async def _until(what: str, condition: Callable[[], Any], timeout: float = 30.0) -> None:
-    """Wait, without blocking the loop the daemon runs on, until `condition()` holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f}s for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -42,7 +33,7 @@ async def in_process(tmp_path: Path, short_dir: Path) -> AsyncIterator[Callable[
         daemon = Daemon(config)
         task = asyncio.create_task(daemon.run())
         running.append((daemon, task))
-        await _until("the daemon's socket", lambda: task.done() or daemon._server is not None)
+        await wait_until("the daemon's socket", lambda: task.done() or daemon._server is not None)
         assert not task.done(), task.exception()
         return daemon
 
@@ -113,7 +104,7 @@ async def test_a_crash_in_the_observers_drain_loop_is_logged_and_the_loop_keeps_
             await asyncio.wait_for(crashed.wait(), 30)
             for _ in range(3):
                 await client.lookup(keys)
-            await _until("the restarted drain loop to count the lookups", lambda: observer.requests >= 3)
+            await wait_until("the restarted drain loop to count the lookups", lambda: observer.requests >= 3)
         assert observer.alive() and observer._task is not None and observer._task.restarts == 1
         died = [r for r in caplog.records if "tierd-access-observer died" in r.getMessage()]
         assert died and died[0].exc_info and "a bug in the drain" in str(died[0].exc_info[1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -156,13 +156,3 @@ def check_invariants(store: TieredStore, quotas_of: Sequence[str] = ()) -> None:
             limit = store.quotas.limits.get(ns)
             if limit is not None:
                 assert on_tier <= limit and dram_bytes <= limit, (ns, lower.name, on_tier, dram_bytes, limit)
-
-
-async def until(what: str, condition: Callable[[], object], timeout: float = 10.0) -> None:
-    """Poll `condition` on the running loop until it is truthy; TimeoutError naming `what`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f}s for {what}")
-        await asyncio.sleep(0.002)

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import SMALL, payload_for
-from tests.store.stores import NVME, build_store, check_invariants, get, nvme_files, put, settle, until
+from tests.store.stores import NVME, build_store, check_invariants, get, nvme_files, put, settle
+from tests.waiting import wait_until
 from tests.waiting import wait_for
 from tierd.client import Client
 from tierd.errors import InvalidArgumentError
@@ -359,7 +360,7 @@ async def test_a_crashed_demoter_is_logged_and_restarted(tmp_path, caplog):
         with caplog.at_level(logging.ERROR, logger="tierd.supervise"):
             keys = _keys(13, 4)
             assert await put(store, SMALL, "default", keys) == keys  # over the high watermark: the demoter wakes
-            await until("the demoter to die and come back", lambda: store.background_restarts() == 1)
+            await wait_until("the demoter to die and come back", lambda: store.background_restarts() == 1)
             assert store.background_alive()
             # This put waits for room and wakes the demoter, which dies again while the put
             # waits: the restarted demoter must still make that room (within the put's deadline).

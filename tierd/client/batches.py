@@ -20,10 +20,31 @@ if TYPE_CHECKING:
     from tierd.client.sync import Client
 
 
-class PutBatch:
+class _SlotViews:
+    """Views into the arena of a batch's slots (None: that chunk has no slot here)."""
+
+    client: "Client | AsyncClient"
+    layout: Layout
+    slots: list[int | None]
+    #: Why a chunk without a slot cannot be viewed, for the IndexError.
+    _no_slot = "has no slot"
+
+    def view(self, i: int) -> np.ndarray:
+        slot = self.slots[i]
+        if slot is None:
+            raise IndexError(f"chunk {i} {self._no_slot}")
+        return self.client.view(slot, self.layout.chunk_bytes)
+
+    def tensor(self, i: int) -> Any:
+        return as_tensor(self.view(i), self.layout)
+
+
+class PutBatch(_SlotViews):
     """Slots reserved for a put. Write each chunk into `view(i)` (or `tensor(i)`), then leave the
     `with` block (or call `commit()`); on an exception the reservation is aborted instead.
     `Client` makes these, `AsyncClient` the `AsyncPutBatch` below: each variant talks to its own."""
+
+    _no_slot = "has no reserved slot (already stored or no room)"
 
     def __init__(self, client: "Client | AsyncClient", layout: Layout, keys: Sequence[bytes],
                  slots: list[int | None]) -> None:
@@ -39,15 +60,6 @@ class PutBatch:
         """Mark the batch done; the keys its commit or abort names."""
         self.done = True
         return [self.keys[i] for i in self.reserved]
-
-    def view(self, i: int) -> np.ndarray:
-        slot = self.slots[i]
-        if slot is None:
-            raise IndexError(f"chunk {i} has no reserved slot (already stored or no room)")
-        return self.client.view(slot, self.layout.chunk_bytes)
-
-    def tensor(self, i: int) -> Any:
-        return as_tensor(self.view(i), self.layout)
 
     def commit(self) -> int:
         keys = self._finish()
@@ -70,22 +82,15 @@ class PutBatch:
             self.abort()
 
 
-class GetLease:
+class GetLease(_SlotViews):
     """A lease on the leading present chunks of a get; `count` of them are readable."""
+
+    _no_slot = "is not available in this lease"
 
     def __init__(self, client: "Client | AsyncClient", layout: Layout, lease: int, slots: list[int | None]) -> None:
         self.client, self.layout, self.lease, self.slots = client, layout, lease, slots
         self.count = next((i for i, s in enumerate(slots) if s is None), len(slots))
         self.released = False
-
-    def view(self, i: int) -> np.ndarray:
-        slot = self.slots[i]
-        if slot is None:
-            raise IndexError(f"chunk {i} is not available in this lease")
-        return self.client.view(slot, self.layout.chunk_bytes)
-
-    def tensor(self, i: int) -> Any:
-        return as_tensor(self.view(i), self.layout)
 
     def _finish(self) -> bool:
         """Mark the lease released; whether the release still has to be sent."""

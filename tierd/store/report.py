@@ -66,6 +66,7 @@ def stat(store: "TieredStore") -> dict[str, Any]:
         "writedown_failing": store.writedown_failing,
         "dropped_unwritten": store.dram_room.dropped_unwritten,
         "background_restarts": store.background_restarts(),
+        "demoter": store.demoter.state,
         "arena_path": str(store.arena.path),
         "arena_bytes": store.arena.size,
     }
