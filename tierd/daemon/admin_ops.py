@@ -11,9 +11,10 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import tierd
-from tierd.daemon.scope import Bindings, check_key_lengths
+from tierd.daemon.scope import Bindings
 from tierd.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError, shown
 from tierd.store import Session, TieredStore
+from tierd.store.chunk import check_keys
 
 if TYPE_CHECKING:
     from tierd.mrc.observer import AccessObserver
@@ -85,7 +86,7 @@ class AdminOps:
         scope = self.bindings.bound(session)
         if scope is None:
             return await self.store.inspect(key)
-        check_key_lengths([key])
+        check_keys([key])
         hidden = NotFoundError(f"key {key.hex()} is not stored")  # the store's words: nothing to tell apart
         if not scope.visible(self.store.index.get(key), unknown_ok=True) and key in self.store.index:
             raise hidden

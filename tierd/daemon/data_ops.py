@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from tierd.daemon.scope import Bindings, check_key_lengths
+from tierd.daemon.scope import Bindings
 from tierd.layout import Layout
 from tierd.store import ABSENT, Session, TieredStore
+from tierd.store.chunk import check_keys
 
 #: The cost model's plan for a lookup: (the plan request, the codes of the present prefix) -> reply.
 Planner = Callable[[dict[str, Any], bytes], dict[str, Any]]
@@ -72,7 +73,7 @@ class DataOps:
         if scope is None:
             lease, slots = await self.store.acquire(session, layout_id, keys, prefix_only=prefix_only)
             return {"lease": lease, "slots": slots}
-        check_key_lengths(keys)
+        check_keys(keys)
         index = self.store.index
         unknown_ok = True  # first pass: chunks found in the object tier get their namespace on read
         for _ in range(2):

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from tierd.cost.models import LayoutModels
-from tierd.daemon.scope import Bindings, check_key_lengths
+from tierd.daemon.scope import Bindings
 from tierd.errors import InvalidArgumentError
 from tierd.store import Session, TieredStore
+from tierd.store.chunk import check_keys
 
 
 class PlanOps:
@@ -70,7 +71,7 @@ class PlanOps:
         tier_names = self.store.tier_names
         scope = self.bindings.bound(session)
         if scope is not None:
-            check_key_lengths(keys)
+            check_keys(keys)
         rows, codes = [], bytearray()
         for key in keys:
             c = self.store.index.get(key)

@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-from tierd.errors import InvalidArgumentError, PermissionDeniedError, shown
-from tierd.keys import KEY_BYTES, check_namespace
+from tierd.errors import PermissionDeniedError
+from tierd.keys import check_namespace
+from tierd.store.chunk import check_keys
 
 if TYPE_CHECKING:
     from tierd.store import Session
@@ -88,15 +89,6 @@ class Bindings:
         scope = self.bound(session)
         if scope is None:
             return keys
-        check_key_lengths(keys)
+        check_keys(keys)  # a bad key is still an error for a bound connection, not a silent miss
         return [k for k in keys if scope.visible(self.index.get(k))]
 
-
-def check_key_lengths(keys: list[bytes]) -> None:
-    """What the store checks, done before a bound connection's keys are filtered (so a bad key
-    is still an error, not a silent miss)."""
-    bad = next((k for k in keys if len(k) != KEY_BYTES), None)
-    if bad is not None:
-        raise InvalidArgumentError(
-            f"key {shown(bad)}: keys are {KEY_BYTES}-byte binary values (tierd.keys.chunk_keys makes them)"
-        )

@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from tierd.errors import InvalidArgumentError
+from tierd.errors import InvalidArgumentError, shown
 from tierd.keys import KEY_BYTES, check_namespace
 
 DRAM = "dram"
@@ -110,7 +110,7 @@ def check_keys(keys: Sequence[Any]) -> None:
     if set(map(type, keys)) - {bytes} or set(map(len, keys)) - {KEY_BYTES}:
         bad = next(k for k in keys if not isinstance(k, bytes) or len(k) != KEY_BYTES)
         raise InvalidArgumentError(
-            f"key {bad!r}: keys are {KEY_BYTES}-byte binary values (tierd.keys.chunk_keys makes them)"
+            f"key {shown(bad)}: keys are {KEY_BYTES}-byte binary values (tierd.keys.chunk_keys makes them)"
         )
 
 
