@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import SMALL, payload_for
+from tests.waiting import wait_for
 from tierd.client import Client
 from tierd.keys import chunk_keys
 from tierd.layout import Layout
@@ -127,6 +128,9 @@ def test_sixteen_concurrent_clients(daemon_factory):
                 own = chunk_keys(SMALL, _tokens(200 + n, 256 * 6))
                 for keys in (shared, own):
                     c.put_chunks(SMALL, keys, [payload_for(k, SMALL.chunk_bytes) for k in keys])
+                # Only one worker's reserve of the shared prefix wins; the others store nothing of
+                # it and, until the winner commits, a get of it is rightly a miss.
+                wait_for("the shared prefix to be committed", lambda: c.lookup(shared).prefix == len(shared))
                 for keys in (shared, own):
                     got = c.get_chunks(SMALL, keys)
                     assert len(got) == len(keys)
