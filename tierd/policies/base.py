@@ -5,6 +5,15 @@ the store walks `candidates()` and skips what may not move (pinned, leased, in f
 policy needs no knowledge of leases or moves. Keys may belong to a group (the store uses the
 namespace): `candidates(group)` is the tier's order restricted to that group, so a namespace
 over its quota finds its own first victim without walking every other namespace's chunks.
+
+What a KV cache knows and a generic cache does not is passed along with every touch: `depth`,
+the chunk's position in the prompt that wrote or read it. Keys are chained (a chunk's key names
+its whole prefix), so a chunk is useful only while every shallower chunk of its prompt is
+cached too; policies that use prefix structure read it from `depth`, the others ignore it.
+
+`remove` is called when a copy leaves the tier for any reason (an eviction the store chose from
+`candidates`, an explicit delete, a corrupt copy): policies that keep ghosts of evicted keys
+(ARC, S3-FIFO) treat every removal as an eviction.
 """
 from __future__ import annotations
 
@@ -15,9 +24,13 @@ from typing import Iterator
 class EvictionPolicy(ABC):
     """Orders one tier's copies for eviction; one instance per tier (and per purpose)."""
 
+    #: The name `--dram-policy` / `--nvme-policy` and `tierd mrc --policy` use.
+    name: str = ""
+
     @abstractmethod
-    def touch(self, key: bytes, group: str = "") -> None:
-        """A copy was added or used (insert if new); `group` moves it if it changed."""
+    def touch(self, key: bytes, group: str = "", depth: int = 0) -> None:
+        """A copy was added or used (insert if new); `group` moves it if it changed; `depth` is
+        the chunk's position in its prompt (0 = the first chunk)."""
 
     @abstractmethod
     def remove(self, key: bytes) -> None:
@@ -25,8 +38,10 @@ class EvictionPolicy(ABC):
 
     @abstractmethod
     def candidates(self, group: str | None = None) -> Iterator[bytes]:
-        """Keys (of `group`, or all), the one to evict first first. Do not change the policy
-        while iterating."""
+        """Keys (of `group`, or all), the one to evict first first; every held key exactly once.
+        A policy may reorganise its own state when called (S3-FIFO's reinsertions), but must
+        not change while the iterator is consumed, and the caller must not touch or remove keys
+        while it consumes one."""
 
     @abstractmethod
     def __contains__(self, key: bytes) -> bool: ...

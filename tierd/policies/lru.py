@@ -22,8 +22,11 @@ class LRUPolicy(EvictionPolicy):
         self._groups: dict[str, OrderedDict[bytes, None]] = {}
         self._group_of: dict[bytes, str] = {}
 
-    def touch(self, key: bytes, group: str = "") -> None:
-        """Record an access (insert if new), in `group` (a key moves if its group changed)."""
+    name = "lru"
+
+    def touch(self, key: bytes, group: str = "", depth: int = 0) -> None:
+        """Record an access (insert if new), in `group` (a key moves if its group changed);
+        LRU ignores `depth`."""
         self._order[key] = None
         self._order.move_to_end(key)
         old = self._group_of.get(key)

@@ -54,14 +54,14 @@ class DramRoom:
         """`c`'s bytes are in `slot` now (a commit or a promotion). The caller charged its quota."""
         c.slot = slot
         self.index.retier(c)
-        self.policy.touch(c.key, c.namespace)
+        self.policy.touch(c.key, c.namespace, c.position)
         self.stats.chunks += 1
         self.stats.bytes_in += c.size
         self.check_pressure()
 
     def touch(self, c: Chunk) -> None:
         """A hit: `c` is the most recently used copy now."""
-        self.policy.touch(c.key, c.namespace)
+        self.policy.touch(c.key, c.namespace, c.position)
         if c.key in self.index.clean:
             self.index.clean.touch(c.key)
         self.stats.bytes_out += c.size

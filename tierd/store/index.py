@@ -82,7 +82,7 @@ class ChunkIndex(dict[bytes, Chunk]):
             lower.stats.chunks += 1
         c.lower[lower.name] = stored
         if owned:
-            lower.policy.touch(c.key, c.namespace)
+            lower.policy.touch(c.key, c.namespace, c.position)
         self.retier(c)
 
     def forget_lower_copy(self, c: Chunk, lower: Lower) -> None:
@@ -111,7 +111,7 @@ class ChunkIndex(dict[bytes, Chunk]):
                 self.quotas.charge(name, c.namespace, -stored)
                 self.quotas.charge(name, namespace, stored)
             if lower.owns(c.key):
-                lower.policy.touch(c.key, namespace)
+                lower.policy.touch(c.key, namespace, c.position)
         c.namespace = namespace
 
     def index_found(self, found: Sequence[Found], shared: Lower) -> None:

@@ -215,7 +215,7 @@ class Moves:
         self.dram.stats.promotions += 1
         lower.stats.bytes_out += c.size
         if lower.owns(c.key) or not lower.shared:  # recency of the copies this node owns
-            lower.policy.touch(c.key, c.namespace)
+            lower.policy.touch(c.key, c.namespace, c.position)
         return True
 
     def _give_back(self, slot: int, nbytes: int, namespace: str) -> None:
