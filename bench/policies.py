@@ -127,6 +127,8 @@ def print_target_table(rows: list[Row], policies: list[str]) -> None:
     for p in policies:
         gaps = [(r.policies[p] - r.policies["lru"], f"{r.trace} {r.capacity:,}") for r in rows if "lru" in r.policies]
         worst = min(gaps) if gaps else (float("nan"), "-")
+        if worst[0] >= 0:
+            worst = (worst[0], "never below LRU")
         of_opt = f"{anchor.policies[p] / anchor.opt:.2f}" if anchor and anchor.opt else "-"
         print(f"| {p}{' (default)' if p == DEFAULT_POLICY else ''} | {worst[0]:+.4f} | {worst[1]} | {of_opt} |")
 
