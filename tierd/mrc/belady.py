@@ -22,8 +22,8 @@ Speed: the next-use position of every reference comes from one numpy pass; each 
 then one loop over the references with a max-heap of (next use, key) entries and lazy deletion
 (an entry is stale once its key was used again or evicted). Chunks never used again (most of a
 serving trace: every prompt's unshared tail) skip the heap: they wait on a stack and are the
-first victims. About a third of a second per capacity for the 288,500-reference Mooncake
-conversation trace.
+first victims. About 0.1 s per capacity for the 288,500-reference Mooncake conversation trace
+(3.4 s for the 37 capacities of `tierd mrc`'s default grid on it).
 """
 from __future__ import annotations
 
