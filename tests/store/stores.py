@@ -127,7 +127,8 @@ def check_invariants(store: TieredStore, quotas_of: Sequence[str] = ()) -> None:
     assert store.dram.chunks == len(in_dram)
     assert len({c.slot for c in in_dram}) == len(in_dram)
     assert set(store.dram_room.policy.candidates()) == {c.key for c in in_dram}
-    assert {k for k in store.index.clean.candidates()} == {c.key for c in in_dram if store.index.written_down(c)}
+    assert set(store.index.clean) == {c.key for c in in_dram if c.declined or store.index.written_down(c)}
+    assert store.index.clean_bytes == sum(c.size for c in in_dram if c.key in store.index.clean)
     # each lower tier: used bytes are its copies' bytes; NVMe's copies are exactly the files on disk
     for lower in store.lower:
         copies = {c.key: c.lower[lower.name] for c in chunks if lower.name in c.lower}

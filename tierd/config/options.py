@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tierd.config.parsers import (
+    parse_admission,
     parse_bool,
     parse_capacity,
     parse_codec,
@@ -29,6 +30,7 @@ from tierd.config.parsers import (
     parse_object_write,
     parse_optional_path,
     parse_path,
+    parse_policy,
     parse_port,
     parse_quotas,
     parse_seconds,
@@ -108,6 +110,17 @@ OPTIONS: tuple[Option, ...] = (
            "write only chunks of that namespace (default: off)"),
     Option("progress_interval", parse_seconds, "SECONDS",
            "seconds between progress lines of long start-up and shutdown steps (default: 1)"),
+    Option("dram_policy", parse_policy, "POLICY",
+           "which DRAM chunk is evicted first: lru, arc, s3fifo, prefix, ... (`tierd mrc --policy all` "
+           "compares them on a trace; default: the measured best, see README)"),
+    Option("nvme_policy", parse_policy, "POLICY", "which NVMe copy is evicted first; same choices as --dram-policy"),
+    Option("object_policy", parse_policy, "POLICY",
+           "which of this node's own object-tier copies is evicted first; same choices as --dram-policy"),
+    Option("nvme_admission", parse_admission, "FILTER",
+           "which chunks leaving DRAM are written to NVMe: all, or reuse (only those used a second "
+           "time: less SSD wear) (default: all)"),
+    Option("object_admission", parse_admission, "FILTER",
+           "which chunks are uploaded to the object tier: all, or reuse (only those used a second time) (default: all)"),
     Option("quotas", parse_quotas, "NS:SIZE,...",
            "byte quota of a namespace on each local tier (DRAM, NVMe), e.g. tenantA:2GiB,tenantB:512MiB: "
            "over it, the namespace's own oldest chunks make room (default: off)"),

@@ -107,6 +107,27 @@ def parse_object_write(value: object, where: str, base: str | None) -> str:
     return mode
 
 
+def parse_policy(value: object, where: str, base: str | None) -> str:
+    """An eviction policy's name (tierd.policies.POLICIES)."""
+    from tierd.policies import POLICIES
+
+    name = value.strip().lower() if isinstance(value, str) else None
+    if name not in POLICIES:
+        raise ConfigError(f"{where}={value!r}: not an eviction policy; use one of {', '.join(sorted(POLICIES))}")
+    return name
+
+
+def parse_admission(value: object, where: str, base: str | None) -> str:
+    """An admission filter's name (tierd.policies.admission.ADMISSIONS)."""
+    from tierd.policies.admission import ADMISSIONS
+
+    name = value.strip().lower() if isinstance(value, str) else None
+    if name not in ADMISSIONS:
+        raise ConfigError(f"{where}={value!r}: use 'all' (every chunk leaving DRAM is written) or "
+                          f"'reuse' (only chunks used a second time)")
+    return name
+
+
 def parse_codec(value: object, where: str, base: str | None) -> str:
     """A chunk codec spec (tierd.codecs), stored in its canonical form ("zstd" -> "zstd:3")."""
     from tierd.codecs import get_codec

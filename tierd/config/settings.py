@@ -12,6 +12,7 @@ from typing import Any
 
 from tierd.config.options import OPTIONS
 from tierd.errors import ConfigError
+from tierd.policies import DEFAULT_POLICY
 from tierd.sizes import MiB
 
 
@@ -54,6 +55,11 @@ class Config:
     namespaces: str = ""
     progress_interval: float = 1.0
     quotas: dict[str, int] = dataclasses.field(default_factory=dict)
+    dram_policy: str = DEFAULT_POLICY
+    nvme_policy: str = DEFAULT_POLICY
+    object_policy: str = DEFAULT_POLICY
+    nvme_admission: str = "all"
+    object_admission: str = "all"
 
     def __post_init__(self) -> None:
         for opt in OPTIONS:

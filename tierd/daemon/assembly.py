@@ -1,10 +1,15 @@
 """Builds the store a `Config` describes. Used by the daemon and by embedded mode alike."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tierd.policies import make_policy
+from tierd.policies.admission import ADMISSIONS
 from tierd.store import TieredStore
+from tierd.store.chunk import DRAM
+from tierd.store.lowers import PolicyFactory
 from tierd.cost.tiers import declared_costs
 
 if TYPE_CHECKING:
@@ -39,9 +44,17 @@ def build_store(config: "Config") -> TieredStore:
         upload_queue_bytes=config.object_queue,
         lookup_budget=config.object_lookup_budget,
         quotas=config.quotas,
+        policies=_policies(config),
+        admissions={"nvme": ADMISSIONS[config.nvme_admission], "object": ADMISSIONS[config.object_admission]},
     )
     store.costs = declared_costs(store.tier_names)
     return store
+
+
+def _policies(config: "Config") -> dict[str, PolicyFactory]:
+    """Each tier's eviction policy factory, by tier name."""
+    names = {DRAM: config.dram_policy, "nvme": config.nvme_policy, "object": config.object_policy}
+    return {tier: functools.partial(make_policy, name) for tier, name in names.items()}
 
 
 def _codec(spec: str, config: "Config") -> Any:

@@ -10,13 +10,28 @@ only when used twice" and vLLM's reuse-frequency gate do). `AdmitAll` is the old
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable
+from typing import Callable, Hashable, Protocol
+
+
+class Admission(Protocol):
+    """May a chunk leaving DRAM (used `hits` times since it was stored) be written to a tier?"""
+
+    name: str
+    admitted: int
+    declined: int
+
+    def admits(self, key: Hashable, hits: int) -> bool: ...
 
 
 class AdmitAll:
     name = "all"
 
+    def __init__(self) -> None:
+        self.admitted = 0
+        self.declined = 0
+
     def admits(self, key: Hashable, hits: int) -> bool:
+        self.admitted += 1
         return True
 
 
@@ -47,4 +62,4 @@ class ReuseAdmission:
 
 
 #: name -> admission filter factory (`--nvme-admission`, `--object-admission`, the simulator).
-ADMISSIONS = {"all": AdmitAll, "reuse": ReuseAdmission}
+ADMISSIONS: dict[str, Callable[[], Admission]] = {"all": AdmitAll, "reuse": ReuseAdmission}

@@ -38,6 +38,9 @@ class Chunk:
     moving: asyncio.Future[bool] | None = None  # set and cleared by `moves` alone
     tier_code: int = ABSENT
     position: int = 0  # index of this chunk in the prompt that wrote it (for admission)
+    #: The first lower tier's admission declined it: DRAM drops it without writing it down,
+    #: unless a hit makes it worth keeping first (`DramRoom.touch` clears this).
+    declined: bool = False
 
     @property
     def tiers(self) -> list[str]:

@@ -1,11 +1,15 @@
 """The demoter: the background task that writes DRAM down while it is under pressure.
 
-It wakes when DRAM goes over the high watermark or a put waits for room, and works until DRAM
-is back under the low watermark: walking DRAM in eviction order, it drops copies that already
-have a lower copy (or that the admission rule says could never pay to reload) and hands up to
-`batch` DRAM-only ones at a time to `moves.demote`. When a whole batch fails (a full or broken
-disk) it marks the tier as failing and backs off, 50 ms doubling to 2 s, instead of retrying
-the same chunks in a tight loop; room appearing below or any success resets it.
+It wakes when the DRAM bytes not yet written down pass the high watermark, or a put waits for
+room, and works until they are back under the low watermark: walking DRAM in eviction order,
+it writes the DRAM-only chunks down (`batch` at a time) *keeping their DRAM copies*, which are
+then clean: dropped only when a put needs the room (`DramRoom.drop_clean`), so DRAM stays full
+of data and the cold end can be freed at once. A chunk the tier below declines (the cost
+model's rule, or the tier's admission filter) is marked droppable instead. When a whole batch
+fails (a full or broken disk) it marks the tier as failing and backs off, 50 ms doubling to
+2 s, instead of retrying the same chunks in a tight loop; room appearing below or any success
+resets it. A pass that leaves as much to write as before (a tier below too small for DRAM's
+cold end, evicting copies of DRAM chunks to take new ones) ends the wake-up.
 """
 from __future__ import annotations
 
@@ -46,11 +50,14 @@ class Demoter:
                 return
             self.state = "working"
             while not dram.closing and dram.excess() > 0:
-                batch, dropped = self.pick()
-                if not batch and not dropped:
+                dirty_before = dram.dirty_bytes()
+                picked, declined = self.pick()
+                if not picked and not declined:
                     break
-                done = await asyncio.gather(*(self.moves.demote(c) for c in batch))
-                if batch and not any(done) and not dropped:
+                done: list[bool] = []
+                for i in range(0, len(picked), self.batch):
+                    done += await asyncio.gather(*(self.moves.write_back(c) for c in picked[i : i + self.batch]))
+                if picked and not any(done) and not declined:
                     backoff = min(2.0, max(0.05, backoff * 2))
                     self.state = "backing off"
                     await self._back_off(backoff)
@@ -59,6 +66,8 @@ class Demoter:
                     backoff = 0.0
                     if self.index.lowers:
                         self.index.lowers[0].failing = False
+                    if not declined and dram.dirty_bytes() >= dirty_before and not dram.room_waiters:
+                        break  # a tier below smaller than DRAM's cold end evicts what it just took: wait for the next wake
 
     async def _back_off(self, seconds: float) -> None:
         first = self.index.lowers[0]
@@ -72,24 +81,31 @@ class Demoter:
             pass
 
     def pick(self) -> tuple[list[Chunk], bool]:
-        """Walk DRAM's victims in eviction order: drop those that may go at once, choose up to
-        `batch` DRAM-only ones to write down, until enough is on its way out to reach the low
-        watermark. The walk stops there, so it costs the chunks it passes, not the whole tier.
-        Returns (chunks to demote, whether anything was dropped)."""
+        """Walk DRAM's victims in eviction order, past the clean ones, choosing DRAM-only chunks
+        to write down (up to 16 batches) until enough is chosen to reach the low watermark; a
+        chunk the tier below declines is marked droppable instead. The walk stops there, so it
+        costs the chunks it passes, not the whole tier. Returns (chunks to write down, whether
+        any was declined)."""
         excess = self.dram.excess()
-        if excess <= 0:
-            return [], False
         first = self.index.lowers[0] if self.index.lowers else None
-        batch: list[Chunk] = []
-        drop: list[Chunk] = []
+        if excess <= 0 or first is None:
+            return [], False
+        clean = self.index.clean
+        picked: list[Chunk] = []
+        declined: list[Chunk] = []
         for c in self.dram.victims():
-            if first is None or self.index.written_down(c) or not self.writedown.admits(c, first):
-                drop.append(c)
+            if c.key in clean:
+                continue
+            if self.writedown.admits(c, first):
+                picked.append(c)
             else:
-                batch.append(c)
+                declined.append(c)
             excess -= c.size
-            if len(batch) >= self.batch or excess <= 0:
+            if len(picked) >= 16 * self.batch or excess <= 0:
                 break
-        for c in drop:
-            self.dram.drop(c)
-        return batch, bool(drop)
+        for c in declined:  # (after the walk: this changes what the walk iterates)
+            c.declined = True
+            self.index.retier(c)
+        if declined:
+            self.dram.space_freed.set()  # droppable now: a put waiting for room can take it
+        return picked, bool(declined)

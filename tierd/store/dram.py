@@ -5,9 +5,12 @@ only here. Dropping is immediate and only ever of a copy nobody holds; a copy th
 writing down first is handed to `moves` by the demoter, which frees it here once the lower copy
 is durable. The order in which copies leave is the eviction policy's (`policy.candidates`).
 
-Room is made in two ways: at once, by dropping copies that have a lower copy already (`clean`);
-or by waiting for the background demoter to write dirty ones down (`alloc_slot` sets `pressure`
-and waits on `space_freed`).
+Room is made on demand only, so no capacity sits empty: a put that finds no free slot drops
+clean copies (a copy exists below, there is nothing below, or the tier below declined the
+chunk) at once, in the policy's order. Where a tier lies below, the background demoter keeps
+the coldest part of DRAM clean by writing it down *without* dropping it: `pressure` wakes it
+when the bytes still to be written down pass the high watermark, and it works until they are
+under the low one. A put that finds nothing clean waits on `space_freed` for the demoter.
 """
 from __future__ import annotations
 
@@ -60,10 +63,12 @@ class DramRoom:
         self.check_pressure()
 
     def touch(self, c: Chunk) -> None:
-        """A hit: `c` is the most recently used copy now."""
+        """A hit: `c` is the most recently used copy now, and worth writing down after all if the
+        tier below had declined it."""
         self.policy.touch(c.key, c.namespace, c.position)
-        if c.key in self.index.clean:
-            self.index.clean.touch(c.key)
+        if c.declined:
+            c.declined = False
+            self.index.retier(c)
         self.stats.bytes_out += c.size
 
     def drop(self, c: Chunk, *, evicted: bool = True) -> None:
@@ -90,10 +95,12 @@ class DramRoom:
         return (c for c in map(self.index.__getitem__, self.policy.candidates(namespace)) if c.evictable())
 
     def drop_clean(self, nbytes: int) -> bool:
-        """Drop droppable DRAM copies in eviction order until `nbytes` fit. True if any was freed."""
+        """Drop clean DRAM copies in the policy's order until `nbytes` fit. True if any was freed.
+        The walk passes dirty copies; the demoter keeps the cold end clean, so it is short."""
         freed = False
-        while self.alloc.largest_free < self.alloc.rounded(nbytes):
-            c = next((self.index[k] for k in self.index.clean.candidates() if self.index[k].evictable()), None)
+        clean = self.index.clean
+        while clean and self.alloc.largest_free < self.alloc.rounded(nbytes):
+            c = next((c for c in self.victims() if c.key in clean), None)
             if c is None:
                 break
             self.drop(c)
@@ -117,13 +124,20 @@ class DramRoom:
 
     # ------------------------------------------------------------------ room and pressure
 
+    def dirty_bytes(self) -> int:
+        """DRAM bytes that must be written down before they can be dropped (reservations count)."""
+        return self.index.dirty_bytes(self.alloc.used)
+
     def excess(self) -> float:
-        """Bytes above the low watermark (at least 1 while someone waits for room)."""
-        excess = self.alloc.used - self.low_watermark * self.alloc.size
+        """Bytes still to write down to get under the low watermark (at least 1 while someone
+        waits for room)."""
+        excess = self.dirty_bytes() - self.low_watermark * self.alloc.size
         return max(excess, 1) if self.room_waiters else excess
 
     def check_pressure(self) -> None:
-        if self.alloc.used > self.high_watermark * self.alloc.size:
+        """Wake the demoter if the bytes still to write down passed the high watermark. With no
+        tier below there is nothing to write: room is made on demand, when a put needs it."""
+        if self.index.lowers and self.dirty_bytes() > self.high_watermark * self.alloc.size:
             self.pressure.set()
 
     async def alloc_slot(self, nbytes: int, deadline: float, *, has_lower: bool,

@@ -15,7 +15,6 @@ import operator
 import time
 from typing import Sequence
 
-from tierd.policies.lru import LRUPolicy
 from tierd.store.chunk import ABSENT, ABSENT_CHUNK, Chunk, Reservation
 from tierd.store.lowers import Lower
 from tierd.store.quotas import NamespaceQuotas
@@ -33,24 +32,31 @@ class ChunkIndex(dict[bytes, Chunk]):
         self.lowers = list(lowers)
         self.quotas = quotas
         self.reserved: dict[bytes, Reservation] = {}
-        #: DRAM chunks that can be dropped at once (a copy exists on the first lower tier, or
-        #: there is no lower tier), least recently used first: making room never rescans chunks
-        #: still to be written down.
-        self.clean = LRUPolicy()
+        #: DRAM chunks that can be dropped at once (a copy exists on the first lower tier, there
+        #: is no lower tier, or its admission declined them), with their sizes. Their eviction
+        #: order is DRAM's policy; this is membership, and `clean_bytes` their total, so the
+        #: demoter knows how much of DRAM still needs writing down.
+        self.clean: dict[bytes, int] = {}
+        self.clean_bytes = 0
 
     # ------------------------------------------------------------------ derived state
 
     def retier(self, c: Chunk) -> None:
         """After a copy of `c` came or went: its fastest tier, and whether DRAM may drop it at once."""
-        if c.slot is not None and self.written_down(c):
+        if c.slot is not None and (c.declined or self.written_down(c)):
             if c.key not in self.clean:
-                self.clean.touch(c.key)
-        else:
-            self.clean.remove(c.key)
+                self.clean[c.key] = c.size
+                self.clean_bytes += c.size
+        elif c.key in self.clean:
+            self.clean_bytes -= self.clean.pop(c.key)
         if c.slot is not None:
             c.tier_code = 0
             return
         c.tier_code = next((i for i, l in enumerate(self.lowers, 1) if l.name in c.lower), ABSENT)
+
+    def dirty_bytes(self, used: int) -> int:
+        """Of `used` DRAM bytes, those that must be written down before they can be dropped."""
+        return used - self.clean_bytes
 
     def written_down(self, c: Chunk) -> bool:
         """Whether DRAM may drop `c` without writing it down: it has a copy on the first lower tier."""

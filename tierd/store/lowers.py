@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from tierd.errors import InvalidArgumentError
+from tierd.policies.admission import AdmitAll, Admission
 from tierd.policies.base import EvictionPolicy
 from tierd.policies.lru import LRUPolicy
 from tierd.store.chunk import TierStats
@@ -28,6 +29,8 @@ class Lower:
     #: Eviction order of the copies this node may evict: all of a local tier, only its own
     #: writes on a shared one. Membership is what "ours" means.
     policy: EvictionPolicy = field(default_factory=LRUPolicy)
+    #: Which chunks are worth a copy here at all (`--nvme-admission`, `--object-admission`).
+    admission: Admission = field(default_factory=AdmitAll)
     #: The last batch of write-downs to this tier all failed (a full or broken disk): waiting
     #: for room in DRAM is pointless until one succeeds, so puts and promotions miss at once.
     failing: bool = False
@@ -48,11 +51,13 @@ class Lower:
 
 
 def build_lowers(tiers: Sequence[tuple[LowerTier, int]], policies: dict[str, PolicyFactory] | None = None,
-                 ) -> list[Lower]:
+                 admissions: dict[str, Callable[[], Admission]] | None = None) -> list[Lower]:
     """The lower tiers in order. A tier of capacity 0 is left out, except a shared one: this
     node then only reads what others wrote."""
     policies = policies or {}
-    lowers = [Lower(t, TierStats(t.name, cap), policies.get(t.name, LRUPolicy)())
+    admissions = admissions or {}
+    lowers = [Lower(t, TierStats(t.name, cap), policies.get(t.name, LRUPolicy)(),
+                    admissions.get(t.name, AdmitAll)())
               for t, cap in tiers if cap > 0 or t.shared]
     if any(l.shared for l in lowers[:-1]):
         raise InvalidArgumentError("a shared (object) tier must be the last tier")

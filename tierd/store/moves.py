@@ -102,15 +102,25 @@ class Moves:
         (unless it is held). False if the write failed."""
         if self.first is None or c.slot is None:
             return True
+        if not await self.write_back(c):
+            return False
+        if c.slot is not None and c.evictable():
+            self.dram.drop(c)
+        return True
+
+    async def write_back(self, c: Chunk) -> bool:
+        """Write a DRAM chunk to the first lower tier, keeping its DRAM copy (clean now: it can
+        be dropped at once when room is needed). False if the write failed."""
+        if self.first is None or c.slot is None:
+            return True
         ok = await self._write_down(c, "demote")
         if c.slot is None:
             return True  # another move took it out of DRAM meanwhile
         if not ok:
             return False
         self.dram.stats.demotions += 1
-        self.dram.stats.evictions += 1
-        if c.evictable():
-            self.dram.drop(c, evicted=False)
+        if self.dram.room_waiters:
+            self.dram.space_freed.set()  # clean now: a put waiting for room can drop it
         return True
 
     async def copy_down(self, c: Chunk) -> None:
@@ -122,7 +132,8 @@ class Moves:
         """Write every DRAM-only chunk down (graceful shutdown), so a restart serves it."""
         if self.first is None:
             return
-        dirty = [self.index[k] for k in self.dram.policy.candidates() if not self.index.written_down(self.index[k])]
+        dirty = [c for c in map(self.index.__getitem__, self.dram.policy.candidates())
+                 if not self.index.written_down(c) and not c.declined]
         for i in range(0, len(dirty), batch):
             await asyncio.gather(*(self._write_down(c, "flush") for c in dirty[i : i + batch]))
 
@@ -138,7 +149,7 @@ class Moves:
                 quotas.refused += 1
                 return False
             first = self.first
-            if first is None or self.index.written_down(victim) or not self.writedown.admits(victim, first):
+            if first is None or victim.key in self.index.clean or not self.writedown.admits(victim, first):
                 self.dram.drop(victim)
             elif not await self.demote(victim):
                 quotas.refused += 1

@@ -44,8 +44,11 @@ def stat(store: "TieredStore") -> dict[str, Any]:
     dram = store.dram
     dram.used_bytes = store.alloc.used
     tiers = [dram.to_dict()] + [l.stats.to_dict() for l in store.lower]
+    tiers[0].update({"policy": store.dram_room.policy.name, "dirty_bytes": store.dram_room.dirty_bytes()})
     for row, lower in zip(tiers[1:], store.lower):
         row.update(lower.tier.stats())
+        row.update({"policy": lower.policy.name, "admission": lower.admission.name,
+                    "admitted": lower.admission.admitted, "declined": lower.admission.declined})
     if store.shared is not None and store.uploader is not None:
         tiers[-1].update(store.uploads.stats())
         if store.probe is not None:

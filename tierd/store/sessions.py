@@ -112,7 +112,8 @@ class Sessions:
             c.layout_id, c.size = r.layout_id, r.size  # (a found chunk may lack them)
             self.dram.place(c, r.slot)
             shared = self.index.lowers[-1] if self.index.lowers and self.index.lowers[-1].shared else None
-            if shared is not None and self.write_through and shared.name not in c.lower:
+            if (shared is not None and self.write_through and shared.name not in c.lower
+                    and shared.admission.admits(key, c.hits)):
                 self.uploads.put(Upload(key, r.layout_id, r.namespace, r.size, now, r.position))
         return len(keys)
 

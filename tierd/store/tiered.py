@@ -8,10 +8,11 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tierd.errors import InvalidArgumentError, UnknownLayoutError, shown
 from tierd.layout import Layout
+from tierd.policies.admission import Admission
 import tierd.store.persist as persist
 import tierd.store.report as report
 from tierd.store.chunk import DRAM, Chunk, Session, TierStats, check_keys
@@ -53,11 +54,12 @@ class TieredStore:
         lookup_budget: float = 0.05,
         quotas: dict[str, int] | None = None,
         policies: dict[str, PolicyFactory] | None = None,
+        admissions: dict[str, Callable[[], Admission]] | None = None,
     ) -> None:
         if object_write not in ("through", "back"):
             raise InvalidArgumentError(f"object_write {object_write!r}: use 'through' or 'back'")
         policies = policies or {}
-        self.lower: list[Lower] = build_lowers(lower_tiers, policies)
+        self.lower: list[Lower] = build_lowers(lower_tiers, policies, admissions)
         self.arena = SharedArena(dram_bytes, **({"directory": arena_dir} if arena_dir else {}))
         #: Per-namespace byte limits on DRAM and the local lower tiers.
         self.quotas = NamespaceQuotas(quotas)

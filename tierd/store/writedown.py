@@ -49,10 +49,12 @@ class WriteDown:
         self.on_shared_write: Callable[[bytes], None] | None = None
 
     def admits(self, c: Chunk, lower: Lower) -> bool:
-        if self.admission is None or self.admission(c, lower.name):
-            return True
-        self.rejected += 1
-        return False
+        """Whether `c`, leaving DRAM, is worth a copy on `lower`: the cost model's rule (its
+        reload must be able to pay), then the tier's own admission filter (e.g. used twice)."""
+        if self.admission is not None and not self.admission(c, lower.name):
+            self.rejected += 1
+            return False
+        return lower.admission.admits(c.key, c.hits)
 
     async def write(self, c: Chunk, lower: Lower, payload: memoryview, *, raise_unavailable: bool = False) -> bool:
         """Write `c` to `lower` and index the copy. False if it did not fit or the write failed;
@@ -116,27 +118,44 @@ class WriteDown:
     async def make_room(self, lower: Lower, need: int, namespace: str = "") -> bool:
         """Evict from `lower` until `need` more bytes fit: the namespace's own first victims while
         it is at its quota on this tier, else the tier's. Returns with no await after its last
-        check, so the caller can claim the room before anyone else looks."""
+        check, so the caller can claim the room before anyone else looks.
+
+        On the first lower tier, a copy whose chunk is also in DRAM is the victim only when no
+        other copy may go: it is what lets DRAM drop that chunk at once, and evicting it sends
+        the demoter to write the same chunk again."""
         cap = lower.stats.capacity_bytes
+        backs_dram = bool(self.index.lowers) and lower is self.index.lowers[0]
         if need > cap:
             return False
         while True:
             own = not lower.shared and self.quotas.over(lower.name, namespace, need)
             if not own and lower.stats.used_bytes + need <= cap:
                 return True
-            victim = next((self.index[k] for k in lower.policy.candidates(namespace if own else None)
-                           if self.index[k].evictable()), None)
+            victim = self._victim(lower, namespace if own else None, backs_dram)
             if victim is None:
                 if own:
                     self.quotas.refused += 1
                 return False
             below = self._below(lower)
-            if below is not None and below.shared and below.name not in victim.lower and self.hand_down:
+            if (below is not None and below.shared and below.name not in victim.lower and self.hand_down
+                    and below.admission.admits(victim.key, victim.hits)):
                 await self.hand_down(victim, lower)
                 if lower.name not in victim.lower or not victim.evictable():
                     continue  # it changed while we read it; look again
             self.delete_copy(victim, lower)
             lower.stats.evictions += 1
+
+    def _victim(self, lower: Lower, namespace: str | None, backs_dram: bool) -> Chunk | None:
+        """The first copy on `lower` (of `namespace`, or any) that may go, preferring, where
+        `backs_dram`, one whose chunk is not also in DRAM."""
+        fallback = None
+        for c in map(self.index.__getitem__, lower.policy.candidates(namespace)):
+            if not c.evictable():
+                continue
+            if not backs_dram or c.slot is None:
+                return c
+            fallback = fallback or c
+        return fallback
 
     def _below(self, lower: Lower) -> Lower | None:
         lowers = self.index.lowers
