@@ -113,3 +113,21 @@ def test_bad_input_is_one_line_and_nonzero(trace, capsys, args, message):
     assert len(err) == 1 and err[0].startswith("tierd mrc: "), captured.err
     assert message in err[0]
     assert captured.out == ""
+
+
+def test_a_live_report_says_the_curve_is_lrus_where_a_tier_evicts_otherwise(capsys):
+    from tierd.cli.mrc import _print_report
+
+    report = {"grid": [10], "shards": [[10, 0.5]], "prefix_shards": [[10, 0.4]], "requests": 3, "references": 9,
+              "distinct": None, "max_hit_ratio": 0.5, "sample_rate": 1.0, "sampled_references": 9, "mae_vs_exact": {},
+              "trace": "-",
+              "tiers": [{"name": "dram", "bytes": 1 << 20, "cumulative_bytes": 1 << 20, "cumulative_blocks": 10,
+                         "hit_ratio": 0.5, "prefix_hit_ratio": 0.4, "policy": "lru"},
+                        {"name": "nvme", "bytes": 1 << 22, "cumulative_bytes": 5 << 20, "cumulative_blocks": 50,
+                         "hit_ratio": 0.5, "prefix_hit_ratio": 0.4, "policy": "arc"}]}
+    _print_report(report)
+    out = capsys.readouterr().out
+    assert "the curve is LRU's" in out and "nvme evicts with arc" in out and "dram evicts" not in out
+    report["tiers"][1]["policy"] = "lru"
+    _print_report(report)
+    assert "the curve is LRU's" not in capsys.readouterr().out

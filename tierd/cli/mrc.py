@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_live(args: argparse.Namespace) -> int:
     """Live mode: the daemon's online SHARDS curves (fixed size, over its real lookups), with
-    its tier capacities marked and each tier's predicted and measured hit ratio."""
+    its tier capacities marked and each tier's predicted and measured hit ratio. The curve is
+    LRU's whatever each tier evicts with (stack distances model LRU only): each tier's policy
+    is taken from `stat` so the printout says so where a tier is not LRU."""
     from tierd.cli.common import connect
 
     if args.opt or args.policy is not None:
@@ -88,6 +90,9 @@ def _run_live(args: argparse.Namespace) -> int:
         request["gain_per_gib"] = _number(args.gain_per_gib, "--gain-per-gib", "a positive number, e.g. 0.001")
     with connect(args) as client:
         report = client._call("mrc", **request)
+        policies = {t.get("name"): t.get("policy") for t in client.stat().get("tiers", [])}
+    for tier in report.get("tiers", []):
+        tier.setdefault("policy", policies.get(tier.get("name")))
     _output(report, args)
     return 0
 
@@ -206,6 +211,10 @@ def _print_report(report: dict[str, Any]) -> None:
     for tier in report.get("tiers", []):
         print(f"tier {tier['name']} ({format_size(tier['bytes'])}, cumulative {format_size(tier['cumulative_bytes'])}"
               f" = {tier['cumulative_blocks']} blocks): hit ratio {tier['hit_ratio']:.4f}, prefix {tier['prefix_hit_ratio']:.4f}")
+    others = [f"{t['name']} evicts with {t['policy']}" for t in report.get("tiers", []) if t.get("policy") not in (None, "lru")]
+    if others:
+        print(f"note: the curve is LRU's (stack distances over the lookups) whatever the tiers evict with; {', '.join(others)}, "
+              "so the measured hit ratio (tierd stat) is that policy's, and the gap to the curve is the policy's gain or loss")
     if "opt" in report:
         print("opt: Belady's optimum (MIN, evicts the block used furthest in the future), prefix-level like prefix_exact; "
               "opt_block is its block-level ratio, which no policy exceeds at either level")
