@@ -174,8 +174,17 @@ class ReplaySetup:
                 "--nvme", str(nvme_bytes_for(self.nvme_chunks, self.chunk_bytes)), "--nvme-dir", str(nvme_dir),
                 "--demote-high-watermark", str(self.high_watermark),
                 "--demote-low-watermark", str(self.low_watermark), "--no-calibrate",
-                "--mrc-sample-rate", str(self.mrc_sample_rate), "--dram-policy", self.dram_policy,
-                "--nvme-policy", self.nvme_policy, "--nvme-admission", self.nvme_admission]
+                "--mrc-sample-rate", str(self.mrc_sample_rate)] + self.policy_args()
+
+    def policy_args(self) -> list[str]:
+        """The policy flags that differ from the defaults (so the bench runs older daemons too)."""
+        args: list[str] = []
+        for flag, value, default in (("--dram-policy", self.dram_policy, "lru"),
+                                     ("--nvme-policy", self.nvme_policy, "lru"),
+                                     ("--nvme-admission", self.nvme_admission, "all")):
+            if value != default:
+                args += [flag, value]
+        return args
 
     @property
     def total_chunks(self) -> int:
@@ -253,7 +262,9 @@ class ReplayReport:
         return self.counts.requests / self.counts.request_s
 
     def tier(self, name: str) -> dict[str, Any]:
-        return next(t for t in self.stat["tiers"] if t["name"] == name)
+        """A tier's `stat` row (all zeros for a tier the daemon runs without: `--nvme-chunks 0`)."""
+        return next((t for t in self.stat["tiers"] if t["name"] == name),
+                    {"chunks": 0, "hits": 0, "evictions": 0, "demotions": 0, "promotions": 0})
 
     @property
     def distinct_held(self) -> int:
@@ -348,7 +359,7 @@ def replay(setup: ReplaySetup, *, workdir: Path | None = None, progress: bool = 
     try:
         with DaemonProcess(sock / "s.sock", setup.daemon_args(base / "nvme"), log_path=base / "daemon.log") as d:
             with Client.connect(d.socket) as client:
-                assert client.info["tiers"][:2] == ["dram", "nvme"], client.info["tiers"]
+                assert client.info["tiers"][:2] == ["dram", "nvme"][: 2 if setup.nvme_chunks else 1], client.info["tiers"]
                 client.register_layout(layout)
                 report_every = max(1, len(requests) // 10)
                 for n, ids in enumerate(requests):
