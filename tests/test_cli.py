@@ -115,6 +115,10 @@ def test_no_daemon_is_a_clear_message(tmp_path):
     (["--nvme", "-1GiB"], "--nvme"),
     (["--metrics-port", "70000"], "--metrics-port"),
     (["--config", "/nonexistent/tierd.toml"], "tierd.toml"),
+    (["--dram-policy", "belady"], "--dram-policy='belady': not an eviction policy; use one of"),
+    (["--nvme-policy", ""], "--nvme-policy"),
+    (["--nvme-admission", "twice"], "--nvme-admission='twice': use 'all'"),
+    (["--object-admission", "7"], "--object-admission"),
 ])
 def test_serve_rejects_bad_config(tmp_path, args, text):
     r = tierd("serve", "--socket", str(tmp_path / "s.sock"), *args)
@@ -141,6 +145,19 @@ def test_metrics_endpoint(daemon_factory):
     assert 'tierd_tier_chunks{tier="dram"} 2.0' in text
     assert 'tierd_rpc_seconds_count{op="lookup"} 1.0' in text
     assert 'tierd_tier_capacity_bytes{tier="nvme"}' in text
+    assert 'tierd_tier_admission_declined_total{filter="all",tier="nvme"} 0.0' in text
+
+
+def test_policy_and_admission_flags_reach_the_store(daemon_factory):
+    """The tiers run what the flags name, and `stat` and the metrics say so."""
+    d = daemon_factory(extra=("--dram-policy", "lru", "--nvme-policy", "lru", "--nvme-admission", "reuse",
+                              "--metrics-port", "0"))
+    port = int(d.banner.rsplit(":", 1)[1].rstrip(")\n "))
+    with Client.connect(d.socket) as c:
+        dram, nvme = c.stat()["tiers"][:2]
+    assert (dram["policy"], nvme["policy"], nvme["admission"]) == ("lru", "lru", "reuse")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'tierd_tier_admission_admitted_total{filter="reuse",tier="nvme"} 0.0' in text
 
 
 def test_doctor_reports_the_copy_implementation():

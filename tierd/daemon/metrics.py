@@ -66,6 +66,14 @@ class _StoreCollector:
             for t in stat["tiers"]:
                 c.add_metric([t["name"]], t[name])
             yield c
+        for name, doc in (("admitted", "Chunks leaving DRAM that the tier's admission filter let in"),
+                          ("declined", "Chunks leaving DRAM that the tier's admission filter kept out")):
+            c = CounterMetricFamily(f"tierd_tier_admission_{name}", doc, labels=["tier", "filter"])
+            for t in stat["tiers"][1:]:
+                c.add_metric([t["name"], t["admission"]], t[name])
+            yield c
+        yield GaugeMetricFamily("tierd_dram_dirty_bytes", "DRAM bytes not yet written to the tier below",
+                                value=stat["tiers"][0]["dirty_bytes"])
         obj = next((t for t in stat["tiers"] if "breaker" in t), None)
         if obj is not None:
             for name, doc in _OBJECT_GAUGES.items():
