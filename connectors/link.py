@@ -4,6 +4,9 @@ the clock instead of a connection attempt. Every caller treats "no connection" a
 (nothing loaded, nothing stored): never an exception into the engine's threads, never KV that
 was not read whole from a leased slot.
 
+Each connection checks the daemon's uid before it sends anything (`tierd.client.peer`): a
+listener of an untrusted user is treated like no daemon, and logged.
+
 Shared by the vLLM connector (one link per worker thread, arena mapped, optionally pinned for
 device copies) and the SGLang backend (one link shared by its storage threads). Thread-safe.
 """
@@ -30,8 +33,12 @@ OnConnect = Callable[[Client], Callable[[], None] | None]
 
 class DaemonLink:
     def __init__(self, socket: str, layout: Layout | None = None, *, name: str, map_arena: bool = False,
-                 on_connect: OnConnect | None = None, retry_seconds: float = RETRY_SECONDS) -> None:
+                 on_connect: OnConnect | None = None, retry_seconds: float = RETRY_SECONDS,
+                 daemon_uid: int | str | None = None) -> None:
         self.socket, self.layout, self.name, self.map_arena = socket, layout, name, map_arena
+        #: The uid a daemon run as a service user has (None: `$TIERD_DAEMON_UID`, else only this
+        #: user or root); any other listener is refused before a byte is sent (`tierd.client.peer`).
+        self.daemon_uid = daemon_uid
         self.on_connect = on_connect
         self.retry_seconds = retry_seconds
         self._client: Client | None = None
@@ -48,7 +55,8 @@ class DaemonLink:
                 return None
             client = None
             try:
-                client = Client.connect(self.socket, name=self.name, map_arena=self.map_arena, timeout=30)
+                client = Client.connect(self.socket, name=self.name, map_arena=self.map_arena, timeout=30,
+                                        daemon_uid=self.daemon_uid)
                 if self.layout is not None:
                     client.register_layout(self.layout)
                 self._undo = self.on_connect(client) if self.on_connect is not None else None

@@ -188,7 +188,7 @@ def test_default_dram_fits_the_machine() -> None:
 
 
 def test_default_socket_uses_a_writable_runtime_dir_else_tmp(tmp_path: Path) -> None:
-    fallback = f"/tmp/tierd-{os.getuid()}.sock"
+    fallback = f"/tmp/tierd-{os.getuid()}/tierd.sock"  # a private directory, not a name in /tmp
     assert default_socket_path(env={"XDG_RUNTIME_DIR": str(tmp_path)}) == str(tmp_path / "tierd.sock")
     assert default_socket_path(env={}) == fallback
     assert default_socket_path(env={"XDG_RUNTIME_DIR": str(tmp_path / "missing")}) == fallback

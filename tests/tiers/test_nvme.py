@@ -210,7 +210,7 @@ def test_scan_removes_leftover_temp_files(store: NvmeChunkFiles) -> None:
     store.write(key, LAYOUT, "d", payload_of(key, 5000))
     shard_tmp = store.path_for(key).parent / f".{key.hex()}.deadbeef.tmp"
     shard_tmp.write_bytes(os.urandom(10000))
-    root_tmp = store.root / ".probe-1-cafe.tmp"
+    root_tmp = store.root / ".probe-1-0000cafe.tmp"  # names exactly as tierd writes them
     root_tmp.write_bytes(b"")
 
     found = store.scan()
@@ -248,15 +248,17 @@ def test_read_with_a_flipped_header_byte_is_a_miss(store: NvmeChunkFiles) -> Non
     assert store.corrupt == 1 and not store.path_for(key).exists()
 
 
-def test_scan_drops_files_with_foreign_names_or_keys(store: NvmeChunkFiles) -> None:
+def test_scan_drops_chunks_under_another_key_and_leaves_foreign_names(store: NvmeChunkFiles) -> None:
     a, b = key_of(8), key_of(9)
     store.write(a, LAYOUT, "d", b"x" * 10)
     # A valid file under another key's name: the header key must match the name.
     moved = store.path_for(b)
     os.rename(store.path_for(a), moved)
-    (store.root / "00" / "not-a-key.chunk").write_bytes(b"junk")
+    foreign = store.root / "00" / "not-a-key.chunk"  # not a name tierd writes: not tierd's to delete
+    foreign.write_bytes(b"junk")
     assert store.scan() == []
-    assert store.dropped == 2
+    assert store.dropped == 1 and not moved.exists()
+    assert store.left_alone == 1 and foreign.read_bytes() == b"junk"
 
 
 # -- corruption on read -----------------------------------------------------------------------

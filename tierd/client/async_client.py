@@ -13,6 +13,7 @@ import numpy as np
 
 from tierd.client.arena import ArenaViews
 from tierd.client.batches import AsyncGetLease, AsyncPutBatch
+from tierd.client.peer import check_daemon_peer, expected_daemon_uid
 from tierd.client.protocol import LookupResult, acquire_args, default_socket, hello_args, lookup_args, reserve_args
 from tierd.errors import DaemonUnavailableError
 from tierd.layout import Layout
@@ -34,13 +35,21 @@ class AsyncClient:
 
     @classmethod
     async def connect(cls, socket_path: str | None = None, *, name: str = "",
-                      namespace: str | None = None) -> "AsyncClient":
-        """Connect to a daemon; `namespace` binds the connection to that namespace."""
+                      namespace: str | None = None, daemon_uid: int | str | None = None) -> "AsyncClient":
+        """Connect to a daemon; `namespace` binds the connection to that namespace. The daemon
+        must run as this user, root, or `daemon_uid` (default `$TIERD_DAEMON_UID`): checked
+        before anything is sent (`tierd.client.peer`)."""
         path = socket_path or default_socket()
+        expected = expected_daemon_uid(daemon_uid)
         try:
             reader, writer = await asyncio.open_unix_connection(path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnavailableError(f"no tierd daemon at {path} ({exc.strerror})") from None
+        try:
+            check_daemon_peer(writer.get_extra_info("socket"), path, expected)
+        except BaseException:
+            writer.close()
+            raise
         client = cls(reader, writer)
         try:
             client.info = await client.call("hello", **hello_args(name, namespace))

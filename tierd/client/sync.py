@@ -21,6 +21,7 @@ import numpy as np
 
 from tierd.client.arena import ArenaViews
 from tierd.client.batches import GetLease, PutBatch
+from tierd.client.peer import check_daemon_peer, expected_daemon_uid
 from tierd.client.protocol import LookupResult, acquire_args, default_socket, hello_args, lookup_args, reserve_args
 from tierd.errors import DaemonUnavailableError
 from tierd.layout import Layout
@@ -64,11 +65,14 @@ class Client:
 
     @classmethod
     def connect(cls, socket_path: str | None = None, *, timeout: float | None = 30.0, name: str = "",
-                map_arena: bool = True, namespace: str | None = None) -> "Client":
+                map_arena: bool = True, namespace: str | None = None,
+                daemon_uid: int | str | None = None) -> "Client":
         """Connect to a daemon. `map_arena=False` for control-plane-only clients (no data views);
         `namespace` binds the connection to that namespace (it can only narrow what the daemon
-        allows this user)."""
+        allows this user). The daemon must run as this user, root, or `daemon_uid` (default
+        `$TIERD_DAEMON_UID`): checked before anything is sent (`tierd.client.peer`)."""
         path = socket_path or default_socket()
+        expected = expected_daemon_uid(daemon_uid)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
@@ -81,6 +85,11 @@ class Client:
         except OSError as exc:
             sock.close()
             raise DaemonUnavailableError(f"cannot connect to tierd at {path}: {exc}") from None
+        try:
+            check_daemon_peer(sock, path, expected)
+        except BaseException:
+            sock.close()
+            raise
 
         def send(request: dict[str, Any]) -> None:
             sock.sendall(frames.pack(request))

@@ -8,11 +8,13 @@ a socket: loading a config has no side effects.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Mapping
 
 from tierd.config.parsers import MAX_SOCKET_PATH_BYTES
 from tierd.sizes import GiB, MiB
+from tierd.sockets import private_dir_name
 
 #: Granularity and floor of the default DRAM capacity.
 DRAM_GRANULE = 64 * MiB
@@ -28,20 +30,35 @@ def _xdg_dir(env: Mapping[str, str], name: str) -> str | None:
     return value if os.path.isabs(value) else None
 
 
-def default_socket_path(*, env: Mapping[str, str] | None = None) -> str:
-    """Where the daemon listens when no socket is configured, and where a client looks.
+def _private_dir(path: str) -> bool:
+    """Whether `path` is a real directory (not a symlink) of this user that neither group nor
+    others can write: a place no other user can put a socket of their own into."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
-    `$XDG_RUNTIME_DIR/tierd.sock` when that is a writable directory (per-user, private,
-    cleaned at logout), else `/tmp/tierd-<uid>.sock` (per-user name, so two users on one
-    node get two daemons). Does not read TIERD_SOCKET: that is an option, see load_config.
+
+def default_socket_path(*, env: Mapping[str, str] | None = None) -> str:
+    """Where the daemon listens when no socket is configured, and where a client looks (both
+    call this, so they agree).
+
+    `$XDG_RUNTIME_DIR/tierd.sock` when that is a private directory of this user (as the XDG
+    spec requires it to be: cleaned at logout), else `/tmp/tierd-<uid>/tierd.sock`. Never a
+    name directly in /tmp, where any user could bind a socket of that name first and take
+    clients' requests: the daemon creates `/tmp/tierd-<uid>` with mode 0700 and refuses it if
+    another user made it first, or if it is a symlink or writable by others
+    (`tierd.sockets.ensure_private_dir`). Does not read TIERD_SOCKET: that is an option, see
+    load_config.
     """
     env = os.environ if env is None else env
     runtime = _xdg_dir(env, "XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK | os.X_OK):
+    if runtime and _private_dir(runtime) and os.access(runtime, os.W_OK | os.X_OK):
         path = os.path.join(runtime, "tierd.sock")
         if len(os.fsencode(path)) <= MAX_SOCKET_PATH_BYTES:
             return path
-    return f"/tmp/tierd-{os.getuid()}.sock"
+    return os.path.join("/tmp", private_dir_name(), "tierd.sock")
 
 
 def default_nvme_dir(*, env: Mapping[str, str] | None = None) -> str:

@@ -59,7 +59,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("socket", parse_socket, "PATH",
-           "Unix socket to listen on (default: $XDG_RUNTIME_DIR/tierd.sock, else /tmp/tierd-<uid>.sock)"),
+           "Unix socket to listen on (default: $XDG_RUNTIME_DIR/tierd.sock, else /tmp/tierd-<uid>/tierd.sock)"),
     Option("dram", parse_dram, "SIZE",
            "DRAM tier capacity, e.g. 8GiB (default: min(25%% of RAM, free /dev/shm less a margin))"),
     Option("nvme_dir", parse_path, "DIR",

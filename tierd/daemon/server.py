@@ -3,8 +3,8 @@
 Each connection is one store `Session`; requests on a connection are answered in order, and
 connections are served concurrently. When a connection closes, cleanly or because its client
 died, its reservations and leases go back to the store. SIGTERM/SIGINT stop accepting, let
-in-flight requests finish, write DRAM-only chunks down, persist metadata, remove the socket and
-exit 0.
+in-flight requests finish, write DRAM-only chunks down, persist metadata, remove the socket (only
+if the path still names the socket this daemon bound: `tierd.sockets`) and exit 0.
 
 Start-up (`tierd.daemon.startup`) puts the socket up as soon as the store's indexes are rebuilt, and
 prints one ready line naming the tiers; the arena's pages are pre-faulted and the tiers
@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -31,11 +30,12 @@ from tierd.daemon.dispatch import Dispatcher
 from tierd.daemon.peers import PeerCredentials, PeerPolicy, peer_credentials
 from tierd.daemon.shutdown import close_store
 from tierd.daemon.startup import BackgroundCalibration, prefaulted, ready_line, start_store
-from tierd.errors import ConfigError, InternalError, PermissionDeniedError, ProtocolError
+from tierd.errors import InternalError, PermissionDeniedError, ProtocolError
 from tierd.mrc.observer import AccessObserver
 from tierd.rpc import frames
 from tierd.rpc.schema import error_reply
 from tierd.store import TieredStore
+from tierd.sockets import BoundSocket
 from tierd.supervise import log_if_failed
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,13 @@ class Daemon:
         self._connections: set[asyncio.Task[Any]] = set()
 
     async def run(self) -> int:
-        path = Path(self.config.socket)
-        _claim_socket_path(path)
+        listener = BoundSocket(Path(self.config.socket), self.config.socket_mode)
+        try:
+            return await self._run(listener)
+        finally:
+            listener.remove()  # after the store is closed, and only if the path is still our socket
+
+    async def _run(self, listener: BoundSocket) -> int:
         self.store = build_store(self.config)
         self.store.arena.prefault.interval = self.config.progress_interval
         try:
@@ -84,12 +89,7 @@ class Daemon:
             from tierd.daemon.metrics import start_metrics
 
             self.metrics_port = start_metrics(self, self.config.metrics_host, self.config.metrics_port)
-        old_umask = os.umask(0o177)
-        try:
-            self._server = await asyncio.start_unix_server(self._serve_connection, path=str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, self.config.socket_mode)
+        self._server = await asyncio.start_unix_server(self._serve_connection, sock=listener.sock)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
@@ -110,10 +110,6 @@ class Daemon:
         await self.calibration.drain()
         await observer.stop()
         await close_store(self.store, self.config.progress_interval)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
         for sig in (signal.SIGTERM, signal.SIGINT):  # ours end with the daemon (it may run in-process)
             loop.remove_signal_handler(sig)
         print("tierd: stopped", file=sys.stderr, flush=True)
@@ -214,23 +210,6 @@ def _encode_reply(reply: dict[str, Any]) -> bytes:
         log.exception("reply to request %s could not be encoded", reply.get("id"))
         error = InternalError(f"the reply could not be encoded ({type(exc).__name__}: {exc}); see the daemon's log")
         return frames.pack(error_reply(reply.get("id"), error.code, str(error)))
-
-
-def _claim_socket_path(path: Path) -> None:
-    """Refuse to start over a live daemon; remove a stale socket left by a dead one."""
-    if not path.parent.is_dir():
-        raise ConfigError(f"socket {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    if not path.exists():
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()  # nobody listens: a stale socket
-        return
-    finally:
-        probe.close()
-    raise ConfigError(f"socket {str(path)!r}: another tierd daemon is already serving there")
 
 
 def serve(config: Config) -> int:

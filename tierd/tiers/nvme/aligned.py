@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tierd.errors import InvalidArgumentError
-from tierd.tiers.nvme.format import BLOCK, HEADER_BYTES, TEMP_SUFFIX, ChunkHeader, encode_header, round_up
+from tierd.tiers.nvme.format import BLOCK, HEADER_BYTES, ChunkHeader, encode_header, probe_temp_name, round_up
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def direct_io_works(root: Path) -> bool:
     """Whether this filesystem accepts an aligned O_DIRECT write (tmpfs on old kernels, some FUSE: no)."""
     if not hasattr(os, "O_DIRECT"):
         return False
-    probe = root / f".probe-{os.getpid()}-{os.urandom(4).hex()}{TEMP_SUFFIX}"
+    probe = root / probe_temp_name(os.getpid(), os.urandom(4))
     block = mmap.mmap(-1, BLOCK)
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT | os.O_CLOEXEC, 0o600)

@@ -12,7 +12,8 @@ instead of the raw chunk when that is smaller; a read decodes it into the destin
 
 Durability: a chunk is written to a temp file in its shard directory, fdatasync'ed, renamed
 over its final name and the directory is fsync'ed; a crash leaves either the old state plus a
-`.tmp` file (removed by `scan`) or the complete new file, never a torn `.chunk`.
+`.tmp` file (removed by `scan`) or the complete new file, never a torn `.chunk`. `scan` removes
+only files named exactly as tierd names them, and only regular files of its own uid.
 """
 from __future__ import annotations
 
@@ -29,20 +30,23 @@ import xxhash
 from tierd.errors import CapacityError, CodecError, ConfigError, InvalidArgumentError, UnknownLayoutError
 from tierd.keys import check_namespace
 from tierd.tiers.encoding import TierCodec
-from tierd.tiers.header import KEY_BYTES, check_key, check_layout_id
+from tierd.tiers.header import check_key, check_layout_id
 from tierd.tiers.nvme.aligned import AlignedIO, byte_view, direct_io_works
 from tierd.tiers.nvme.format import (
     CHUNK_SUFFIX,
     HEADER_BYTES,
     SHARDS,
-    TEMP_SUFFIX,
     ChunkHeader,
     CorruptChunk,
     StoredChunk,
     decode_header,
     file_name,
     file_size,
+    is_chunk_name,
+    is_probe_temp_name,
+    is_write_temp_name,
     shard_of,
+    write_temp_name,
 )
 
 log = logging.getLogger(__name__)
@@ -92,6 +96,8 @@ class NvmeChunkFiles:
         self.corrupt = 0
         #: Leftover temp files (interrupted writes) removed by `scan`.
         self.temp_removed = 0
+        #: Files `scan` found in the directory and did not touch: not named or not owned as tierd's.
+        self.left_alone = 0
         #: Chunk files the running (or last) `scan` has read so far, for progress lines.
         self.scanned = 0
         log.info("NVMe chunk files in %s (O_DIRECT %s)", self.root, "on" if self.direct_io else "off")
@@ -154,7 +160,7 @@ class NvmeChunkFiles:
             codec=codec,
         )
         final = self.path_for(key)
-        tmp = final.with_name(f".{key.hex()}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
+        tmp = final.with_name(write_temp_name(key, os.urandom(4)))
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | self._io.open_flag
         renamed = False
         try:
@@ -299,16 +305,22 @@ class NvmeChunkFiles:
     def scan(self) -> list[StoredChunk]:
         """Every intact-looking chunk on disk, oldest mtime first, to rebuild the index on restart.
 
-        Removes leftover temp files (`temp_removed`) and files whose name, header or size is bad
-        (`dropped`). Reads one header block per file, never payloads: payload checksums are
-        verified on each read instead.
+        Removes leftover temp files (`temp_removed`) and chunk files whose header or size is bad
+        (`dropped`). Only tierd's own files are ever removed: a name must be exactly one tierd
+        writes (`tierd.tiers.nvme.format`: `.probe-<pid>-<8 hex>.tmp` in the root,
+        `.<key>.<8 hex>.tmp` and `<key>.chunk` in the key's shard), and the file a regular file
+        of this process's uid, looked at without following a symlink. Anything else someone put
+        in the directory is left where it is (`left_alone`). Reads one header block per file,
+        never payloads: payload checksums are verified on each read instead.
         """
         found: list[StoredChunk] = []
-        temps = dropped = 0
+        temps = dropped = foreign = 0
         self.scanned = 0
         for entry in os.scandir(self.root):
-            if entry.is_file(follow_symlinks=False) and entry.name.endswith(TEMP_SUFFIX):
-                temps += self._remove(entry.path, "leftover temp file")  # an interrupted O_DIRECT probe
+            if is_probe_temp_name(entry.name):  # an interrupted O_DIRECT probe
+                removed = self._remove_own(entry, "leftover temp file")
+                temps += removed
+                foreign += not removed
         for shard_name in SHARDS:
             shard = self.root / shard_name
             try:
@@ -318,30 +330,33 @@ class NvmeChunkFiles:
                 continue
             for entry in entries:
                 name = entry.name
-                if name.endswith(TEMP_SUFFIX):
-                    temps += self._remove(entry.path, "temp file of an interrupted write")
-                elif name.endswith(CHUNK_SUFFIX):
+                if is_write_temp_name(name, shard_name):
+                    removed = self._remove_own(entry, "temp file of an interrupted write")
+                    temps += removed
+                    foreign += not removed
+                elif is_chunk_name(name, shard_name):
                     self.scanned += 1
                     chunk, reason = self._scan_one(entry, shard.name)
                     if chunk is not None:
                         found.append(chunk)
+                    elif self._remove_own(entry, reason):
+                        dropped += 1
                     else:
-                        dropped += self._remove(entry.path, reason)
+                        foreign += 1
+                else:
+                    foreign += 1
+                    log.warning("leaving %s alone: not a name tierd writes", entry.path)
         with self._counter_lock:
             self.temp_removed += temps
             self.dropped += dropped
+            self.left_alone += foreign
         found.sort(key=lambda c: c.mtime)
-        log.info("scanned %s: %d chunks, %d dropped, %d temp files removed", self.root, len(found), dropped, temps)
+        log.info("scanned %s: %d chunks, %d dropped, %d temp files removed, %d files not tierd's left alone",
+                 self.root, len(found), dropped, temps, foreign)
         return found
 
     def _scan_one(self, entry: os.DirEntry[str], shard: str) -> tuple[StoredChunk | None, str]:
-        stem = entry.name[: -len(CHUNK_SUFFIX)]
-        try:
-            key = bytes.fromhex(stem)
-        except ValueError:
-            key = b""
-        if len(key) != KEY_BYTES or stem != key.hex() or shard != shard_of(key):
-            return None, "name is not <shard>/<32 lowercase hex>.chunk"
+        key = bytes.fromhex(entry.name[: -len(CHUNK_SUFFIX)])  # the caller matched the name exactly
         try:
             st = entry.stat(follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):
@@ -360,10 +375,21 @@ class NvmeChunkFiles:
         return StoredChunk.from_header(header, st.st_size, st.st_mtime), ""
 
     @staticmethod
-    def _remove(path: str, reason: str) -> int:
-        log.warning("removing %s: %s", path, reason)
+    def _remove_own(entry: os.DirEntry[str], reason: str) -> int:
+        """Unlink a file named as tierd names its files, if it is a regular file of our uid
+        (never following a symlink); 1 if removed, 0 if it was gone or is not ours to remove."""
         try:
-            os.unlink(path)
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return 0
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            kind = "a regular file" if stat.S_ISREG(st.st_mode) else f"not a regular file (mode {st.st_mode:o})"
+            log.warning("leaving %s alone (%s): it is %s of uid %d, not a file tierd wrote as uid %d",
+                        entry.path, reason, kind, st.st_uid, os.geteuid())
+            return 0
+        log.warning("removing %s: %s", entry.path, reason)
+        try:
+            os.unlink(entry.path)
         except FileNotFoundError:
             return 0
         return 1

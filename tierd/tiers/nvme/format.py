@@ -39,6 +39,7 @@ Nothing here touches a file: `tierd.tiers.nvme.files` does the I/O.
 """
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -46,7 +47,7 @@ import xxhash
 
 from tierd.errors import TierdError
 from tierd.tiers.base import StoredRecord
-from tierd.tiers.header import MAX_LAYOUT_ID, NAMESPACE_FIELD, MediumHeader
+from tierd.tiers.header import KEY_BYTES, MAX_LAYOUT_ID, NAMESPACE_FIELD, MediumHeader
 
 #: Alignment of every block on disk and of every buffer handed to O_DIRECT I/O.
 BLOCK = 4096
@@ -85,6 +86,41 @@ def shard_of(key: bytes) -> str:
 
 def file_name(key: bytes) -> str:
     return f"{key.hex()}{CHUNK_SUFFIX}"
+
+
+# The names of tierd's own files, matched exactly by the start-up scan: it deletes only files
+# named so (a user's `notes.tmp` or `x.chunk` in the directory is left alone).
+_KEY_HEX = f"[0-9a-f]{{{2 * KEY_BYTES}}}"
+_CHUNK_NAME = re.compile(f"({_KEY_HEX}){re.escape(CHUNK_SUFFIX)}")
+_WRITE_TEMP_NAME = re.compile(rf"\.({_KEY_HEX})\.[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}")
+_PROBE_TEMP_NAME = re.compile(rf"\.probe-[0-9]+-[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}")
+
+
+def write_temp_name(key: bytes, nonce: bytes) -> str:
+    """The temp file a write of `key` goes through, in the key's shard: `.<key>.<nonce>.tmp`."""
+    return f".{key.hex()}.{nonce.hex()}{TEMP_SUFFIX}"
+
+
+def probe_temp_name(pid: int, nonce: bytes) -> str:
+    """The O_DIRECT probe's temp file, in the root directory: `.probe-<pid>-<nonce>.tmp`."""
+    return f".probe-{pid}-{nonce.hex()}{TEMP_SUFFIX}"
+
+
+def is_chunk_name(name: str, shard: str) -> bool:
+    """Whether `name` in shard directory `shard` is exactly what `file_name` gives a key of that shard."""
+    m = _CHUNK_NAME.fullmatch(name)
+    return m is not None and m[1][:2] == shard
+
+
+def is_write_temp_name(name: str, shard: str) -> bool:
+    """Whether `name` in `shard` is exactly a `write_temp_name` (4-byte nonce) of a key of that shard."""
+    m = _WRITE_TEMP_NAME.fullmatch(name)
+    return m is not None and m[1][:2] == shard
+
+
+def is_probe_temp_name(name: str) -> bool:
+    """Whether `name` in the root directory is exactly a `probe_temp_name` (4-byte nonce)."""
+    return _PROBE_TEMP_NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True, slots=True)
