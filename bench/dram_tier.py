@@ -7,6 +7,10 @@ out of the arena + release RPC. Both are measured with one chunk per RPC pair (t
 and with 16 chunks per RPC pair (how a connector issues a request). The baseline is
 `np.copyto` of the same bytes between two private buffers, in the same process and run.
 Lookup latency is one RPC for a 512-chunk prompt (a 128k-token prompt at 256 tokens/chunk).
+
+The slot check (a canary per 4 KiB page armed at reserve and checked at commit, so a slot its
+writer did not fully write is never stored: `tierd.store.canary`) is priced by the same puts
+against a second daemon started with `--no-slot-check`, in the same run, sizes interleaved.
 """
 from __future__ import annotations
 
@@ -32,9 +36,11 @@ def layout_of(chunk_mib: int) -> Layout:
     return Layout(f"bench-{chunk_mib}m", "bfloat16", chunk_mib, 8, 128, chunk_tokens=256)
 
 
-def bench_chunk_size(client: Client, chunk_mib: int, per_rpc: int, total_mib: int, repeats: int) -> None:
+def bench_chunk_size(client: Client, chunk_mib: int, per_rpc: int, total_mib: int, repeats: int,
+                     unchecked: Client) -> None:
     """Put and get `total_mib` of distinct chunks, `per_rpc` chunks per RPC pair. The memcpy
-    baseline copies the same number of distinct buffers, so neither side runs from cache."""
+    baseline copies the same number of distinct buffers, so neither side runs from cache.
+    `unchecked` is a daemon without the slot check: the same puts there price the check."""
     layout = layout_of(chunk_mib)
     assert layout.chunk_bytes == chunk_mib * MiB
     n = max(per_rpc, total_mib // chunk_mib)
@@ -49,17 +55,20 @@ def bench_chunk_size(client: Client, chunk_mib: int, per_rpc: int, total_mib: in
 
     counter = iter(range(10**9))
 
-    def put() -> None:
+    def put(into: Client = client) -> None:
         base = next(counter) * n * 256
         for start in range(0, n, per_rpc):
             keys = chunk_keys(layout, np.arange(base + start * 256, base + (start + per_rpc) * 256))
-            with client.put(layout, keys) as batch:
+            with into.put(layout, keys) as batch:
                 assert len(batch.reserved) == per_rpc
                 for i in batch.reserved:
                     np.copyto(batch.view(i), src[start + i])
 
+    unchecked.register_layout(layout)
     t_mem = best_seconds(memcpy, repeats=repeats)
     t_put = best_seconds(put, repeats=repeats)
+    t_put_unchecked = best_seconds(lambda: put(unchecked), repeats=repeats)
+    unchecked.evict(everything=True)
     stored = chunk_keys(layout, np.arange(n * 256) + 10**12)
     assert client.put_chunks(layout, stored, src) == n
 
@@ -75,6 +84,8 @@ def bench_chunk_size(client: Client, chunk_mib: int, per_rpc: int, total_mib: in
     tag = f"{chunk_mib}MiB_x{per_rpc}"
     figure(f"dram_put_{tag}", nbytes / t_put / 1e9, "GB/s", "memcpy", mem_gbs)
     figure(f"dram_get_{tag}", nbytes / t_get / 1e9, "GB/s", "memcpy", mem_gbs)
+    figure(f"dram_put_{tag}_slot_check", nbytes / t_put / 1e9, "GB/s", "put with --no-slot-check",
+           nbytes / t_put_unchecked / 1e9)
     assert bytes(dst[n - 1][:8]) == bytes([(n - 1) % 251] * 8)
     client.evict(everything=True)
 
@@ -111,12 +122,14 @@ def main() -> None:
     repeats = 3 if args.quick else 7
     tmp = Path(tempfile.mkdtemp(prefix="tdb-", dir="/tmp"))
     try:
-        with DaemonProcess(tmp / "s.sock", ["--dram", args.dram, "--nvme", "0", "--nvme-dir", str(tmp / "n")]) as d:
-            with Client.connect(d.socket) as client:
+        common = ["--dram", args.dram, "--nvme", "0", "--nvme-dir", str(tmp / "n")]
+        with DaemonProcess(tmp / "s.sock", common) as d, \
+                DaemonProcess(tmp / "u.sock", common + ["--no-slot-check"]) as u:
+            with Client.connect(d.socket) as client, Client.connect(u.socket) as unchecked:
                 for chunk_mib in (1, 4, 32):
                     for per_rpc in (1, 16):
                         if chunk_mib * per_rpc <= 512:
-                            bench_chunk_size(client, chunk_mib, per_rpc, total_mib, repeats)
+                            bench_chunk_size(client, chunk_mib, per_rpc, total_mib, repeats, unchecked)
                 bench_lookup(client, 300 if args.quick else 3000)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

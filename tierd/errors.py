@@ -46,6 +46,10 @@ class AlreadyStoredError(TierdError):
     """A second commit of a key that is already stored."""
 
 
+class SlotNotWrittenError(TierdError):
+    """A commit of a slot its writer did not fully write (the daemon's canary is still in it)."""
+
+
 class CapacityError(TierdError):
     """A tier has no room and nothing can be evicted to make some."""
 

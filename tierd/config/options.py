@@ -121,6 +121,9 @@ OPTIONS: tuple[Option, ...] = (
            "time: less SSD wear) (default: all)"),
     Option("object_admission", parse_admission, "FILTER",
            "which chunks are uploaded to the object tier: all, or reuse (only those used a second time) (default: all)"),
+    Option("slot_check", parse_bool, "BOOL",
+           "refuse a commit whose slot its writer did not fully write (a canary per 4 KiB page, armed "
+           "at reserve); off only to measure its cost (default: on)"),
     Option("quotas", parse_quotas, "NS:SIZE,...",
            "byte quota of a namespace on each local tier (DRAM, NVMe), e.g. tenantA:2GiB,tenantB:512MiB: "
            "over it, the namespace's own oldest chunks make room (default: off)"),

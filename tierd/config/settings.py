@@ -59,6 +59,7 @@ class Config:
     nvme_policy: str = DEFAULT_POLICY
     object_policy: str = DEFAULT_POLICY
     nvme_admission: str = "all"
+    slot_check: bool = True
     object_admission: str = "all"
 
     def __post_init__(self) -> None:

@@ -45,6 +45,7 @@ def build_store(config: "Config") -> TieredStore:
         lookup_budget=config.object_lookup_budget,
         quotas=config.quotas,
         policies=_policies(config),
+        slot_check=config.slot_check,
         admissions={"nvme": ADMISSIONS[config.nvme_admission], "object": ADMISSIONS[config.object_admission]},
     )
     store.costs = declared_costs(store.tier_names)

@@ -88,6 +88,8 @@ class Reservation:
     slot: int
     size: int
     position: int
+    #: The canary armed in the slot (`tierd.store.canary`); None when slot checks are off.
+    canary: int | None = None
 
 
 @dataclass(slots=True)

@@ -66,6 +66,8 @@ def stat(store: "TieredStore") -> dict[str, Any]:
         "lookups": store.lookups.lookups,
         "moves_in_flight": len(store.moves.in_flight),
         "admission_rejected": store.writedown.rejected,
+        "slot_check": store.sessions.slot_check,
+        "commits_not_written": store.sessions.not_written,
         "writedown_failing": store.writedown_failing,
         "dropped_unwritten": store.dram_room.dropped_unwritten,
         "background_restarts": store.background_restarts(),

@@ -15,8 +15,16 @@ import itertools
 import time
 from typing import Callable, Mapping, Sequence
 
-from tierd.errors import AlreadyStoredError, InvalidArgumentError, LayoutMismatchError, NotFoundError, NotReservedError
+from tierd.errors import (
+    AlreadyStoredError,
+    InvalidArgumentError,
+    LayoutMismatchError,
+    NotFoundError,
+    NotReservedError,
+    SlotNotWrittenError,
+)
 from tierd.layout import Layout
+from tierd.store import canary
 from tierd.store.chunk import ABSENT, DRAM, Chunk, Lease, Reservation, Session, check_keys, check_namespace
 from tierd.store.dram import DramRoom
 from tierd.store.index import ChunkIndex
@@ -29,13 +37,17 @@ PromotionObserver = Callable[[int, float, int], None]
 
 class Sessions:
     def __init__(self, index: ChunkIndex, dram: DramRoom, moves: Moves, uploads: UploadQueue,
-                 layouts: Mapping[str, Layout], *, write_through: bool) -> None:
+                 layouts: Mapping[str, Layout], *, write_through: bool, slot_check: bool = True) -> None:
         self.index = index
         self.dram = dram
         self.moves = moves
         self.uploads = uploads
         self.layouts = layouts
         self.write_through = write_through
+        #: Arm a canary in every reserved slot and refuse a commit that left one (`canary`).
+        self.slot_check = slot_check
+        #: Commits refused because a slot was not fully written.
+        self.not_written = 0
         self.on_promoted: PromotionObserver | None = None
         self.open: dict[int, Session] = {}
         self._session_ids = itertools.count(1)
@@ -82,7 +94,8 @@ class Sessions:
                 quotas.charge(DRAM, namespace, -nbytes)
                 slots.append(None)
                 continue
-            r = Reservation(key, layout.layout_id, namespace, slot, nbytes, first_position + i)
+            r = Reservation(key, layout.layout_id, namespace, slot, nbytes, first_position + i,
+                            canary.arm(self.dram.arena.view(slot, nbytes)) if self.slot_check else None)
             session.reservations[key] = r
             self.index.reserved[key] = r
             slots.append(slot)
@@ -100,6 +113,7 @@ class Sessions:
                 if key in self.index:
                     raise AlreadyStoredError(f"key {key.hex()} is already stored; a chunk is committed once")
                 raise NotReservedError(f"key {key.hex()} was not reserved by this connection; reserve it first")
+        self._check_written(session, keys)
         now = time.time()
         for key in keys:
             r = session.reservations.pop(key)
@@ -116,6 +130,22 @@ class Sessions:
                     and shared.admission.admits(key, c.hits)):
                 self.uploads.put(Upload(key, r.layout_id, r.namespace, r.size, now, r.position))
         return len(keys)
+
+    def _check_written(self, session: Session, keys: Sequence[bytes]) -> None:
+        """Refuse the whole commit (its reservations aborted, nothing stored) if any slot still
+        holds its canary: its writer did not write all of it, and the rest is old bytes."""
+        for key in keys:
+            r = session.reservations[key]
+            if r.canary is None:
+                continue
+            offset = canary.unwritten(self.dram.arena.view(r.slot, r.size), r.canary)
+            if offset is not None:
+                self.not_written += 1
+                self.abort(session, keys)
+                raise SlotNotWrittenError(
+                    f"key {key.hex()}: its slot was committed before it was fully written (byte {offset} of "
+                    f"{r.size} was never written; did a device copy finish before the commit?); "
+                    f"nothing of this commit was stored")
 
     def abort(self, session: Session, keys: Sequence[bytes]) -> int:
         """Drop reservations (a put that failed or a client that went away); frees their slots."""

@@ -55,6 +55,7 @@ class TieredStore:
         quotas: dict[str, int] | None = None,
         policies: dict[str, PolicyFactory] | None = None,
         admissions: dict[str, Callable[[], Admission]] | None = None,
+        slot_check: bool = True,
     ) -> None:
         if object_write not in ("through", "back"):
             raise InvalidArgumentError(f"object_write {object_write!r}: use 'through' or 'back'")
@@ -85,7 +86,7 @@ class TieredStore:
             if self.probe is not None:
                 self.writedown.on_shared_write = self.probe.forget_miss
         self.sessions = Sessions(self.index, self.dram_room, self.moves, self.uploads, self.layouts,
-                                 write_through=object_write == "through")
+                                 write_through=object_write == "through", slot_check=slot_check)
         self.sessions.on_promoted = self._observe_promotion
         self.lookups = Lookups(self.index, [self.dram_room.stats] + [l.stats for l in self.lower], self.probe)
         self.demoter = Demoter(self.index, self.dram_room, self.moves, self.writedown, batch=io_threads)
