@@ -39,7 +39,7 @@ def _is_num(v: Any) -> bool:
 def connect(args: argparse.Namespace) -> "Client":
     from tierd.client import Client
 
-    return Client.connect(args.socket, name="tierd-cli")
+    return Client.connect(args.socket, name="tierd-cli", map_arena=False)  # no command reads chunk bytes
 
 
 def parse_key(text: str) -> bytes:

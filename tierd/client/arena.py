@@ -6,10 +6,12 @@ maps it lazily, so connecting never waits for (or duplicates) that work.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
+from tierd.errors import PermissionDeniedError
 from tierd.layout import Layout
 from tierd.tiers.arena import map_file
 
@@ -25,6 +27,17 @@ class ArenaViews:
     def from_hello(cls, info: dict[str, Any]) -> "ArenaViews":
         """The arena a `hello` answer names."""
         return cls(info["arena_path"], info["arena_bytes"], populate=info.get("arena_populated", True))
+
+    @classmethod
+    def try_from_hello(cls, info: dict[str, Any]) -> "tuple[ArenaViews | None, str | None]":
+        """`from_hello`, or (None, why) when this process may not map the arena (a client of
+        another user than the daemon's: the arena file is the daemon user's, mode 0600). Such a
+        client still has the whole control plane; only its puts and gets need the arena."""
+        try:
+            return cls.from_hello(info), None
+        except PermissionError:
+            return None, (f"this process (uid {os.getuid()}) may not map the daemon's arena {info['arena_path']}: "
+                          "it may use the control plane (lookup, ls, stat, ...) but not put or get chunks")
 
     def view(self, offset: int, nbytes: int) -> np.ndarray:
         return self.array[offset : offset + nbytes]

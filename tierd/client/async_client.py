@@ -15,7 +15,7 @@ from tierd.client.arena import ArenaViews
 from tierd.client.batches import AsyncGetLease, AsyncPutBatch
 from tierd.client.peer import check_daemon_peer, expected_daemon_uid
 from tierd.client.protocol import LookupResult, acquire_args, default_socket, hello_args, lookup_args, reserve_args
-from tierd.errors import DaemonUnavailableError
+from tierd.errors import DaemonUnavailableError, PermissionDeniedError
 from tierd.layout import Layout
 from tierd.rpc import frames
 from tierd.rpc.schema import result_of
@@ -29,6 +29,7 @@ class AsyncClient:
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
         self.arena: ArenaViews | None = None
+        self._no_arena: str | None = None
         self.info: dict[str, Any] = {}
         self.layouts: dict[str, Layout] = {}
         self.namespace: str | None = None
@@ -57,7 +58,7 @@ class AsyncClient:
             writer.close()
             raise
         client.namespace = client.info.get("namespace")
-        client.arena = ArenaViews.from_hello(client.info)
+        client.arena, client._no_arena = ArenaViews.try_from_hello(client.info)
         return client
 
     async def call(self, op: str, **args: Any) -> Any:
@@ -69,8 +70,14 @@ class AsyncClient:
             raise DaemonUnavailableError(f"tierd closed the connection during {op}")
         return result_of(reply)
 
+    def _need_arena(self) -> None:
+        """Refuse a put or get up front (nothing reserved or leased) when there is no arena."""
+        if self.arena is None:
+            raise PermissionDeniedError(self._no_arena or "no arena")
+
     def view(self, offset: int, nbytes: int) -> np.ndarray:
-        assert self.arena is not None
+        if self.arena is None:
+            raise PermissionDeniedError(self._no_arena or "no arena")
         return self.arena.view(offset, nbytes)
 
     async def lookup(self, keys: Sequence[bytes], *, plan: dict[str, Any] | None = None) -> LookupResult:
@@ -90,12 +97,14 @@ class AsyncClient:
                   first_position: int = 0) -> AsyncPutBatch:
         """Reserve slots; use as `async with await client.put(...) as batch:`. `namespace` defaults
         to the connection's bound namespace, else "default"."""
+        self._need_arena()
         await self._ensure_layout(layout)
         r = await self.call("reserve", **reserve_args(layout, keys, namespace, self.namespace, first_position))
         return AsyncPutBatch(self, layout, keys, r["slots"])
 
     async def get(self, layout: Layout, keys: Sequence[bytes], *, prefix_only: bool = True) -> AsyncGetLease:
         """Lease the leading present chunks; use as `async with await client.get(...) as lease:`."""
+        self._need_arena()
         await self._ensure_layout(layout)
         r = await self.call("acquire", **acquire_args(layout, keys, prefix_only))
         return AsyncGetLease(self, layout, r["lease"], r["slots"])

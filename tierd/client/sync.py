@@ -23,7 +23,7 @@ from tierd.client.arena import ArenaViews
 from tierd.client.batches import GetLease, PutBatch
 from tierd.client.peer import check_daemon_peer, expected_daemon_uid
 from tierd.client.protocol import LookupResult, acquire_args, default_socket, hello_args, lookup_args, reserve_args
-from tierd.errors import DaemonUnavailableError
+from tierd.errors import DaemonUnavailableError, PermissionDeniedError
 from tierd.layout import Layout
 from tierd.rpc import frames
 from tierd.rpc.schema import result_of
@@ -59,7 +59,8 @@ class Client:
         self.info = info
         #: The namespace this connection is bound to (None: all); the default of put().
         self.namespace: str | None = info.get("namespace")
-        self.arena = ArenaViews.from_hello(info) if map_arena else None
+        self.arena, self._no_arena = (ArenaViews.try_from_hello(info) if map_arena else
+                                      (None, "this client was connected with map_arena=False: it has no data views"))
 
     # -------------------------------------------------------------- constructors
 
@@ -145,9 +146,14 @@ class Client:
             if not reply.get("ok"):
                 log.warning("tierd: a pipelined request failed: %s", reply.get("error"))
 
+    def _need_arena(self) -> None:
+        """Refuse a put or get up front (nothing reserved or leased) when there is no arena."""
+        if self.arena is None:
+            raise PermissionDeniedError(self._no_arena or "no arena")
+
     def view(self, offset: int, nbytes: int) -> np.ndarray:
         if self.arena is None:
-            raise RuntimeError("this client was connected with map_arena=False: it has no data views")
+            raise PermissionDeniedError(self._no_arena or "no arena")
         return self.arena.view(offset, nbytes)
 
     def close(self) -> None:
@@ -187,11 +193,13 @@ class Client:
             first_position: int = 0) -> PutBatch:
         """Reserve slots for `keys`; `first_position` is keys[0]'s chunk index in its prompt.
         `namespace` defaults to the connection's bound namespace, else "default"."""
+        self._need_arena()
         self._ensure_layout(layout)
         r = self._call("reserve", **reserve_args(layout, keys, namespace, self.namespace, first_position))
         return PutBatch(self, layout, keys, r["slots"])
 
     def get(self, layout: Layout, keys: Sequence[bytes], *, prefix_only: bool = True) -> GetLease:
+        self._need_arena()
         self._ensure_layout(layout)
         r = self._call("acquire", **acquire_args(layout, keys, prefix_only))
         return GetLease(self, layout, r["lease"], r["slots"])
