@@ -41,6 +41,7 @@ setup(
         "obstore>=0.12",
         "zstandard>=0.22",
         "PyYAML>=6",
+        "cryptography>=41",  # encryption at rest (--encrypt-key-file): AES-GCM, HKDF
     ],
     extras_require={
         "torch": [TORCH],

@@ -22,6 +22,7 @@ from tierd.config.parsers import (
     parse_fraction,
     parse_host,
     parse_io_threads,
+    parse_key_file,
     parse_log_level,
     parse_max_frame,
     parse_mode,
@@ -102,6 +103,9 @@ OPTIONS: tuple[Option, ...] = (
            "how this node writes chunks to the object tier; same choices as --nvme-codec (default: raw)"),
     Option("codec_device", parse_codec_device, "DEVICE",
            "where the quantised codecs run: auto (CUDA where torch sees a device), cpu or cuda (default: auto)"),
+    Option("encrypt_key_file", parse_key_file, "FILE",
+           "encrypt what the NVMe and object tiers store (AES-256-GCM, a key per namespace) with the "
+           "32-byte key in FILE (raw or 64 hex characters, mode 0600) (default: off)"),
     Option("allow_uids", parse_allow_uids, "USERS",
            "who may connect (checked on every connection): uids, user names and self (the "
            "daemon's own user), comma separated; root only if listed (default: self)"),

@@ -12,7 +12,7 @@ in a config file is relative to the file's directory (so the file means the same
 any working directory); one from the environment or a flag is relative to the working
 directory, as the shell would read it. Sizes follow `tierd.sizes` (8GiB, 8000MB, bytes).
 
-Switching things off: metrics_port, object_url, quotas and namespaces take "off"/"none"/""
+Switching things off: metrics_port, object_url, quotas, namespaces and encrypt_key_file take "off"/"none"/""
 (or YAML/TOML false/null), and record_trace takes "" (or false/null), so the environment or a
 flag can turn off what a file turned on. For every other option an empty value is an error;
 unset the variable instead. socket_mode strings are always octal ("0600", "600", "0o600"); an
@@ -65,6 +65,15 @@ def parse_socket(value: object, where: str, base: str | None) -> str:
 
 def parse_optional_path(value: object, where: str, base: str | None) -> str | None:
     if value is None or value is False or value == "":
+        return None
+    return parse_path(value, where, base)
+
+
+def parse_key_file(value: object, where: str, base: str | None) -> str | None:
+    """The encryption key file's path ("off"/"none"/"": no encryption). Only the path: the daemon
+    reads and checks the key when it builds its tiers (tierd.tiers.crypto.load_key_file), so a
+    client reading the same configuration never needs access to the key."""
+    if is_off(value):
         return None
     return parse_path(value, where, base)
 

@@ -51,6 +51,7 @@ class Config:
     nvme_codec: str = "raw"
     object_codec: str = "raw"
     codec_device: str = "auto"
+    encrypt_key_file: str | None = None
     allow_uids: str = "self"
     namespaces: str = ""
     progress_interval: float = 1.0

@@ -21,17 +21,18 @@ def build_store(config: "Config") -> TieredStore:
     """A store with the DRAM arena, the NVMe tier below it when `config.nvme > 0`, and the
     shared object tier last when `config.object_url` is set."""
     lower: list[tuple[LowerTier, int]] = []
+    cipher = _cipher(config)
     if config.nvme > 0:
         from tierd.tiers.nvme.files import NvmeChunkFiles
         from tierd.tiers.nvme.tier import NvmeTier
 
-        files = NvmeChunkFiles(Path(config.nvme_dir), codec=_codec(config.nvme_codec, config))
+        files = NvmeChunkFiles(Path(config.nvme_dir), codec=_codec(config.nvme_codec, config), cipher=cipher)
         lower.append((NvmeTier(files, io_threads=config.io_threads), config.nvme))
     if config.object_url:
         from tierd.tiers.object.tier import ObjectTier
 
         lower.append((ObjectTier(config.object_url, node=config.node_id, timeout=config.object_timeout,
-                                  codec=_codec(config.object_codec, config)),
+                                  codec=_codec(config.object_codec, config), cipher=cipher),
                       config.object))
     store = TieredStore(
         dram_bytes=config.dram,
@@ -56,6 +57,16 @@ def _policies(config: "Config") -> dict[str, PolicyFactory]:
     """Each tier's eviction policy factory, by tier name."""
     names = {DRAM: config.dram_policy, "nvme": config.nvme_policy, "object": config.object_policy}
     return {tier: functools.partial(make_policy, name) for tier, name in names.items()}
+
+
+def _cipher(config: "Config") -> Any:
+    """The lower tiers' cipher when `--encrypt-key-file` is set; a key file that is missing, of
+    the wrong size or open to group or others stops the start (ConfigError)."""
+    if config.encrypt_key_file is None:
+        return None
+    from tierd.tiers.crypto import ChunkCipher
+
+    return ChunkCipher.from_file(config.encrypt_key_file)
 
 
 def _codec(spec: str, config: "Config") -> Any:

@@ -113,7 +113,7 @@ async def inspect(store: "TieredStore", key: bytes) -> dict[str, Any]:
     for lower in store.lower:
         if lower.name in c.lower and lower.name not in headers and not lower.shared:
             headers[lower.name] = await lower.tier.read_header(key)
-    stored = {name: {"codec": h.codec or "raw", "stored_bytes": h.stored,
+    stored = {name: {"codec": h.codec or "raw", "stored_bytes": h.stored, "encrypted": h.encrypted,
                      "ratio": h.payload_len / h.stored if h.stored else None}
               for name, h in headers.items() if h is not None}
     return {**describe(c), **extra, "stored": stored}

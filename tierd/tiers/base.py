@@ -48,6 +48,7 @@ class CopyHeader:
     codec: str  # "" when stored raw
     created: float
     node: str = ""  # the node that wrote it, on a shared tier
+    encrypted: bool = False  # sealed with the daemon's key (tierd.tiers.crypto)
 
 
 @dataclass(frozen=True, slots=True)

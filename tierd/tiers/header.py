@@ -2,13 +2,16 @@
 
 An NVMe chunk file and an object in the bucket each start with a header that lets the copy
 prove itself on read: key, layout, namespace, the raw size, a checksum of the stored bytes,
-when it was written, how it was encoded and (object tier) which node wrote it. The byte layouts
-differ (`tiers/nvme/format.py`, `tiers/object/format.py`); the fields, their limits and the
-tier-neutral view the store sees (`CopyHeader`) are one thing, defined here.
+when it was written, how it was encoded, (object tier) which node wrote it and, for an
+encrypted copy, the key id, nonce and tag (`tierd.tiers.crypto`). The byte layouts differ
+(`tiers/nvme/format.py`, `tiers/object/format.py`); the fields, their limits, what encryption
+authenticates (`associated_data`) and the tier-neutral view the store sees (`CopyHeader`) are
+one thing, defined here.
 """
 from __future__ import annotations
 
 import string
+import struct
 from dataclasses import dataclass
 
 from tierd.errors import InvalidArgumentError
@@ -54,6 +57,17 @@ class MediumHeader:
     stored_len: int = -1  # -1: the raw chunk (== payload_len)
     codec: str = ""
     node: str = ""  # the writer's node id; only the shared object tier records it
+    key_id: bytes = b""  # encryption (tierd.tiers.crypto): which master key; all three b"" when plaintext
+    nonce: bytes = b""
+    tag: bytes = b""
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.nonce)
+
+    def associated_data(self) -> bytes:
+        """What encryption authenticates besides the stored bytes (see `associated_data`)."""
+        return associated_data(self.key, self.layout_id, self.namespace, self.payload_len, self.stored, self.codec)
 
     @property
     def stored(self) -> int:
@@ -69,7 +83,7 @@ class MediumHeader:
         """The tier-neutral view of this header (`tierd.tiers.base.CopyHeader`)."""
         return CopyHeader(key=self.key, layout_id=self.layout_id, namespace=self.namespace,
                           payload_len=self.payload_len, stored=self.stored, medium_bytes=self.medium_bytes,
-                          codec=self.codec, created=self.created, node=self.node)
+                          codec=self.codec, created=self.created, node=self.node, encrypted=self.encrypted)
 
     def encoded_fields(self) -> tuple[bytes, bytes, bytes, bytes]:
         """(layout, namespace, codec, node) as the bytes a format writes; InvalidArgumentError
@@ -84,3 +98,20 @@ class MediumHeader:
         if len(node) > MAX_NODE:
             raise InvalidArgumentError(f"node id {self.node!r}: at most {MAX_NODE} UTF-8 bytes")
         return layout, namespace, codec, node
+
+
+_AAD_SIZES = struct.Struct("<QQ")
+
+
+def associated_data(key: bytes, layout_id: str, namespace: str, payload_len: int, stored_len: int,
+                    codec: str) -> bytes:
+    """The header fields that name a copy, as the bytes AES-GCM authenticates with it: a copy
+    whose header was changed to another key, namespace, layout, size or codec (to serve it
+    under another name) no longer decrypts. Each text field is length-prefixed, so no two
+    different headers give the same bytes. Not validated: a tampered header must fail
+    authentication, not raise."""
+    parts = [b"tierd chunk v1\0", bytes(key), _AAD_SIZES.pack(payload_len, stored_len)]
+    for text in (layout_id.encode("utf-8", "surrogatepass"), namespace.encode("utf-8", "surrogatepass"),
+                 codec.encode("utf-8", "surrogatepass")):
+        parts += [len(text).to_bytes(2, "little"), text]
+    return b"".join(parts)

@@ -8,7 +8,9 @@ two methods on the same key at once, so per-key locking is not needed here.
 
 The file format is in `tierd.tiers.nvme.format`, the aligned (O_DIRECT) transfers in
 `tierd.tiers.nvme.aligned`. A tier with a codec (`tierd.tiers.encoding`) stores a codec blob
-instead of the raw chunk when that is smaller; a read decodes it into the destination.
+instead of the raw chunk when that is smaller; a read decodes it into the destination. A tier
+with a cipher (`tierd.tiers.crypto`, `--encrypt-key-file`) encrypts what the codec made, and a
+read authenticates and decrypts it before decoding.
 
 Durability: a chunk is written to a temp file in its shard directory, fdatasync'ed, renamed
 over its final name and the directory is fsync'ed; a crash leaves either the old state plus a
@@ -20,7 +22,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 import threading
 import time
 from pathlib import Path
@@ -29,11 +30,11 @@ import xxhash
 
 from tierd.errors import CapacityError, CodecError, ConfigError, InvalidArgumentError, UnknownLayoutError
 from tierd.keys import check_namespace
+from tierd.tiers.crypto import AuthenticationFailed, ChunkCipher, ThreadBuffer, unreadable_reason
 from tierd.tiers.encoding import TierCodec
-from tierd.tiers.header import check_key, check_layout_id
+from tierd.tiers.header import associated_data, check_key, check_layout_id
 from tierd.tiers.nvme.aligned import AlignedIO, byte_view, direct_io_works
 from tierd.tiers.nvme.format import (
-    CHUNK_SUFFIX,
     HEADER_BYTES,
     SHARDS,
     ChunkHeader,
@@ -42,9 +43,6 @@ from tierd.tiers.nvme.format import (
     decode_header,
     file_name,
     file_size,
-    is_chunk_name,
-    is_probe_temp_name,
-    is_write_temp_name,
     shard_of,
     write_temp_name,
 )
@@ -66,6 +64,11 @@ class NvmeChunkFiles:
     `codec`: what this tier writes (a `tierd.codecs` spec or a `TierCodec`; "raw" by default).
     Reads decode whatever codec a file's header names.
 
+    `cipher`: with one, every file is written encrypted and only files that authenticate under
+    its key are read; a file encrypted under another key or none, or a plaintext file, is a
+    miss like any other bad file (`tierd.tiers.crypto.unreadable_reason`). Without one, an
+    encrypted file is a miss.
+
     `direct_io`: None probes O_DIRECT on the directory's filesystem and uses it where it works
     (durable writes run several times faster than buffered writes + fdatasync on the machines
     measured by `bench/nvme_tier.py`, and chunk bytes do not crowd the page cache that the DRAM
@@ -73,8 +76,10 @@ class NvmeChunkFiles:
     """
 
     def __init__(self, directory: str | Path, *, direct_io: bool | None = None,
-                 codec: str | TierCodec = "raw") -> None:
+                 codec: str | TierCodec = "raw", cipher: ChunkCipher | None = None) -> None:
         self.codec = codec if isinstance(codec, TierCodec) else TierCodec(codec)
+        self.cipher = cipher
+        self._crypt = ThreadBuffer()  # ciphertext on its way to disk, or a decrypted codec blob
         self.root = Path(directory)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -94,13 +99,17 @@ class NvmeChunkFiles:
         self.dropped = 0
         #: Files removed by `read_into` because a check failed or the read failed.
         self.corrupt = 0
+        #: Of `corrupt`: files this daemon's key (or lack of one) cannot read, or that failed
+        #: authentication.
+        self.undecryptable = 0
         #: Leftover temp files (interrupted writes) removed by `scan`.
         self.temp_removed = 0
         #: Files `scan` found in the directory and did not touch: not named or not owned as tierd's.
         self.left_alone = 0
         #: Chunk files the running (or last) `scan` has read so far, for progress lines.
         self.scanned = 0
-        log.info("NVMe chunk files in %s (O_DIRECT %s)", self.root, "on" if self.direct_io else "off")
+        log.info("NVMe chunk files in %s (O_DIRECT %s, %s)", self.root, "on" if self.direct_io else "off",
+                 f"encrypted with key {cipher.key_id.hex()}" if cipher is not None else "not encrypted")
 
     @property
     def direct_io(self) -> bool:
@@ -149,6 +158,12 @@ class NvmeChunkFiles:
         stored, codec = self.codec.encode(view, layout_id)
         view = memoryview(stored).cast("B")
         n = len(view)
+        key_id = nonce = tag = b""
+        if self.cipher is not None:  # after the codec: ciphertext does not compress
+            sealed = self._crypt.get(n)
+            nonce, tag = self.cipher.seal_into(namespace, associated_data(key, layout_id, namespace, raw_len, n, codec),
+                                               view, sealed)
+            key_id, view = self.cipher.key_id, sealed
         header = ChunkHeader(
             key=key,
             layout_id=layout_id,
@@ -158,6 +173,9 @@ class NvmeChunkFiles:
             created=time.time() if created is None else float(created),
             stored_len=n,
             codec=codec,
+            key_id=key_id,
+            nonce=nonce,
+            tag=tag,
         )
         final = self.path_for(key)
         tmp = final.with_name(write_temp_name(key, os.urandom(4)))
@@ -198,15 +216,16 @@ class NvmeChunkFiles:
         only if every check passed; None is a miss.
 
         Checks: file size, header hash, key, layout id, payload length, the checksum of the
-        stored bytes and, for an encoded chunk, the codec's own checks while decoding. On any
+        stored bytes, for an encrypted chunk that this daemon has its key and that it
+        authenticates, and for an encoded chunk the codec's own checks while decoding. On any
         failure or I/O error the file is deleted, counted in `corrupt` and None is returned
         (the caller treats it as a miss; `dest` may then hold partial bytes). A missing file is a
         plain None, and so is an encoded chunk of a layout not registered in this daemon (kept).
         Raises only InvalidArgumentError, for a bad key, layout id, destination or length.
         A raw chunk with O_DIRECT and an aligned `dest` arrives, header and payload, in one
-        preadv straight into `dest`; an encoded one is read into a scratch buffer and decoded
-        into `dest` on this thread. (`stored_bytes` is the LowerTier hint; the file's own size
-        is used instead.)
+        preadv straight into `dest`; an encoded or encrypted one is read into a scratch buffer
+        and decoded or decrypted into `dest` on this thread. (`stored_bytes` is the LowerTier
+        hint; the file's own size is used instead.)
         """
         key = check_key(key)
         check_layout_id(layout_id)
@@ -228,9 +247,11 @@ class NvmeChunkFiles:
             return self._reject(path, key, f"open failed: {exc}")
         try:
             size = os.fstat(fd).st_size
+            # With a cipher, files are encrypted: read them into scratch, decrypt from there into `view`.
+            in_scratch = self.cipher is not None
             if size == self.file_bytes_for(payload_len):  # raw, or encoded to the same rounded size
-                header = decode_header(self._io.read_file(fd, view))
-                stored = view
+                stored = self._io.scratch(payload_len) if in_scratch else view
+                header = decode_header(self._io.read_file(fd, stored))
             else:  # encoded (smaller), or damaged: the header says which
                 header = decode_header(self._io.read_header_block(fd))
                 stored = None
@@ -243,21 +264,34 @@ class NvmeChunkFiles:
             if size != header.medium_bytes:
                 raise CorruptChunk(f"file is {size} bytes, expected {header.medium_bytes} for stored_len "
                                    f"{header.stored}")
-            if header.codec:
-                blob = self._io.scratch(header.stored)
+            reason = unreadable_reason(self.cipher, header.encrypted, header.key_id)
+            if reason is not None:
+                raise AuthenticationFailed(reason)
+            if header.codec or header.encrypted:  # to a scratch buffer: decoded or decrypted into `view`
+                blob = self._io.scratch(header.stored)  # a prefix of the scratch `stored` may already be in
                 if stored is None:
                     self._io.read_stored(fd, blob)
-                else:
+                elif not in_scratch:
                     blob[:] = stored[: header.stored]
                 stored = blob
             assert stored is not None
             if xxhash.xxh3_64_intdigest(stored) != header.checksum:
                 raise CorruptChunk("checksum mismatch of the stored bytes")
+            if header.encrypted:
+                assert self.cipher is not None
+                plain = self._crypt.get(header.stored) if header.codec else view
+                self.cipher.open_into(header.namespace, header.associated_data(), header.nonce, header.tag,
+                                      stored, plain)
+                stored = plain[: header.stored]
             if header.codec:
                 self.codec.decode_into(stored, header.codec, layout_id, view)
         except UnknownLayoutError as exc:
             log.warning("chunk %s: %s; a miss for now, the file is kept", key.hex(), exc)
             return None
+        except AuthenticationFailed as exc:
+            with self._counter_lock:
+                self.undecryptable += 1
+            return self._reject(path, key, str(exc))
         except (CorruptChunk, CodecError) as exc:
             return self._reject(path, key, str(exc))
         except OSError as exc:
@@ -303,96 +337,10 @@ class NvmeChunkFiles:
         return size
 
     def scan(self) -> list[StoredChunk]:
-        """Every intact-looking chunk on disk, oldest mtime first, to rebuild the index on restart.
+        """Every intact-looking chunk on disk, oldest mtime first (`tierd.tiers.nvme.scan`)."""
+        from tierd.tiers.nvme.scan import scan
 
-        Removes leftover temp files (`temp_removed`) and chunk files whose header or size is bad
-        (`dropped`). Only tierd's own files are ever removed: a name must be exactly one tierd
-        writes (`tierd.tiers.nvme.format`: `.probe-<pid>-<8 hex>.tmp` in the root,
-        `.<key>.<8 hex>.tmp` and `<key>.chunk` in the key's shard), and the file a regular file
-        of this process's uid, looked at without following a symlink. Anything else someone put
-        in the directory is left where it is (`left_alone`). Reads one header block per file,
-        never payloads: payload checksums are verified on each read instead.
-        """
-        found: list[StoredChunk] = []
-        temps = dropped = foreign = 0
-        self.scanned = 0
-        for entry in os.scandir(self.root):
-            if is_probe_temp_name(entry.name):  # an interrupted O_DIRECT probe
-                removed = self._remove_own(entry, "leftover temp file")
-                temps += removed
-                foreign += not removed
-        for shard_name in SHARDS:
-            shard = self.root / shard_name
-            try:
-                entries = list(os.scandir(shard))
-            except FileNotFoundError:
-                shard.mkdir(exist_ok=True)
-                continue
-            for entry in entries:
-                name = entry.name
-                if is_write_temp_name(name, shard_name):
-                    removed = self._remove_own(entry, "temp file of an interrupted write")
-                    temps += removed
-                    foreign += not removed
-                elif is_chunk_name(name, shard_name):
-                    self.scanned += 1
-                    chunk, reason = self._scan_one(entry, shard.name)
-                    if chunk is not None:
-                        found.append(chunk)
-                    elif self._remove_own(entry, reason):
-                        dropped += 1
-                    else:
-                        foreign += 1
-                else:
-                    foreign += 1
-                    log.warning("leaving %s alone: not a name tierd writes", entry.path)
-        with self._counter_lock:
-            self.temp_removed += temps
-            self.dropped += dropped
-            self.left_alone += foreign
-        found.sort(key=lambda c: c.mtime)
-        log.info("scanned %s: %d chunks, %d dropped, %d temp files removed, %d files not tierd's left alone",
-                 self.root, len(found), dropped, temps, foreign)
-        return found
-
-    def _scan_one(self, entry: os.DirEntry[str], shard: str) -> tuple[StoredChunk | None, str]:
-        key = bytes.fromhex(entry.name[: -len(CHUNK_SUFFIX)])  # the caller matched the name exactly
-        try:
-            st = entry.stat(follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode):
-                return None, "not a regular file"
-            with open(entry.path, "rb", buffering=0) as f:
-                block = f.read(HEADER_BYTES)
-            header = decode_header(block)
-        except CorruptChunk as exc:
-            return None, str(exc)
-        except OSError as exc:
-            return None, f"unreadable: {exc}"
-        if header.key != key:
-            return None, f"header key {header.key.hex()} differs from the file name"
-        if st.st_size != header.medium_bytes:
-            return None, f"file is {st.st_size} bytes, header says {header.medium_bytes} (truncated or extended)"
-        return StoredChunk.from_header(header, st.st_size, st.st_mtime), ""
-
-    @staticmethod
-    def _remove_own(entry: os.DirEntry[str], reason: str) -> int:
-        """Unlink a file named as tierd names its files, if it is a regular file of our uid
-        (never following a symlink); 1 if removed, 0 if it was gone or is not ours to remove."""
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            return 0
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-            kind = "a regular file" if stat.S_ISREG(st.st_mode) else f"not a regular file (mode {st.st_mode:o})"
-            log.warning("leaving %s alone (%s): it is %s of uid %d, not a file tierd wrote as uid %d",
-                        entry.path, reason, kind, st.st_uid, os.geteuid())
-            return 0
-        log.warning("removing %s: %s", entry.path, reason)
-        try:
-            os.unlink(entry.path)
-        except FileNotFoundError:
-            return 0
-        return 1
+        return scan(self)
 
     # -- helpers --------------------------------------------------------------------------
 

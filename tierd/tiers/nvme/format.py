@@ -25,6 +25,15 @@ On-disk layout (all integers little-endian)::
     (version 1: the same fields up to `created`, no stored_len or codec, namespace at 88 and
     header_hash at 344.)
 
+    version 3, an encrypted chunk (`--encrypt-key-file`, `tierd.tiers.crypto`): flags = 1, the
+    fields of version 2 up to the namespace, then
+                 368  key_id       8s   which master key sealed it
+                 376  nonce        12s  AES-GCM nonce, random per write
+                 388  tag          16s  AES-GCM tag over the stored bytes and the naming fields
+                 404  header_hash  u64  xxh3_64 of bytes [0, 404)
+    The checksum is of the stored (encrypted) bytes, so damage is told from tampering without
+    the key. Unencrypted chunks are still written as version 2.
+
 A namespace is written only if it is within `tierd.keys.MAX_NAMESPACE_BYTES` (255), the one
 limit of every entry point, so any namespace the store accepts can be written down. The field
 stays 256 bytes wide, and a reader accepts up to the field's width: files written before the
@@ -54,6 +63,8 @@ BLOCK = 4096
 HEADER_BYTES = BLOCK
 MAGIC = b"TIERDCK1"
 VERSION = 2
+VERSION_ENCRYPTED = 3
+FLAG_ENCRYPTED = 1
 CHUNK_SUFFIX = ".chunk"
 TEMP_SUFFIX = ".tmp"
 
@@ -63,7 +74,9 @@ _NS_OFFSET = _FIXED.size
 _HASH_OFFSET = _NS_OFFSET + NAMESPACE_FIELD
 _HASH_OFFSET_V1 = _FIXED_V1.size + NAMESPACE_FIELD
 _HASH = struct.Struct("<Q")
-_HEADER_USED = _HASH_OFFSET + _HASH.size
+_CRYPTO = struct.Struct("<8s12s16s")  # key_id, nonce, tag (version 3)
+_HASH_OFFSET_V3 = _HASH_OFFSET + _CRYPTO.size
+_HEADER_USED = _HASH_OFFSET_V3 + _HASH.size
 
 
 def round_up(n: int, to: int = BLOCK) -> int:
@@ -172,12 +185,16 @@ def encode_header(header: ChunkHeader, into: memoryview) -> None:
     """Write `header` as the 4096-byte header block into `into` (zeroing the rest of it)."""
     layout, ns, codec, _node = header.encoded_fields()
     into[:HEADER_BYTES] = bytes(HEADER_BYTES)
+    version, flags, hash_at = (VERSION_ENCRYPTED, FLAG_ENCRYPTED, _HASH_OFFSET_V3) if header.encrypted else \
+        (VERSION, 0, _HASH_OFFSET)
     _FIXED.pack_into(
-        into, 0, MAGIC, VERSION, 0, len(layout), len(ns), header.key, layout,
+        into, 0, MAGIC, version, flags, len(layout), len(ns), header.key, layout,
         header.payload_len, header.checksum, header.created, header.stored, codec,
     )
     into[_NS_OFFSET : _NS_OFFSET + len(ns)] = ns
-    _HASH.pack_into(into, _HASH_OFFSET, xxhash.xxh3_64_intdigest(into[:_HASH_OFFSET]))
+    if header.encrypted:
+        _CRYPTO.pack_into(into, _HASH_OFFSET, header.key_id, header.nonce, header.tag)
+    _HASH.pack_into(into, hash_at, xxhash.xxh3_64_intdigest(into[:hash_at]))
 
 
 def decode_header(block: memoryview | bytes) -> ChunkHeader:
@@ -186,18 +203,21 @@ def decode_header(block: memoryview | bytes) -> ChunkHeader:
         raise CorruptChunk(f"header is {len(block)} bytes, shorter than {_HEADER_USED}")
     block = memoryview(block)
     (version,) = struct.unpack_from("<H", block, 8)
-    fixed, ns_at, hash_at = (_FIXED, _NS_OFFSET, _HASH_OFFSET) if version == VERSION else \
-        (_FIXED_V1, _FIXED_V1.size, _HASH_OFFSET_V1)
+    fixed, ns_at, hash_at = {VERSION: (_FIXED, _NS_OFFSET, _HASH_OFFSET),
+                             VERSION_ENCRYPTED: (_FIXED, _NS_OFFSET, _HASH_OFFSET_V3)}.get(
+        version, (_FIXED_V1, _FIXED_V1.size, _HASH_OFFSET_V1))
     (stored_hash,) = _HASH.unpack_from(block, hash_at)
     if xxhash.xxh3_64_intdigest(block[:hash_at]) != stored_hash:
         raise CorruptChunk("header hash mismatch (torn or flipped header)")
     fields = fixed.unpack_from(block, 0)
     magic, version, flags, layout_len, ns_len, key, layout, payload_len, checksum, created = fields[:10]
-    stored_len, codec_raw = fields[10:] if version == VERSION else (payload_len, b"")
+    stored_len, codec_raw = fields[10:] if version != 1 else (payload_len, b"")
     if magic != MAGIC:
         raise CorruptChunk(f"bad magic {magic!r}")
-    if version not in (1, VERSION) or flags != 0:
+    expected_flags = FLAG_ENCRYPTED if version == VERSION_ENCRYPTED else 0
+    if version not in (1, VERSION, VERSION_ENCRYPTED) or flags != expected_flags:
         raise CorruptChunk(f"unsupported version {version} / flags {flags:#x}")
+    key_id, nonce, tag = _CRYPTO.unpack_from(block, _HASH_OFFSET) if version == VERSION_ENCRYPTED else (b"", b"", b"")
     if not 0 < layout_len <= MAX_LAYOUT_ID or ns_len > NAMESPACE_FIELD:
         raise CorruptChunk(f"field lengths out of range (layout {layout_len}, namespace {ns_len})")
     if stored_len > payload_len or (not codec_raw.strip(b"\0") and stored_len != payload_len):
@@ -208,4 +228,5 @@ def decode_header(block: memoryview | bytes) -> ChunkHeader:
         codec = codec_raw.rstrip(b"\0").decode("ascii")
     except UnicodeDecodeError as exc:
         raise CorruptChunk(f"undecodable header text: {exc}") from None
-    return ChunkHeader(key, layout_id, namespace, payload_len, checksum, created, stored_len, codec)
+    return ChunkHeader(key, layout_id, namespace, payload_len, checksum, created, stored_len, codec,
+                       key_id=key_id, nonce=nonce, tag=tag)

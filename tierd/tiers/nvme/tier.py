@@ -1,6 +1,7 @@
 """The NVMe tier as the store sees it: `LowerTier` coroutines over the blocking chunk files.
 
-`NvmeChunkFiles` blocks on disk I/O (and on encoding and decoding, when the tier has a codec),
+`NvmeChunkFiles` blocks on disk I/O (and on encoding, decoding, encryption and decryption, when
+the tier has a codec or a cipher),
 so every operation runs on this tier's own pool of `io_threads` threads, never on the event
 loop. The pool is the tier's, not the store's: the store awaits this tier exactly as it awaits
 the object tier, and the thread count is a property of the medium (how many requests an NVMe
@@ -101,7 +102,9 @@ class NvmeTier:
         return None  # a local tier holds only what this node wrote, and the index knows all of it
 
     def stats(self) -> dict[str, Any]:
-        return self.files.codec.stats()
+        cipher = self.files.cipher
+        return {**self.files.codec.stats(), "encrypt_key_id": cipher.key_id.hex() if cipher is not None else None,
+                "undecryptable": self.files.undecryptable}
 
     async def close(self) -> None:
         """Wait for the I/O in flight, then stop the threads (without blocking the loop)."""

@@ -27,6 +27,11 @@ and when (`tierd inspect`). All integers little-endian (format version 2)::
 
 (Version 1 had no stored_len or codec: namespace at 92, node at 348, header_hash at 412.)
 
+Version 3 is an encrypted object (`--encrypt-key-file`, `tierd.tiers.crypto`): flags = 1, the
+fields of version 2 up to the node, then key_id 8s at 436 (which master key sealed it), the
+AES-GCM nonce 12s at 444 and tag 16s at 456, header_hash at 472 of bytes [0, 472). The checksum
+is of the stored (encrypted) bytes. Unencrypted objects are still written as version 2.
+
 A namespace is written only within `tierd.keys.MAX_NAMESPACE_BYTES` (255), the one limit of
 every entry point; the field stays 256 bytes wide and readers accept up to its width (objects
 written when this format alone allowed 256 bytes are still read).
@@ -43,18 +48,23 @@ from tierd.tiers.header import MAX_LAYOUT_ID, MAX_NODE, NAMESPACE_FIELD, MediumH
 HEADER_BYTES = 512
 MAGIC = b"TIERDOB1"
 VERSION = 2
+VERSION_ENCRYPTED = 3
+FLAG_ENCRYPTED = 1
 
 _FIXED = struct.Struct("<8sHHHHHH16s32sQQdQ16s")
 _FIXED_V1 = struct.Struct("<8sHHHHHH16s32sQQd")
 _HASH = struct.Struct("<Q")
+_CRYPTO = struct.Struct("<8s12s16s")  # key_id, nonce, tag (version 3)
 
 
-def _offsets(fixed: struct.Struct) -> tuple[int, int, int]:
-    """(namespace, node, header hash) offsets after a fixed part of this size."""
-    return fixed.size, fixed.size + NAMESPACE_FIELD, fixed.size + NAMESPACE_FIELD + MAX_NODE
+def _offsets(fixed: struct.Struct, crypto: int = 0) -> tuple[int, int, int]:
+    """(namespace, node, header hash) offsets after a fixed part of this size, with `crypto`
+    bytes of encryption fields before the hash."""
+    return fixed.size, fixed.size + NAMESPACE_FIELD, fixed.size + NAMESPACE_FIELD + MAX_NODE + crypto
 
 
 _NS_AT, _NODE_AT, _HASH_AT = _offsets(_FIXED)
+_CRYPTO_AT = _HASH_AT
 
 
 class BadObject(Exception):
@@ -84,11 +94,15 @@ def checksum(payload: memoryview | bytes) -> int:
 def pack_header(h: ObjectHeader) -> bytes:
     layout, ns, codec, node = h.encoded_fields()
     buf = bytearray(HEADER_BYTES)
-    _FIXED.pack_into(buf, 0, MAGIC, VERSION, 0, len(layout), len(ns), len(node), 0, h.key,
+    version, flags, hash_at = (VERSION_ENCRYPTED, FLAG_ENCRYPTED, _HASH_AT + _CRYPTO.size) if h.encrypted else \
+        (VERSION, 0, _HASH_AT)
+    _FIXED.pack_into(buf, 0, MAGIC, version, flags, len(layout), len(ns), len(node), 0, h.key,
                      layout, h.payload_len, h.checksum, h.created, h.stored, codec)
     buf[_NS_AT:_NS_AT + len(ns)] = ns
     buf[_NODE_AT:_NODE_AT + len(node)] = node
-    _HASH.pack_into(buf, _HASH_AT, xxhash.xxh3_64_intdigest(bytes(buf[:_HASH_AT])))
+    if h.encrypted:
+        _CRYPTO.pack_into(buf, _CRYPTO_AT, h.key_id, h.nonce, h.tag)
+    _HASH.pack_into(buf, hash_at, xxhash.xxh3_64_intdigest(bytes(buf[:hash_at])))
     return bytes(buf)
 
 
@@ -98,17 +112,20 @@ def parse_header(raw: bytes | memoryview) -> ObjectHeader:
     if len(raw) < HEADER_BYTES:
         raise BadObject(f"object shorter than its {HEADER_BYTES}-byte header ({len(raw)} bytes)")
     (version,) = struct.unpack_from("<H", raw, 8)
-    fixed = _FIXED if version == VERSION else _FIXED_V1
-    ns_at, node_at, hash_at = _offsets(fixed)
+    fixed = _FIXED_V1 if version == 1 else _FIXED
+    ns_at, node_at, hash_at = _offsets(fixed, _CRYPTO.size if version == VERSION_ENCRYPTED else 0)
     fields = fixed.unpack_from(raw, 0)
-    magic, version, _flags, layout_len, ns_len, node_len, _zero, key, layout, payload_len, csum, created = fields[:12]
-    stored_len, codec_raw = fields[12:] if version == VERSION else (payload_len, b"")
+    magic, version, flags, layout_len, ns_len, node_len, _zero, key, layout, payload_len, csum, created = fields[:12]
+    stored_len, codec_raw = fields[12:] if version != 1 else (payload_len, b"")
     if magic != MAGIC:
         raise BadObject("not a tierd chunk object (bad magic)")
-    if version not in (1, VERSION):
-        raise BadObject(f"object format version {version}; this tierd reads versions 1 and {VERSION}")
+    if version not in (1, VERSION, VERSION_ENCRYPTED):
+        raise BadObject(f"object format version {version}; this tierd reads versions 1 to {VERSION_ENCRYPTED}")
     if _HASH.unpack_from(raw, hash_at)[0] != xxhash.xxh3_64_intdigest(raw[:hash_at]):
         raise BadObject("header checksum mismatch")
+    if version == VERSION_ENCRYPTED and flags != FLAG_ENCRYPTED:
+        raise BadObject(f"version {version} object with flags {flags:#x}")
+    key_id, nonce, tag = _CRYPTO.unpack_from(raw, _CRYPTO_AT) if version == VERSION_ENCRYPTED else (b"", b"", b"")
     if layout_len > MAX_LAYOUT_ID or ns_len > NAMESPACE_FIELD or node_len > MAX_NODE:
         raise BadObject("header field lengths out of range")
     if stored_len > payload_len or (not codec_raw.strip(b"\0") and stored_len != payload_len):
@@ -119,6 +136,7 @@ def parse_header(raw: bytes | memoryview) -> ObjectHeader:
             namespace=raw[ns_at:ns_at + ns_len].decode("utf-8"), payload_len=payload_len,
             checksum=csum, created=created, node=raw[node_at:node_at + node_len].decode("utf-8"),
             stored_len=stored_len, codec=codec_raw.rstrip(b"\0").decode("ascii"),
+            key_id=key_id, nonce=nonce, tag=tag,
         )
     except UnicodeDecodeError as exc:
         raise BadObject(f"header text is not valid UTF-8: {exc}") from None

@@ -15,6 +15,13 @@ With a codec (`--object-codec`, see `tierd.tiers.encoding`) objects hold the enc
 encoding and decoding run in the loop's default thread pool, off the event loop. An object's
 size is then not known from its key's layout: the store passes the size it saw (its write, a
 lookup's HEAD) as a hint, and a read without a right hint learns the size from the header.
+
+With a cipher (`--encrypt-key-file`, `tierd.tiers.crypto`) objects are encrypted after the
+codec, in the same thread pool. An object that fails authentication is deleted like any bad
+object; one this node's key cannot read (another key's, one encrypted while this node has no
+key, or a plaintext one while it has a key) is a miss but is left in the bucket: nodes that
+share a bucket may be configured differently, and one misconfigured node must not delete what
+the others can read.
 """
 from __future__ import annotations
 
@@ -28,7 +35,9 @@ from obstore.exceptions import AlreadyExistsError, NotFoundError
 
 from tierd.errors import CodecError, ObjectTierUnavailable, UnknownLayoutError
 from tierd.tiers.base import CopyHeader, FoundCallback, PrefixProbe, StoredRecord
+from tierd.tiers.crypto import AuthenticationFailed, ChunkCipher, unreadable_reason
 from tierd.tiers.encoding import TierCodec
+from tierd.tiers.header import associated_data
 from tierd.tiers.object.breaker import CircuitBreaker
 from tierd.tiers.object.bucket import check_bucket, first_line, open_store, past_the_end, unsupported_condition
 from tierd.tiers.object.format import (
@@ -68,9 +77,10 @@ class ObjectTier:
 
     def __init__(self, url: str, *, node: str, timeout: float = 5.0, part_bytes: int = 8 << 20,
                  concurrency: int = 8, env: Mapping[str, str] | None = None, store: Any = None,
-                 codec: str | TierCodec = "raw") -> None:
+                 codec: str | TierCodec = "raw", cipher: ChunkCipher | None = None) -> None:
         self.url = url
         self.codec = codec if isinstance(codec, TierCodec) else TierCodec(codec)
+        self.cipher = cipher
         self.node = node
         self.timeout = timeout
         self.part_bytes = part_bytes
@@ -78,7 +88,7 @@ class ObjectTier:
         self.store = store if store is not None else open_store(url, env=env, timeout=timeout)
         self.breaker = CircuitBreaker(f"object tier {url}")
         self.counters = {"puts": 0, "put_skipped_existing": 0, "gets": 0, "probes": 0, "probe_found": 0,
-                         "errors": 0, "timeouts": 0, "corrupt_deleted": 0}
+                         "errors": 0, "timeouts": 0, "corrupt_deleted": 0, "undecryptable": 0}
         #: Uploads are conditional PUTs (If-None-Match: *): one request, and the store refuses a
         #: key that exists. Turned off for good if this store rejects the header as unsupported;
         #: uploads then ask with a HEAD first.
@@ -105,6 +115,7 @@ class ObjectTier:
 
     def stats(self) -> dict[str, Any]:
         return {**self.codec.stats(), **self.counters, "breaker": self.breaker.state.value,
+                "encrypt_key_id": self.cipher.key_id.hex() if self.cipher is not None else None,
                 "breaker_opened": self.breaker.opened, "node": self.node, "url": self.url}
 
     async def close(self) -> None:
@@ -164,15 +175,11 @@ class ObjectTier:
         if not self.conditional_put and await self._exists(path):
             self.counters["put_skipped_existing"] += 1
             return 0
-        raw_len = len(payload)
-        stored: Any = payload
-        codec = ""
-        if self.codec.codec is not None:
-            stored, codec = await asyncio.get_running_loop().run_in_executor(
-                None, self.codec.encode, payload, layout_id)
-        stored = memoryview(stored).cast("B")
-        header = pack_header(ObjectHeader(key, layout_id, namespace, raw_len, checksum(stored), time.time(),
-                                          stored_len=len(stored), codec=codec, node=self.node))
+        if self.codec.codec is not None or self.cipher is not None:
+            header, stored = await asyncio.get_running_loop().run_in_executor(
+                None, self._encode, key, layout_id, namespace, payload)
+        else:
+            header, stored = self._encode(key, layout_id, namespace, payload)
         total = HEADER_BYTES + len(stored)
         multipart = total > self.part_bytes
         body: Any = [header, stored] if multipart else header + bytes(stored)
@@ -200,6 +207,26 @@ class ObjectTier:
                 raise
             self.counters["puts"] += 1
             return total
+
+    def _encode(self, key: bytes, layout_id: str, namespace: str, payload: memoryview) -> tuple[bytes, memoryview]:
+        """(header, stored bytes) of a chunk's object: encoded by the codec, then encrypted.
+        CPU work: runs in the thread pool when there is a codec or a cipher."""
+        raw_len = len(payload)
+        stored: Any = payload
+        codec = ""
+        if self.codec.codec is not None:
+            stored, codec = self.codec.encode(payload, layout_id)
+        stored = memoryview(stored).cast("B")
+        key_id = nonce = tag = b""
+        if self.cipher is not None:  # a buffer of its own: the upload holds it across awaits
+            sealed = memoryview(bytearray(len(stored)))
+            nonce, tag = self.cipher.seal_into(
+                namespace, associated_data(key, layout_id, namespace, raw_len, len(stored), codec), stored, sealed)
+            key_id, stored = self.cipher.key_id, sealed
+        header = pack_header(ObjectHeader(key, layout_id, namespace, raw_len, checksum(stored), time.time(),
+                                          stored_len=len(stored), codec=codec, node=self.node,
+                                          key_id=key_id, nonce=nonce, tag=tag))
+        return header, stored
 
     async def _exists(self, path: str) -> bool:
         """Whether a whole-header object is at `path` (smaller ones are damaged: overwritten)."""
@@ -270,12 +297,17 @@ class ObjectTier:
                             header.layout_id, header.payload_len, layout_id, payload_len)
                 return None
             check_header(header, key, layout_id, payload_len)
-            if header.codec:
+            reason = unreadable_reason(self.cipher, header.encrypted, header.key_id)
+            if reason is not None:
+                self.counters["undecryptable"] += 1
+                log.warning("object %s is %s: a miss (left in the bucket for the nodes that can read it)",
+                            key.hex(), reason)
+                return None
+            if header.codec or header.encrypted:
                 blob = memoryview(b"".join(parts)).cast("B")[HEADER_BYTES:]
                 if checksum(blob) != header.checksum:
                     raise BadObject("checksum mismatch of the stored bytes")
-                await asyncio.get_running_loop().run_in_executor(
-                    None, self.codec.decode_into, blob, header.codec, layout_id, dest)
+                await asyncio.get_running_loop().run_in_executor(None, self._decode, header, blob, dest)
                 return header.copy_header()
             pos = 0
             for i, part in enumerate(parts):
@@ -284,6 +316,10 @@ class ObjectTier:
                 pos += len(view)
             if checksum(dest[:payload_len]) != header.checksum:
                 raise BadObject("payload checksum mismatch")
+        except AuthenticationFailed as exc:
+            self.counters["undecryptable"] += 1
+            await self._drop_bad(key, path, str(exc))
+            return None
         except (BadObject, CodecError) as exc:
             await self._drop_bad(key, path, str(exc))
             return None
@@ -291,6 +327,16 @@ class ObjectTier:
             log.warning("object %s: %s; a miss for now", key.hex(), exc)
             return None
         return header.copy_header()
+
+    def _decode(self, header: ObjectHeader, blob: memoryview, dest: memoryview) -> None:
+        """Decrypt and decode an object's checksummed stored bytes into `dest` (thread pool)."""
+        if header.encrypted:
+            assert self.cipher is not None
+            plain = memoryview(bytearray(header.stored)) if header.codec else dest
+            self.cipher.open_into(header.namespace, header.associated_data(), header.nonce, header.tag, blob, plain)
+            blob = plain[: header.stored]
+        if header.codec:
+            self.codec.decode_into(blob, header.codec, header.layout_id, dest)
 
     async def _drop_bad(self, key: bytes, path: str, why: str) -> None:
         log.warning("object %s failed verification (%s): a miss; deleting it", key.hex(), why)
