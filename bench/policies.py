@@ -20,9 +20,11 @@ to 4 digits on the Mooncake traces and within 0.0003 on the agentic one (FIGURE 
 both), so the prefix-level optimum is pinned to that width.
 
 Part 2, admission. DRAM over NVMe (`simulate_tiers`, NVMe `--nvme-factor` times DRAM), each
-admission filter of `tierd.policies.admission.ADMISSIONS`, for the policies in
-`--admission-policies` (both tiers the same policy): NVMe chunks written per prefix hit, and the
-prefix hit ratio, with `reuse` compared to `all` (writing every chunk DRAM evicts).
+admission filter of `tierd.policies.admission.ADMISSIONS` (sized for the NVMe and DRAM of the
+run, `make_admission`), for the policies in `--admission-policies` (both tiers the same policy):
+NVMe chunks written per prefix hit, and the prefix hit ratio, each filter compared to `all`
+(writing every chunk DRAM evicts), and the issue's target per filter: writes per hit at most
+half of `all`'s with at most 0.01 less prefix hit ratio.
 
 Every figure is printed as a FIGURE line at the end, after the markdown tables (the tables are
 what bench/README.md shows). `--quick` runs 2 capacities per trace and LRU only for admission.
@@ -45,7 +47,7 @@ from tierd.mrc.belady import belady  # noqa: E402
 from tierd.mrc.simulate import simulate, simulate_tiers  # noqa: E402
 from tierd.mrc.traces import read_mooncake  # noqa: E402
 from tierd.policies import DEFAULT_POLICY, POLICIES, make_policy  # noqa: E402
-from tierd.policies.admission import ADMISSIONS  # noqa: E402
+from tierd.policies.admission import ADMISSIONS, make_admission  # noqa: E402
 
 TRACE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "mooncake"
 
@@ -98,8 +100,9 @@ def admission_rows(name: str, requests: list[list[Any]], caps: list[int], polici
     for cap in caps:
         for policy in policies:
             runs = {}
-            for admission, factory in ADMISSIONS.items():
-                r = simulate_tiers(requests, make_policy(policy), cap, make_policy(policy), cap * nvme_factor, factory())
+            for admission in ADMISSIONS:
+                r = simulate_tiers(requests, make_policy(policy), cap, make_policy(policy), cap * nvme_factor,
+                                   make_admission(admission, cap * nvme_factor, cap))
                 runs[admission] = (r.prefix_hit_ratio, r.lower_writes, r.prefix_hits)
             rows.append(AdmissionRow(name, cap, policy, runs))
     return rows
@@ -133,19 +136,52 @@ def print_target_table(rows: list[Row], policies: list[str]) -> None:
         print(f"| {p}{' (default)' if p == DEFAULT_POLICY else ''} | {worst[0]:+.4f} | {worst[1]} | {of_opt} |")
 
 
+#: Issue 22's admission target: NVMe writes per hit at most this share of `all`'s ...
+TARGET_WRITES = 0.5
+#: ... with at most this much less prefix hit ratio.
+TARGET_LOSS = 0.01
+
+
+def _versus_all(r: AdmissionRow, name: str) -> tuple[float, float] | None:
+    """(writes per hit as a share of `all`'s, prefix hit ratio minus `all`'s), None without `all`."""
+    all_, run = r.runs.get("all"), r.runs.get(name)
+    if all_ is None or run is None or name == "all":
+        return None
+    share = _per_hit(run) / _per_hit(all_) if 0 < _per_hit(all_) < float("inf") else float("nan")
+    return share, run[0] - all_[0]
+
+
+def _meets(share: float, change: float) -> bool:
+    return share <= TARGET_WRITES and change >= -TARGET_LOSS
+
+
 def print_admission_table(rows: list[AdmissionRow], nvme_factor: int) -> None:
     names = list(ADMISSIONS)
+    others = [a for a in names if a != "all"]
     print(f"| trace | DRAM (NVMe = {nvme_factor}x) | policy | "
-          + " | ".join(f"{a}: prefix hit ratio, NVMe writes/hit" for a in names) + " | writes/hit reuse÷all | hit ratio reuse−all |")
-    print("| --- | ---: | --- | " + " | ".join("---:" for _ in names) + " | ---: | ---: |")
+          + " | ".join(f"{a}: prefix hit ratio, NVMe writes/hit" for a in names)
+          + "".join(f" | {a}: writes/hit ÷ all, hit ratio − all" for a in others) + " |")
+    print("| --- | ---: | --- | " + " | ".join("---:" for _ in names + others) + " |")
     for r in rows:
         cells = [f"{r.runs[a][0]:.3f}, {_per_hit(r.runs[a]):.3f}" for a in names]
-        all_, reuse = r.runs.get("all"), r.runs.get("reuse")
-        extra = ["-", "-"]
-        if all_ and reuse:
-            share = _per_hit(reuse) / _per_hit(all_) if _per_hit(all_) else float("nan")
-            extra = [f"{share:.2f}", f"{reuse[0] - all_[0]:+.4f}"]
-        print(f"| {r.trace} | {r.capacity:,} | {r.policy} | " + " | ".join(cells + extra) + " |")
+        for a in others:
+            vs = _versus_all(r, a)
+            cells.append("-" if vs is None else f"{vs[0]:.2f}, {vs[1]:+.4f}" + (" (target)" if _meets(*vs) else ""))
+        print(f"| {r.trace} | {r.capacity:,} | {r.policy} | " + " | ".join(cells) + " |")
+
+
+def print_admission_targets(rows: list[AdmissionRow]) -> None:
+    """Per filter: where it meets the target, and its worst hit-ratio change against `all`."""
+    print(f"| filter | meets the target (writes/hit ≤ {TARGET_WRITES} x all, hit ratio ≥ all − {TARGET_LOSS}) "
+          f"| loses more than {TARGET_LOSS} | worst hit ratio − all |")
+    print("| --- | --- | --- | ---: |")
+    for a in (a for a in ADMISSIONS if a != "all"):
+        versus = [(r, vs) for r in rows if (vs := _versus_all(r, a)) is not None]
+        met = [f"{r.trace} {r.capacity:,}" for r, vs in versus if _meets(*vs)]
+        lossy = [f"{r.trace} {r.capacity:,}" for r, vs in versus if vs[1] < -TARGET_LOSS]
+        worst = min((vs[1] for _, vs in versus), default=float("nan"))
+        print(f"| {a} | {len(met)}/{len(versus)}: {', '.join(met) or '-'} | {len(lossy)}: {', '.join(lossy) or '-'} "
+              f"| {worst:+.4f} |")
 
 
 def _per_hit(run: tuple[float, int, int]) -> float:
@@ -165,14 +201,16 @@ def print_figures(rows: list[Row], adm: list[AdmissionRow]) -> None:
             elif r.opt:
                 figure(f"{base}_{p}_prefix_hit_ratio", v, "prefix hit ratio", "opt", r.opt)
     for a in adm:
-        if "all" not in a.runs or "reuse" not in a.runs:
-            continue
-        all_, reuse = a.runs["all"], a.runs["reuse"]
-        if _per_hit(reuse) > 0 and _per_hit(all_) < float("inf"):
-            figure(f"admission_{a.trace}_{a.capacity}_{a.policy}_nvme_writes_per_hit", _per_hit(reuse),
+        for name, run in a.runs.items():
+            vs = _versus_all(a, name)
+            if vs is None or not 0 < _per_hit(run) < float("inf"):
+                continue
+            all_ = a.runs["all"]
+            suffix = "" if name == "reuse" else f"_{name}"  # reuse's names as before
+            figure(f"admission_{a.trace}_{a.capacity}_{a.policy}{suffix}_nvme_writes_per_hit", _per_hit(run),
                    "NVMe chunks written per prefix hit", "admission all", _per_hit(all_), higher_is_better=False,
-                   hit_ratio=round(reuse[0], 4), hit_ratio_all=round(all_[0], 4),
-                   hit_ratio_change=round(reuse[0] - all_[0], 4))
+                   filter=name, hit_ratio=round(run[0], 4), hit_ratio_all=round(all_[0], 4),
+                   hit_ratio_change=round(vs[1], 4), meets_target=_meets(*vs))
 
 
 def _names(text: str | None, default: list[str]) -> list[str]:
@@ -231,6 +269,10 @@ def main() -> int:
     print("Admission to NVMe (DRAM over NVMe, both tiers one policy):")
     print()
     print_admission_table(adm, args.nvme_factor)
+    print()
+    print("Admission against the target (every trace and capacity above):")
+    print()
+    print_admission_targets(adm)
     print()
     print_figures(rows, adm)
     return 0

@@ -78,10 +78,12 @@ def simulate_tiers(requests: Iterable[Sequence[Hashable]], upper: EvictionPolicy
                    lower: EvictionPolicy, lower_capacity: int, admission: Any = None) -> SimResult:
     """DRAM (`upper`) over NVMe (`lower`): a hit in either counts; a lower-tier hit is copied up
     (the lower copy stays, as the store keeps it); a chunk evicted from the upper tier without a
-    lower copy is written down when `admission.admits(key, hits)` says so."""
+    lower copy is written down when `admission.admits(key, hits, depth=..., stored=False)` says so
+    (every DRAM victim is shown to the filter, one with a lower copy with `stored=True`)."""
     admission = admission if admission is not None else AdmitAll()
     result = SimResult(upper.name, upper_capacity)
     hits: dict[Hashable, int] = {}
+    depths: dict[Hashable, int] = {}
     for keys in requests:
         leading = True
         for depth, key in enumerate(keys):
@@ -93,11 +95,11 @@ def simulate_tiers(requests: Iterable[Sequence[Hashable]], upper: EvictionPolicy
                 result.lower_hits += 1
                 lower.touch(key, "", depth)  # type: ignore[arg-type]
                 hits[key] = 1
-                _evict_into(upper, upper_capacity, key, depth, lower, lower_capacity, admission, hits, result)
+                _evict_into(upper, upper_capacity, key, depth, lower, lower_capacity, admission, hits, depths, result)
             else:
                 leading = False
                 hits[key] = 0
-                _evict_into(upper, upper_capacity, key, depth, lower, lower_capacity, admission, hits, result)
+                _evict_into(upper, upper_capacity, key, depth, lower, lower_capacity, admission, hits, depths, result)
                 continue
             result.block_hits += 1
             result.prefix_hits += leading
@@ -105,9 +107,15 @@ def simulate_tiers(requests: Iterable[Sequence[Hashable]], upper: EvictionPolicy
 
 
 def _evict_into(upper: EvictionPolicy, upper_capacity: int, key: Hashable, depth: int, lower: EvictionPolicy,
-                lower_capacity: int, admission: Any, hits: dict[Hashable, int], result: SimResult) -> None:
+                lower_capacity: int, admission: Any, hits: dict[Hashable, int], depths: dict[Hashable, int],
+                result: SimResult) -> None:
     for victim in _insert(upper, upper_capacity, key, depth):
         used = hits.pop(victim, 0)
-        if lower_capacity > 0 and victim not in lower and admission.admits(victim, used):
+        victim_depth = depths.pop(victim, 0)
+        if lower_capacity <= 0:
+            continue
+        stored = victim in lower
+        if admission.admits(victim, used, depth=victim_depth, stored=stored) and not stored:
             _insert(lower, lower_capacity, victim, 0)
             result.lower_writes += 1
+    depths[key] = depth
