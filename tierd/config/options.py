@@ -121,10 +121,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("object_policy", parse_policy, "POLICY",
            "which of this node's own object-tier copies is evicted first; same choices as --dram-policy"),
     Option("nvme_admission", parse_admission, "FILTER",
-           "which chunks leaving DRAM are written to NVMe: all, or reuse (only those used a second "
-           "time: less SSD wear) (default: all)"),
+           "which chunks leaving DRAM are written to NVMe: all, reuse (only those used a second "
+           "time: less SSD wear, some hits lost) or adaptive (reuse plus each prompt's first chunks "
+           "up to a depth chosen online to lose almost no hits) (default: all)"),
     Option("object_admission", parse_admission, "FILTER",
-           "which chunks are uploaded to the object tier: all, or reuse (only those used a second time) (default: all)"),
+           "which chunks are uploaded to the object tier: all, reuse or adaptive, as --nvme-admission (default: all)"),
     Option("slot_check", parse_bool, "BOOL",
            "refuse a commit whose slot its writer did not fully write (a canary per 4 KiB page, armed "
            "at reserve); off only to measure its cost (default: on)"),

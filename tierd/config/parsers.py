@@ -132,8 +132,9 @@ def parse_admission(value: object, where: str, base: str | None) -> str:
 
     name = value.strip().lower() if isinstance(value, str) else None
     if name not in ADMISSIONS:
-        raise ConfigError(f"{where}={value!r}: use 'all' (every chunk leaving DRAM is written) or "
-                          f"'reuse' (only chunks used a second time)")
+        raise ConfigError(f"{where}={value!r}: use 'all' (every chunk leaving DRAM is written), "
+                          f"'reuse' (only chunks used a second time) or 'adaptive' (reuse, plus each "
+                          f"prompt's first chunks up to a depth it learns online)")
     return name
 
 

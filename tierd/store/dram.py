@@ -82,6 +82,9 @@ class DramRoom:
         self.stats.chunks -= 1
         if evicted:
             self.stats.evictions += 1
+            lowers = self.index.lowers
+            if lowers and lowers[0].name in c.lower:  # its departure, for filters that learn from reuse
+                lowers[0].admission.admits(c.key, c.hits, depth=c.position, stored=True)
         self.index.unindex_if_gone(c)
 
     def free_slot(self, slot: int, nbytes: int) -> None:

@@ -127,7 +127,7 @@ class Sessions:
             self.dram.place(c, r.slot)
             shared = self.index.lowers[-1] if self.index.lowers and self.index.lowers[-1].shared else None
             if (shared is not None and self.write_through and shared.name not in c.lower
-                    and shared.admission.admits(key, c.hits)):
+                    and shared.admission.admits(key, c.hits, depth=c.position)):
                 self.uploads.put(Upload(key, r.layout_id, r.namespace, r.size, now, r.position))
         return len(keys)
 

@@ -54,7 +54,7 @@ class WriteDown:
         if self.admission is not None and not self.admission(c, lower.name):
             self.rejected += 1
             return False
-        return lower.admission.admits(c.key, c.hits)
+        return lower.admission.admits(c.key, c.hits, depth=c.position)
 
     async def write(self, c: Chunk, lower: Lower, payload: memoryview, *, raise_unavailable: bool = False) -> bool:
         """Write `c` to `lower` and index the copy. False if it did not fit or the write failed;
@@ -138,7 +138,7 @@ class WriteDown:
                 return False
             below = self._below(lower)
             if (below is not None and below.shared and below.name not in victim.lower and self.hand_down
-                    and below.admission.admits(victim.key, victim.hits)):
+                    and below.admission.admits(victim.key, victim.hits, depth=victim.position)):
                 await self.hand_down(victim, lower)
                 if lower.name not in victim.lower or not victim.evictable():
                     continue  # it changed while we read it; look again
