@@ -30,6 +30,7 @@ from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageC
 
 from connectors.link import CONNECTION_ERRORS, DaemonLink
 from connectors.sglang.config import BackendConfig
+from connectors.sglang.identity import server_adapters_tag
 from connectors.sglang.keys import PageKeys
 from connectors.sglang.pages import HostPages, copy
 from tierd.client import Client
@@ -49,6 +50,7 @@ class TierdHiCacheStorage(HiCacheStorage):
     def __init__(self, storage_config: HiCacheStorageConfig, kwargs: Optional[dict] = None) -> None:
         self.config = BackendConfig.from_storage_config(storage_config)
         self.storage_config = storage_config
+        self.adapters = server_adapters_tag()  # "" without LoRA; ConfigError for an adapter tierd cannot read
         self.link = DaemonLink(self.config.socket, name=f"sglang-tp{self.config.tp_rank}-pid{os.getpid()}",
                                map_arena=True)
         self.pages: HostPages | None = None
@@ -68,7 +70,7 @@ class TierdHiCacheStorage(HiCacheStorage):
         c = self.config
         self.pages = HostPages(mem_pool_host, model=c.model, tp_rank=c.tp_rank, tp_size=c.tp_size,
                                kv_cache_dtype=c.kv_cache_dtype)
-        self.keys = PageKeys(self.pages.layout, c.namespace, c.shard_tag)
+        self.keys = PageKeys(self.pages.layout, c.namespace, c.shard_tag, self.adapters)
         self.link.set_layout(self.pages.layout)
         log.info("tierd HiCache backend: %s %s pages of %d tokens, %d bytes each, namespace %r, socket %s",
                  self.pages.kind.upper(), self.pages.host_layout, self.pages.page_size,

@@ -9,7 +9,10 @@ the model, the dtype, the tensor-parallel shard, nor the pipeline stage. So a ti
 
 where tierd's seed (`tierd.keys.seed_key`) covers the model, dtype, layers, heads, head dim,
 TP rank/size and page size, and `shard` names the pipeline stage. Two engines share a page only
-when all of that matches; the prefix chain itself is SGLang's.
+when all of that matches; the prefix chain itself is SGLang's, and with it what SGLang's chain
+names besides tokens: the request's extra key (with its LoRA id), its cache salt, and its
+images (in the token ids). When SGLang serves LoRA adapters, the seed also carries a digest of
+their content (`identity.adapters_tag`), which SGLang's ids lack; without LoRA it is unchanged.
 """
 from __future__ import annotations
 
@@ -27,8 +30,10 @@ class PageKeys:
     """Maps SGLang page hashes to tierd keys for one layout, namespace and shard. Pure: the
     same inputs give the same keys in every process and on every machine."""
 
-    def __init__(self, layout: Layout, namespace: str, shard_tag: str) -> None:
+    def __init__(self, layout: Layout, namespace: str, shard_tag: str, adapters: str = "") -> None:
         material = _TAG + seed_key(layout, namespace) + b"\x00" + shard_tag.encode()
+        if adapters:
+            material += b"\x00adapters\x00" + adapters.encode()
         self.seed = hashlib.blake2b(material, digest_size=KEY_BYTES).digest()
 
     def __call__(self, page_hashes: Sequence[str]) -> list[bytes]:

@@ -224,5 +224,12 @@ class TierdConnector(KVConnectorBase_V1):
         return self._scheduler.request_finished(request), None
 
     @property
+    def unkeyable_requests(self) -> dict[str, int]:
+        """Requests this engine neither loaded nor saved because tierd cannot key their KV
+        (prompt embeddings, an unreadable LoRA adapter...), by reason; the scheduler logs them
+        too. Empty on the worker side."""
+        return self._scheduler.unkeyable if self._scheduler is not None else {}
+
+    @property
     def requires_kv_delivery(self) -> bool:
         return False  # a cache: a save dropped by a preemption is only a future miss

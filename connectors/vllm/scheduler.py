@@ -14,6 +14,11 @@ chunk that is on its way waits for it (the hook answers "not yet", for at most
 finished request whose saves are still running keeps its blocks until the worker says they ended.
 
 A daemon that is down is a miss, not an error: the request is simply recomputed.
+
+Keys name more than tokens: each request's identity (`identity.py`: its LoRA adapter, its
+multimodal items, its cache salt) goes into its chunk keys. A request whose KV cannot be keyed
+(prompt embeddings, an unreadable adapter) is neither loaded nor saved, and counted
+(`unkeyable`).
 """
 from __future__ import annotations
 
@@ -25,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from connectors.link import DaemonLink
 from connectors.vllm.config import ConnectorConfig
+from connectors.vllm.identity import RequestIdentities, RequestIdentity
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata
 from tierd.errors import TierdError
-from tierd.keys import chunk_keys
 from tierd.layout import Layout
 
 if TYPE_CHECKING:
@@ -43,6 +48,7 @@ WAIT_FOR_SAVES_S = 1.0
 @dataclass(slots=True)
 class _RequestState:
     request: "Request"
+    identity: RequestIdentity | None  # None: cannot be keyed, never loaded or saved
     keys: list[bytes]  # keys of the full chunks known so far
     block_ids: list[int] = field(default_factory=list)
     next_save: int = 0  # first chunk index not yet known to be in tierd
@@ -61,6 +67,7 @@ class SchedulerSide:
         self._saving: dict[int, tuple[str, list[bytes]]] = {}  # save id -> (request, keys), not yet ended
         self._saving_keys: Counter[bytes] = Counter()  # keys of self._saving, with multiplicity
         self._held: list[str] = []  # finished with saves running: tell the worker at the next step
+        self.identities = RequestIdentities()
         self.link = DaemonLink(cfg.socket, layout, name="vllm-scheduler", map_arena=False)
 
     # ------------------------------------------------------------------ vLLM hooks
@@ -69,7 +76,9 @@ class SchedulerSide:
         prompt = request.prompt_token_ids or []
         st = self._reqs.get(request.request_id)
         if st is None:
-            st = _RequestState(request, chunk_keys(self.layout, prompt, self.cfg.namespace))
+            identity = self.identities.of(request)
+            keys = identity.chunk_keys(self.layout, prompt, self.cfg.namespace) if identity is not None else []
+            st = _RequestState(request, identity, keys)
             self._reqs[request.request_id] = st
         st.load = None
         if not st.keys:
@@ -97,6 +106,11 @@ class SchedulerSide:
             return 0, False
         st.load = (num_computed_tokens, hit)
         return hit - num_computed_tokens, False
+
+    @property
+    def unkeyable(self) -> dict[str, int]:
+        """Requests neither loaded nor saved because their KV cannot be keyed, by reason."""
+        return dict(self.identities.refused)
 
     def _worth_waiting(self, st: _RequestState, prefix: int, load_chunks: int, have: int, last_block: int) -> bool:
         """Whether the hit stops at a chunk another save is storing right now, one that would
@@ -188,11 +202,17 @@ class SchedulerSide:
     def _add_saves(self, meta: TierdConnectorMetadata, req_id: str, st: _RequestState, computed: int) -> None:
         """Save the chunks whose every token has KV once this step has run."""
         c = self.layout.chunk_tokens
+        if st.identity is None:
+            return
         if self.cfg.save_decode:
             tokens = st.request.all_token_ids
             limit = min(computed, len(tokens))
             if limit // c > len(st.keys):
-                st.keys = chunk_keys(self.layout, tokens[: limit // c * c], self.cfg.namespace)
+                # Re-derived: a streaming session may have appended prompt segments (and images).
+                st.identity = self.identities.current(st.request)
+                if st.identity is None:
+                    return
+                st.keys = st.identity.chunk_keys(self.layout, tokens[: limit // c * c], self.cfg.namespace)
         else:
             limit = min(computed, len(st.request.prompt_token_ids or []))
         full = min(limit // c, len(st.keys))
