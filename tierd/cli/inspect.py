@@ -23,8 +23,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         obj = info.pop("object", None)
         stored = info.pop("stored", {})
+        known = info.pop("layout_known", None)
+        model, fingerprint = info.pop("model", None), info.pop("fingerprint", None)
         for name, value in info.items():
             print(f"{name:12} {','.join(value) if isinstance(value, list) else value}")
+        if known:  # the weights the chunk's KV was computed with
+            print(f"{'model':12} {model}")
+            print(f"{'fingerprint':12} {fingerprint or 'none (its layout was registered without a model fingerprint)'}")
+        elif known is not None:
+            print(f"{'fingerprint':12} unknown: layout {info.get('layout_id') or '?'} is not registered with this daemon "
+                  "(an engine registers it when it connects; until then a chunk found after a restart has no model)")
         if obj is not None:  # which node wrote the object-tier copy, and when
             if "error" in obj:
                 print(f"{'object':12} unknown: {obj['error']}")

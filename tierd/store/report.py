@@ -26,6 +26,17 @@ def describe(c: Chunk) -> dict[str, Any]:
     }
 
 
+def layout_facts(store: "TieredStore", layout_id: str) -> dict[str, Any]:
+    """What a chunk's layout says about the model it was stored for: its name and fingerprint
+    ("" if the layout has none). Layouts are learned when an engine registers them, so a chunk
+    found on a lower tier after a restart may name one this daemon does not know yet:
+    `layout_known` is then False and the fingerprint None."""
+    layout = store.layouts.get(layout_id) if layout_id else None
+    if layout is None:
+        return {"layout_known": False, "model": None, "fingerprint": None}
+    return {"layout_known": True, "model": layout.model, "fingerprint": layout.fingerprint}
+
+
 def ls(store: "TieredStore", *, tier: str | None = None, namespace: str | None = None,
        key_prefix: str | None = None, sort: str = "last_access", limit: int | None = None) -> list[dict[str, Any]]:
     if sort not in SORTS:
@@ -78,7 +89,8 @@ def stat(store: "TieredStore") -> dict[str, Any]:
 
 
 async def inspect(store: "TieredStore", key: bytes) -> dict[str, Any]:
-    """One chunk's metadata, with how each lower tier stores it (codec, stored bytes, ratio,
+    """One chunk's metadata, with the model name and fingerprint of its layout when known
+    (`layout_facts`), how each lower tier stores it (codec, stored bytes, ratio,
     read from the tier's own header); for a shared-tier copy also which node wrote it and when
     (so it works for chunks other nodes wrote)."""
     check_keys([key])
@@ -116,4 +128,4 @@ async def inspect(store: "TieredStore", key: bytes) -> dict[str, Any]:
     stored = {name: {"codec": h.codec or "raw", "stored_bytes": h.stored, "encrypted": h.encrypted,
                      "ratio": h.payload_len / h.stored if h.stored else None}
               for name, h in headers.items() if h is not None}
-    return {**describe(c), **extra, "stored": stored}
+    return {**describe(c), **layout_facts(store, c.layout_id), **extra, "stored": stored}
