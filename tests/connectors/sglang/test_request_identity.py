@@ -132,7 +132,10 @@ def test_the_backend_keys_pages_with_the_servers_adapters(daemon, backend_factor
     import sglang.srt.runtime_context as rc
 
     a = _adapter(tmp_path / "a", 1)
-    args = _args(lora_paths=[f"a={a}"])
+    model = tmp_path / "model"  # the published args name a model too: its fingerprint seeds the layout
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    args = _args(lora_paths=[f"a={a}"], model_path=str(model))
     monkeypatch.setattr(rc, "get_server_args", lambda: args)
     hashes = _page_hashes()
     first = backend_factory(daemon.socket, make_pool("mha", "page_first"))._keys(hashes)
