@@ -2,18 +2,29 @@
 
 `POLICIES` maps the names `--dram-policy`, `--nvme-policy` and `tierd mrc --policy` accept to
 the classes; `make_policy` builds one and refuses an unknown name with the list of known ones.
+
+- `lru`: least recently used (`lru.py`).
+- `arc`: Adaptive Replacement Cache, recency against frequency with ghost lists (`arc.py`).
+- `s3fifo`: small probation FIFO, main FIFO with 2-bit counts, ghost FIFO (`s3fifo.py`).
+- `prefix`: LRU by request, deepest chunk first, as a radix-tree cache evicts (`prefix.py`).
+- `reuse-gap`: `prefix`'s order, with reused chunks kept longer by the reuse gap the workload
+  shows (`reuse_gap.py`).
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from tierd.errors import InvalidArgumentError
+from tierd.policies.arc import ARCPolicy
 from tierd.policies.base import EvictionPolicy
 from tierd.policies.lru import LRUPolicy
+from tierd.policies.prefix import PrefixLRUPolicy
+from tierd.policies.reuse_gap import ReuseGapPolicy
+from tierd.policies.s3fifo import S3FIFOPolicy
 
 #: name -> policy class (each takes no arguments).
 POLICIES: dict[str, Callable[[], EvictionPolicy]] = {
-    "lru": LRUPolicy,
+    cls.name: cls for cls in (LRUPolicy, ARCPolicy, S3FIFOPolicy, PrefixLRUPolicy, ReuseGapPolicy)
 }
 
 #: The policy a tier uses when none is configured.

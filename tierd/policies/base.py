@@ -10,6 +10,11 @@ What a KV cache knows and a generic cache does not is passed along with every to
 the chunk's position in the prompt that wrote or read it. Keys are chained (a chunk's key names
 its whole prefix), so a chunk is useful only while every shallower chunk of its prompt is
 cached too; policies that use prefix structure read it from `depth`, the others ignore it.
+The store touches the chunks of one acquire or one commit together, in prompt order (depth
+increasing; a chunk promoted from a lower tier is also touched alone when it lands, before its
+acquire's touches), so a policy can tell requests apart from the depths alone: a touch not
+deeper than the previous one starts a new request (`tierd.policies.prefix.RequestClock`). A
+lower tier is touched in write-down order instead, one chunk at a time.
 
 `remove` is called when a copy leaves the tier for any reason (an eviction the store chose from
 `candidates`, an explicit delete, a corrupt copy): policies that keep ghosts of evicted keys
