@@ -115,11 +115,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("progress_interval", parse_seconds, "SECONDS",
            "seconds between progress lines of long start-up and shutdown steps (default: 1)"),
     Option("dram_policy", parse_policy, "POLICY",
-           "which DRAM chunk is evicted first: lru, arc, s3fifo, prefix, ... (`tierd mrc --policy all` "
-           "compares them on a trace; default: the measured best, see README)"),
-    Option("nvme_policy", parse_policy, "POLICY", "which NVMe copy is evicted first; same choices as --dram-policy"),
+           "which DRAM chunk is evicted first: lru, arc, s3fifo, prefix or reuse-gap (`tierd mrc "
+           "--policy all` compares them on a trace) (default: reuse-gap, chosen by bench/policies.py)"),
+    Option("nvme_policy", parse_policy, "POLICY",
+           "which NVMe copy is evicted first; same choices as --dram-policy (default: lru)"),
     Option("object_policy", parse_policy, "POLICY",
-           "which of this node's own object-tier copies is evicted first; same choices as --dram-policy"),
+           "which of this node's own object-tier copies is evicted first; same choices as --dram-policy (default: lru)"),
     Option("nvme_admission", parse_admission, "FILTER",
            "which chunks leaving DRAM are written to NVMe: all, reuse (only those used a second "
            "time: less SSD wear, some hits lost) or adaptive (reuse plus each prompt's first chunks "

@@ -12,7 +12,7 @@ from typing import Any
 
 from tierd.config.options import OPTIONS
 from tierd.errors import ConfigError
-from tierd.policies import DEFAULT_POLICY
+from tierd.policies import DEFAULT_POLICY, LOWER_DEFAULT_POLICY
 from tierd.sizes import MiB
 
 
@@ -57,8 +57,8 @@ class Config:
     progress_interval: float = 1.0
     quotas: dict[str, int] = dataclasses.field(default_factory=dict)
     dram_policy: str = DEFAULT_POLICY
-    nvme_policy: str = DEFAULT_POLICY
-    object_policy: str = DEFAULT_POLICY
+    nvme_policy: str = LOWER_DEFAULT_POLICY
+    object_policy: str = LOWER_DEFAULT_POLICY
     nvme_admission: str = "all"
     slot_check: bool = True
     object_admission: str = "all"
