@@ -165,9 +165,10 @@ class ReplaySetup:
     low_watermark: float = 0.85
     verify_every: int = VERIFY_EVERY
     mrc_sample_rate: float = 0.01  # the daemon's online curve: the share of keys it samples at first
-    dram_policy: str = "lru"
-    nvme_policy: str = "lru"
-    nvme_admission: str = "all"
+    #: None: the daemon's default (flags are passed only when set, so older daemons run too)
+    dram_policy: str | None = None
+    nvme_policy: str | None = None
+    nvme_admission: str | None = None
 
     def daemon_args(self, nvme_dir: Path) -> list[str]:
         return ["--dram", str(dram_bytes_for(self.dram_chunks, self.chunk_bytes)),
@@ -177,12 +178,11 @@ class ReplaySetup:
                 "--mrc-sample-rate", str(self.mrc_sample_rate)] + self.policy_args()
 
     def policy_args(self) -> list[str]:
-        """The policy flags that differ from the defaults (so the bench runs older daemons too)."""
+        """The policy flags that were set (so the bench runs daemons older than the flags too)."""
         args: list[str] = []
-        for flag, value, default in (("--dram-policy", self.dram_policy, "lru"),
-                                     ("--nvme-policy", self.nvme_policy, "lru"),
-                                     ("--nvme-admission", self.nvme_admission, "all")):
-            if value != default:
+        for flag, value in (("--dram-policy", self.dram_policy), ("--nvme-policy", self.nvme_policy),
+                            ("--nvme-admission", self.nvme_admission)):
+            if value is not None:
                 args += [flag, value]
         return args
 
@@ -402,8 +402,8 @@ def print_table(rep: ReplayReport) -> None:
           f"chunk {format_size(s.chunk_bytes)}")
     print(f"daemon: DRAM {d} chunks ({format_size(dram_bytes_for(d, s.chunk_bytes))}), "
           f"NVMe {s.nvme_chunks} chunks ({format_size(nvme_bytes_for(s.nvme_chunks, s.chunk_bytes))}), "
-          f"demotion watermarks {s.high_watermark}/{s.low_watermark}, policies {s.dram_policy}/{s.nvme_policy}, "
-          f"NVMe admission {s.nvme_admission}")
+          f"demotion watermarks {s.high_watermark}/{s.low_watermark}, policies {s.dram_policy or 'default'}/"
+          f"{s.nvme_policy or 'default'}, NVMe admission {s.nvme_admission or 'default'}")
     print()
     print(f"{'hit ratio (per chunk reference)':34s} {'measured':>9s} {'exact LRU':>10s} {'live SHARDS':>12s}")
     print(f"{'DRAM (block level) @' + str(d):34s} {rep.dram_hit_ratio:9.4f} {rep.exact[d]:10.4f} {rep.live_at(d):12.4f}")
@@ -439,7 +439,7 @@ def print_table(rep: ReplayReport) -> None:
 def print_figures(rep: ReplayReport) -> None:
     s = rep.setup
     d, t = s.dram_chunks, s.total_chunks
-    tag = {"trace": s.trace.stem.removesuffix("_trace"), "requests": rep.counts.requests, "dram_policy": s.dram_policy,
+    tag = {"trace": s.trace.stem.removesuffix("_trace"), "requests": rep.counts.requests, "dram_policy": s.dram_policy or "default",
            "references": rep.counts.references}
     figure("trace_replay_dram_hit_ratio", rep.dram_hit_ratio, "hit ratio", f"exact LRU @{d} chunks", rep.exact[d],
            capacity_chunks=d, **tag)
@@ -471,9 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--high-watermark", type=float, default=0.95, help="daemon's --demote-high-watermark")
     ap.add_argument("--low-watermark", type=float, default=0.85, help="daemon's --demote-low-watermark")
     ap.add_argument("--dir", type=Path, default=None, help="where the NVMe chunk files go (default: the temp dir)")
-    ap.add_argument("--dram-policy", default="lru", help="daemon's --dram-policy (default lru)")
-    ap.add_argument("--nvme-policy", default="lru", help="daemon's --nvme-policy (default lru)")
-    ap.add_argument("--nvme-admission", default="all", help="daemon's --nvme-admission (default all)")
+    ap.add_argument("--dram-policy", default=None, help="daemon's --dram-policy (default: the daemon's)")
+    ap.add_argument("--nvme-policy", default=None, help="daemon's --nvme-policy (default: the daemon's)")
+    ap.add_argument("--nvme-admission", default=None, help="daemon's --nvme-admission (default: the daemon's)")
     ap.add_argument("--no-mrc-throughput", action="store_true", help="skip bench.mrc_throughput")
     args = ap.parse_args(argv)
 

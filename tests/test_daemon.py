@@ -52,7 +52,7 @@ def test_put_of_stored_key_gets_no_slot(daemon):
 
 
 def test_demotion_and_promotion_under_pressure(daemon_factory):
-    d = daemon_factory(dram="16MiB", nvme="256MiB")  # 32 DRAM slots of 512 KiB
+    d = daemon_factory(dram="16MiB", nvme="256MiB", extra=("--dram-policy", "lru"))  # 32 DRAM slots of 512 KiB
     keys = chunk_keys(SMALL, _tokens(3, 256 * 100))
     with Client.connect(d.socket) as c:
         assert c.put_chunks(SMALL, keys, [payload_for(k, SMALL.chunk_bytes) for k in keys]) == 100
@@ -70,7 +70,7 @@ def test_demotion_and_promotion_under_pressure(daemon_factory):
 
 
 def test_nvme_capacity_is_never_exceeded_and_lru_goes_first(daemon_factory):
-    d = daemon_factory(dram="8MiB", nvme="24MiB")  # NVMe holds ~46 files of 516 KiB
+    d = daemon_factory(dram="8MiB", nvme="24MiB", extra=("--dram-policy", "lru"))  # NVMe holds ~46 files of 516 KiB
     keys = chunk_keys(SMALL, _tokens(4, 256 * 120))
     with Client.connect(d.socket) as c:
         c.put_chunks(SMALL, keys, [payload_for(k, SMALL.chunk_bytes) for k in keys])

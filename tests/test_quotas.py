@@ -91,7 +91,8 @@ def test_a_tenant_over_its_quota_evicts_only_its_own_chunks(daemon_factory):
 
 
 def test_a_namespace_full_of_leased_chunks_gets_no_more_room(daemon_factory):
-    d = daemon_factory("q2", dram="8MiB", nvme="0", extra=("--quotas", f"a:{2 * CHUNK}", "--no-calibrate"))
+    d = daemon_factory("q2", dram="8MiB", nvme="0", extra=("--quotas", f"a:{2 * CHUNK}", "--no-calibrate",
+                                                        "--dram-policy", "lru"))  # which of a's goes: LRU's oldest
     keys = chunk_keys(SMALL, _tokens(3, 3), namespace="a")
     with Client.connect(d.socket) as c:
         c.put_chunks(SMALL, keys[:2], [payload_for(k, CHUNK) for k in keys[:2]], namespace="a")

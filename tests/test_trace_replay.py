@@ -24,7 +24,8 @@ def test_replay_matches_exact_lru(tmp_path) -> None:
     # within 1-2% of full, so its capacity is the configured one (the defaults, 0.95/0.85, let
     # the demoter take it down to 85% between bursts).
     setup = ReplaySetup(TRACES["conversation"], 300, chunk_bytes=4096, dram_chunks=2500, nvme_chunks=3500,
-                        high_watermark=0.99, low_watermark=0.98, verify_every=8, mrc_sample_rate=1.0)
+                        high_watermark=0.99, low_watermark=0.98, verify_every=8, mrc_sample_rate=1.0,
+                        dram_policy="lru")  # the exact-LRU prediction is LRU's
     rep = replay(setup, workdir=tmp_path)
     c = rep.counts
     assert c.requests == 300 and c.references == 8490
