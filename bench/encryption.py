@@ -17,14 +17,9 @@ against a memcpy of the same bytes.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +28,7 @@ import numpy as np
 if __package__ in (None, ""):  # `python bench/encryption.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.nvme_tier import CHUNK, Bench, Config  # noqa: E402
+from bench.nvme_tier import CHUNK, Bench, Config, parse_args, run_in_temp_dir  # noqa: E402
 from tierd.tiers.crypto import ChunkCipher  # noqa: E402
 from tierd.tiers.header import associated_data  # noqa: E402
 from tierd.tiers.nvme.files import NvmeChunkFiles  # noqa: E402
@@ -127,33 +122,15 @@ def run_cipher(reps: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="256 MiB per pass instead of 1 GiB")
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="directory on the disk to measure (default: a temp dir under the current directory)")
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--io", choices=("auto", "direct", "buffered"), default="auto",
-                        help="tierd's I/O mode: probe O_DIRECT (default), insist on it, or force the buffered fallback")
-    args = parser.parse_args(argv)
-    parent = args.dir if args.dir is not None else Path.cwd()
-    parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tierd-bench-encryption-", dir=parent))
-    try:
-        cfg = Config(directory=work, total_bytes=(256 if args.quick else 1024) * 2**20,
-                     threads=args.threads, rounds=args.rounds,
-                     direct_io={"auto": None, "direct": True, "buffered": False}[args.io])
-        fs = subprocess.run(["df", "-T", str(work)], capture_output=True, text=True).stdout.splitlines()[-1].split()
-        print(f"directory {work} on {fs[0]} ({fs[1]}); {os.cpu_count()} CPUs", flush=True)
+    args = parse_args(argv, __doc__.splitlines()[0])
+
+    def body(cfg: Config) -> list[dict]:
         figures, mode = run_tier(cfg)
         print(f"tierd I/O mode: {mode}; {cfg.chunks} x 4 MiB = {cfg.total_bytes / 2**20:.0f} MiB per pass and "
               f"side, {cfg.rounds} rounds, medians")
-        figures += run_cipher(reps=20 if args.quick else 50)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    for fig in figures:
-        print("FIGURE " + json.dumps(fig))
-    return 0
+        return figures + run_cipher(reps=20 if args.quick else 50)
+
+    return run_in_temp_dir(args, ".tierd-bench-encryption-", body)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ each read pass, and the output says so.
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 import json
 import mmap
 import os
@@ -179,8 +180,9 @@ def run(cfg: Config) -> list[dict]:
     return figures
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+    """The options both NVMe benchmarks take (this one and bench.encryption)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="256 MiB per pass instead of 1 GiB")
     parser.add_argument("--dir", type=Path, default=None,
                         help="directory on the disk to measure (default: a temp dir under the current directory)")
@@ -188,22 +190,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--io", choices=("auto", "direct", "buffered"), default="auto",
                         help="tierd's I/O mode: probe O_DIRECT (default), insist on it, or force the buffered fallback")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run_in_temp_dir(args: argparse.Namespace, prefix: str, body: Callable[[Config], list[dict]]) -> int:
+    """Run `body` on a Config for a fresh directory under --dir (removed afterwards); print its
+    figures as FIGURE lines."""
     parent = args.dir if args.dir is not None else Path.cwd()
     parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tierd-bench-nvme-", dir=parent))
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     try:
         cfg = Config(directory=work, total_bytes=(256 if args.quick else 1024) * 2**20,
                      threads=args.threads, rounds=args.rounds,
                      direct_io={"auto": None, "direct": True, "buffered": False}[args.io])
         fs = subprocess.run(["df", "-T", str(work)], capture_output=True, text=True).stdout.splitlines()[-1].split()
         print(f"directory {work} on {fs[0]} ({fs[1]}); {os.cpu_count()} CPUs", flush=True)
-        figures = run(cfg)
+        figures = body(cfg)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for fig in figures:
         print("FIGURE " + json.dumps(fig))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_in_temp_dir(parse_args(argv, __doc__.splitlines()[0]), ".tierd-bench-nvme-", run)
 
 
 if __name__ == "__main__":

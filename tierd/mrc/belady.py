@@ -36,24 +36,17 @@ import numpy as np
 from tierd.errors import InvalidArgumentError
 from tierd.mrc.curve import Curve, check_grid, make_curve
 from tierd.mrc.references import References, flatten_requests, key_ids
+from tierd.mrc.simulate import HitRatios
 
 
 @dataclass(slots=True, frozen=True)
-class OptResult:
+class OptResult(HitRatios):
     """MIN's counts at one capacity (in chunks)."""
 
     capacity: int
     references: int
     block_hits: int
     prefix_hits: int
-
-    @property
-    def block_hit_ratio(self) -> float:
-        return self.block_hits / self.references if self.references else 0.0
-
-    @property
-    def prefix_hit_ratio(self) -> float:
-        return self.prefix_hits / self.references if self.references else 0.0
 
 
 def next_uses(ids: np.ndarray) -> np.ndarray:

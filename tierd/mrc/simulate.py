@@ -23,8 +23,25 @@ from tierd.policies.admission import AdmitAll
 from tierd.policies.base import EvictionPolicy
 
 
+class HitRatios:
+    """Block- and prefix-level hit ratios from a result's counts (simulated or optimal)."""
+
+    __slots__ = ()
+    references: int
+    block_hits: int
+    prefix_hits: int
+
+    @property
+    def block_hit_ratio(self) -> float:
+        return self.block_hits / self.references if self.references else 0.0
+
+    @property
+    def prefix_hit_ratio(self) -> float:
+        return self.prefix_hits / self.references if self.references else 0.0
+
+
 @dataclass(slots=True)
-class SimResult:
+class SimResult(HitRatios):
     policy: str
     capacity: int
     references: int = 0
@@ -34,14 +51,6 @@ class SimResult:
     lower_writes: int = 0
     #: hits served by the lower tier (`simulate_tiers` only; counted in the hits above too)
     lower_hits: int = 0
-
-    @property
-    def block_hit_ratio(self) -> float:
-        return self.block_hits / self.references if self.references else 0.0
-
-    @property
-    def prefix_hit_ratio(self) -> float:
-        return self.prefix_hits / self.references if self.references else 0.0
 
 
 def _insert(policy: EvictionPolicy, capacity: int, key: Hashable, depth: int) -> list[Any]:
