@@ -35,7 +35,7 @@ class ConnectorConfig:
     #: stored chunks compared with the fresh KV by the daemon (0: off). See canary.py.
     verify_sample: float = 0.01
     #: Relative error the canary accepts between fresh and stored KV (0: byte-exact), for engines
-    #: whose kernels are not bitwise deterministic. None: the connector's default for the device.
+    #: that do not recompute the same bytes. None: a default by KV dtype (canary.DEFAULT_TOLERANCE).
     verify_tolerance: float | None = None
 
     @classmethod

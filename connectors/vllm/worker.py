@@ -274,7 +274,7 @@ class WorkerSide:
         c, bs = self.layout.chunk_tokens, self.block_size
         check = isinstance(spec, VerifySpec)
         batch = (client.verify(self.layout, spec.keys, self.cfg.namespace,
-                               tolerance=verify_tolerance(self.cfg, self.layout, paged.device.type)) if check else
+                               tolerance=verify_tolerance(self.cfg, self.layout)) if check else
                  client.put(self.layout, spec.keys, self.cfg.namespace, first_position=spec.first_chunk))
         with batch:
             chunks = []

