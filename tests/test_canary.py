@@ -206,6 +206,27 @@ def test_an_nvme_file_with_a_valid_checksum_over_wrong_kv_is_found_and_quarantin
         assert c.get_chunks(SMALL, keys[2:]) == [payloads[2].tobytes()]
 
 
+def test_a_put_over_a_quarantined_copy_promoted_after_a_clear_keeps_one_dram_copy(daemon_factory, tmp_path):
+    """A put reserved while the copy was quarantined, committed after `clear` let a get promote
+    it: the promoted copy stays, the put's slot is given back (none leaks)."""
+    nvme_dir = tmp_path / "nvme"
+    d = daemon_factory(nvme_dir=nvme_dir, extra=("--quarantine-after", "1"))
+    keys = keys_of(SMALL, 2)
+    with Client.connect(d.socket) as c:
+        payloads = store(c, SMALL, keys)
+        c.evict(tier="dram", everything=True)
+        rewrite_nvme(nvme_dir, SMALL, keys[:1])
+        assert verify(c, SMALL, keys, payloads)["quarantined"] == ["nvme"]
+        batch = c.put(SMALL, keys[1:])
+        assert batch.reserved == [0]  # stored, but only on a quarantined tier: a put may replace it
+        np.copyto(batch.view(0), payloads[1])
+        c.quarantine(clear=True)
+        assert c.get_chunks(SMALL, keys[1:]) == [payloads[1].tobytes()]  # promoted from NVMe
+        assert batch.commit() == 1
+        assert tier_row(c, "dram")["used_bytes"] == SMALL.chunk_bytes and tier_row(c, "dram")["chunks"] == 1
+        assert c.get_chunks(SMALL, keys[1:]) == [payloads[1].tobytes()]
+
+
 def test_a_dram_copy_promoted_from_a_bad_nvme_file_is_blamed_on_nvme(daemon_factory, tmp_path):
     """A get promotes the wrong bytes before any sample sees them: the DRAM copy diverges too,
     but it carries NVMe's bytes, so NVMe is blamed (once), not DRAM."""

@@ -128,6 +128,10 @@ class Sessions:
             r = session.reservations.pop(key)
             del self.index.reserved[key]
             c = self.index.get(key)
+            if c is not None and c.slot is not None:  # put over a quarantined copy, promoted since a clear
+                self.dram.free_slot(r.slot, r.size)
+                self.dram.quotas.charge(DRAM, r.namespace, -r.size)
+                continue
             if c is not None and c.namespace != r.namespace:  # found remotely: its local copies move over
                 self.index.move_namespace(c, r.namespace)
             if c is None:
