@@ -261,6 +261,22 @@ def test_a_bad_copy_in_dram_is_blamed_on_dram_although_it_was_promoted(daemon_fa
         assert c.lookup(keys).tiers == ["nvme"]  # the DRAM copy went; the good NVMe copy stays
 
 
+def test_an_object_tier_copy_is_read_through_the_tier_and_compared(daemon_factory, tmp_path):
+    d = daemon_factory(nvme="0", extra=("--object-url", f"file://{tmp_path / 'bucket'}", "--quarantine-after", "0"))
+    keys = keys_of(SMALL, 2)
+    with Client.connect(d.socket) as c:
+        payloads = store(c, SMALL, keys)
+        wait_for("uploads", lambda: (t := tier_row(c, "object"))["upload_queued"] == 0
+                 and t["upload_inflight"] == 0 and t["chunks"] == 2)
+        c.evict(tier="dram", everything=True)
+        assert c.lookup(keys).tiers == ["object", "object"]
+        assert verify(c, SMALL, keys, [payloads[0], kv(SMALL, 99)])["diverged"] == 1  # the second is not its KV
+        obj = counts(c, "object", SMALL)
+        assert (obj["compared"], obj["exact"], obj["diverged"]) == (2, 1, 1)
+        # deleted in the background; a lookup meanwhile may find the object once more, then not
+        wait_for("the wrong object deleted", lambda: c.lookup(keys).tiers == ["object", None])
+
+
 # ---------------------------------------------------------------------- bounds
 
 

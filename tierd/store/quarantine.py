@@ -40,7 +40,7 @@ from tierd.store.chunk import ABSENT, Chunk
 
 log = logging.getLogger(__name__)
 
-FILE_NAME = "quarantine.json"
+FILE_NAME = "tierd-quarantine.json"
 
 
 @dataclass(slots=True)
