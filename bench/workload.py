@@ -5,6 +5,7 @@ vLLM's prefix caching alone against tierd behind vLLM's KV connector.
 
     python -m bench.workload [--quick] [--workload chat|docqa|mooncake|all] [--out DIR]
                              [--configs abcd] [--single-process] [--keep] [--limit N]
+                             [--canary RATE[,RATE...]]
 
 Workloads (`bench/workloads.py` builds them, deterministically):
 
@@ -25,7 +26,16 @@ all on the same request sequence and the same engine KV space:
     (d) tierd DRAM+NVMe with the cost-model plan (`load_plan`: the daemon says how much of each
         hit to load; (b) and (c) load every hit)
 
-vLLM's prefix caching is on in every configuration: tierd holds what the engine cannot.
+vLLM's prefix caching is on in every configuration: tierd holds what the engine cannot. The
+connector's live canary (`verify_sample`) is off in all four, so they measure serving alone.
+
+`--canary RATE` prices the canary: each tierd configuration that runs is run once more, right
+after, in a fresh engine beside a fresh daemon, with `verify_sample` = RATE (several rates:
+comma separated). A sampled request is recomputed instead of loaded and its stored chunks are
+compared by the daemon, so the canary's cost is the sampled hits' lost loads plus the
+comparisons. Its FIGURE lines give each workload's requests/s with the canary against the same
+configuration without it, in the same run, with how many requests were sampled (requests whose
+hit was loaded without the canary and not with it) and how many chunks the daemon compared.
 
 Sizes (full run; `--quick` scales all down). The model is the float32 4-layer test model
 (tests/e2e/testmodel.py, positions up to 8192): 2 KiB of KV per token, fast enough on a 2-core
@@ -85,6 +95,8 @@ from bench.workload_report import (  # noqa: E402
     Config,
     RequestResult,
     RunResult,
+    canary_figures,
+    canary_table,
     figures,
     missing_lookups,
     plot_ttft,
@@ -154,10 +166,12 @@ def engine_shape(max_prompt: int, sizes: Sizes) -> tuple[int, int]:
     return max_len, max(sizes.engine_blocks, max_len // BLOCK_SIZE + 1)
 
 
-def tierd_kv_config(socket: str, load_plan: bool) -> dict[str, Any]:
+def tierd_kv_config(socket: str, load_plan: bool, verify_sample: float = 0.0) -> dict[str, Any]:
+    """The connector's config; the live canary is off unless `verify_sample` turns it on."""
     return {"kv_connector": "TierdConnector", "kv_connector_module_path": "connectors.vllm.connector",
             "kv_role": "kv_both", "kv_load_failure_policy": "recompute",
-            "kv_connector_extra_config": {"socket": socket, "chunk_size": CHUNK_TOKENS, "load_plan": load_plan}}
+            "kv_connector_extra_config": {"socket": socket, "chunk_size": CHUNK_TOKENS, "load_plan": load_plan,
+                                          "verify_sample": verify_sample}}
 
 
 def daemon_args(config: Config, plan: CapacityPlan, nvme_dir: Path) -> list[str]:
@@ -202,15 +216,16 @@ def read_events(fd: int, proc: subprocess.Popen[bytes], timeout_s: float) -> Ite
 
 def run_engine(config: Config, model: Path, workloads: dict[str, list[Request]], *, engine_args: dict[str, Any],
                socket: str | None, workdir: Path, single_process: bool, warmup: list[list[int]],
-               timeout_s: float = 4 * 3600) -> list[RunResult]:
-    """One fresh engine process for `config` over every workload; a progress bar while it runs."""
+               timeout_s: float = 4 * 3600, verify_sample: float = 0.0) -> list[RunResult]:
+    """One fresh engine process for `config` over every workload; a progress bar while it runs.
+    `verify_sample`: the connector's live canary (0: off)."""
     from tqdm import tqdm
 
     from tests.e2e.vllm_runner import DEFAULT_ENV
 
     workdir.mkdir(parents=True, exist_ok=True)
     job = {"model": str(model), "engine_args": engine_args, "max_tokens": MAX_TOKENS, "socket": socket,
-           "kv_transfer_config": tierd_kv_config(socket, config.load_plan) if socket else None,
+           "kv_transfer_config": tierd_kv_config(socket, config.load_plan, verify_sample) if socket else None,
            "warmup_prompts": warmup,
            "workloads": [{"name": n, "prompts": [list(r.tokens) for r in reqs]} for n, reqs in workloads.items()]}
     job_file = workdir / "job.json"
@@ -223,7 +238,8 @@ def run_engine(config: Config, model: Path, workloads: dict[str, list[Request]],
     read_fd, write_fd = os.pipe()
     results: dict[str, RunResult] = {}
     total = sum(len(r) for r in workloads.values())
-    with open(log_file, "wb") as log, tqdm(total=total, desc=config.label, unit="req", dynamic_ncols=True) as bar:
+    label = config.label + (f", canary {verify_sample:g}" if verify_sample else "")
+    with open(log_file, "wb") as log, tqdm(total=total, desc=label, unit="req", dynamic_ncols=True) as bar:
         bar.set_postfix_str("starting the engine")
         proc = subprocess.Popen([sys.executable, "-m", "bench.workload_engine", "--job", str(job_file),
                                  "--events-fd", str(write_fd)], cwd=REPO_ROOT, env=env, stdout=log,
@@ -257,7 +273,7 @@ def run_engine(config: Config, model: Path, workloads: dict[str, list[Request]],
                 proc.wait()
     if not done or rc != 0:
         tail = log_file.read_bytes()[-6000:].decode(errors="replace")
-        raise RuntimeError(f"{config.label}: engine exited with {proc.returncode} (log {log_file}):\n{tail}")
+        raise RuntimeError(f"{label}: engine exited with {proc.returncode} (log {log_file}):\n{tail}")
     return list(results.values())
 
 
@@ -293,6 +309,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--single-process", action="store_true",
                     help="scheduler and worker in one process (faster engine start; not the production shape)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (engine and daemon logs)")
+    ap.add_argument("--canary", default=None, metavar="RATE[,RATE]",
+                    help="also run each tierd configuration with the live canary at these sample rates, "
+                         "e.g. 0.01 (see the module docstring)")
     ap.add_argument("--limit", type=int, default=None, metavar="N",
                     help="replay only the first N requests of each workload (smoke runs; capacities stay as they are)")
     args = ap.parse_args(argv)
@@ -301,7 +320,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ap.error(f"--configs {args.configs!r}: use letters from abcd, e.g. abcd or ab")
     if args.limit is not None and args.limit < 1:
         ap.error(f"--limit {args.limit}: use a positive number of requests")
+    args.canary = parse_canary(ap, args.canary)
     return args
+
+
+def parse_canary(ap: argparse.ArgumentParser, text: str | None) -> list[float]:
+    """`--canary 0.01` or `--canary 0.01,1`: the canary's sample rates, each in (0, 1]."""
+    if text is None:
+        return []
+    try:
+        rates = [float(part) for part in text.split(",")]
+    except ValueError:
+        rates = []
+    if not rates or not all(0 < r <= 1 for r in rates):
+        ap.error(f"--canary {text!r}: use sample rates in (0, 1], comma separated, e.g. 0.01 or 0.01,1")
+    return rates
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -333,14 +366,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup = [token_block(f"workload/warmup{j}", n, vocab)
                   for j, n in enumerate((BLOCK_SIZE * 4, BLOCK_SIZE * 2 + 5))]
         results: list[RunResult] = []
+        canary_runs: list[tuple[float, RunResult]] = []
         for config in configs:
             cwork = work / config.key
             if config.daemon:
-                socket = str(sock_dir / f"{config.key}.sock")
-                with DaemonProcess(socket, daemon_args(config, plan, cwork / "nvme"),
-                                   log_path=work / f"{config.key}-daemon.log"):
-                    results += run_engine(config, model, workloads, engine_args=engine_args, socket=socket,
-                                          workdir=cwork, single_process=args.single_process, warmup=warmup)
+                for rate in [0.0, *args.canary]:
+                    tag = config.key + (f"-canary{rate:g}" if rate else "")
+                    socket = str(sock_dir / f"{tag}.sock")
+                    with DaemonProcess(socket, daemon_args(config, plan, work / tag / "nvme"),
+                                       log_path=work / f"{tag}-daemon.log"):
+                        runs = run_engine(config, model, workloads, engine_args=engine_args, socket=socket,
+                                          workdir=work / tag, single_process=args.single_process, warmup=warmup,
+                                          verify_sample=rate)
+                    if rate:
+                        canary_runs += [(rate, r) for r in runs]
+                    else:
+                        results += runs
             else:
                 results += run_engine(config, model, workloads, engine_args=engine_args, socket=None, workdir=cwork,
                                       single_process=args.single_process, warmup=warmup)
@@ -352,13 +393,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         ideal = {n: ideal_hit_ratio(reqs, CHUNK_TOKENS, BLOCK_SIZE) for n, reqs in workloads.items()}
         (args.out / "workload_results.json").write_text(json.dumps(
             {"quick": args.quick, "capacity": capacity_lines(plan, workloads), "ideal_hit_ratio": ideal,
-             "runs": [r.to_dict() for r in results]}, indent=1))
+             "runs": [r.to_dict() for r in results],
+             "canary_runs": [{"verify_sample": rate, **r.to_dict()} for rate, r in canary_runs]}, indent=1))
         png = plot_ttft(results, args.out / "workload_ttft.png")
         print()
         print(table(results))
+        if canary_runs:
+            print()
+            print(canary_table(results, canary_runs))
         print(f"\nTTFT plot: {png}; results: {args.out / 'workload_results.json'}; "
               f"run time {time.monotonic() - t_start:.0f}s", flush=True)
-        for fig in figures(results, ideal_hit=ideal):
+        for fig in figures(results, ideal_hit=ideal) + canary_figures(results, canary_runs):
             print(fig.line(), flush=True)
     finally:
         if args.keep:

@@ -213,6 +213,52 @@ def figures(results: Sequence[RunResult], *, ideal_hit: dict[str, float] | None 
     return out
 
 
+def canary_counts(run: RunResult, base: RunResult | None) -> dict[str, int]:
+    """What the live canary did in `run`: requests sampled (loaded a hit in `base`, the same
+    requests without the canary, and loaded nothing here), chunks the daemon compared, and
+    chunks that diverged (the daemon's counters over the workload)."""
+    sampled = 0
+    if base is not None:
+        sampled = sum(1 for r, b in zip(run.requests, base.requests)
+                      if b.external_cached_tokens > 0 and r.external_cached_tokens == 0)
+    before = (run.stat_before or {}).get("canary", {})
+    after = (run.stat_after or {}).get("canary", {})
+    return {"requests_sampled": sampled,
+            "chunks_compared": int(after.get("compared", 0)) - int(before.get("compared", 0)),
+            "chunks_diverged": int(after.get("diverged", 0)) - int(before.get("diverged", 0))}
+
+
+def canary_figures(results: Sequence[RunResult], canary_runs: Sequence[tuple[float, RunResult]]) -> list[Figure]:
+    """Each canary run's requests/s against the same configuration without the canary, same run."""
+    by = _index(results)
+    out: list[Figure] = []
+    for rate, run in canary_runs:
+        base = by.get((run.workload, run.config))
+        if base is None:
+            continue
+        config = CONFIG_BY_KEY[run.config]
+        out.append(Figure(f"workload_{run.workload}_requests_per_s_{config.name}_canary_{rate:g}", run.requests_per_s,
+                          "requests/s", f"{config.label}, canary off", base.requests_per_s,
+                          extra={"verify_sample": rate, "requests": len(run.requests), **canary_counts(run, base)}))
+    return out
+
+
+def canary_table(results: Sequence[RunResult], canary_runs: Sequence[tuple[float, RunResult]]) -> str:
+    """One line per canary run: requests/s with and without it, and what it compared."""
+    by = _index(results)
+    lines = [f"{'workload':<9} {'config':<38} {'canary':>7} {'req/s':>7} {'off':>7} {'ratio':>6} "
+             f"{'sampled':>8} {'compared':>9} {'diverged':>9}"]
+    for rate, run in canary_runs:
+        base = by.get((run.workload, run.config))
+        off = base.requests_per_s if base is not None else float("nan")
+        n = canary_counts(run, base)
+        ratio = run.requests_per_s / off if off and off > 0 else float("nan")
+        lines.append(f"{run.workload:<9} {CONFIG_BY_KEY[run.config].label:<38} {rate:>7g} {run.requests_per_s:>7.3f} "
+                     f"{off:>7.3f} {ratio:>6.3f} {n['requests_sampled']:>8} {n['chunks_compared']:>9} "
+                     f"{n['chunks_diverged']:>9}")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- people
 
 

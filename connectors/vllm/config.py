@@ -16,7 +16,7 @@ from tierd.errors import ConfigError
 from tierd.keys import namespace_problem
 
 KEYS = ("socket", "namespace", "chunk_size", "save_decode", "model_id", "load_plan", "device_flops", "mla_on_cpu",
-        "model_fingerprint")
+        "model_fingerprint", "verify_sample", "verify_tolerance")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,12 @@ class ConnectorConfig:
     #: Declared instead of read from the checkpoint's files (for weights tierd cannot read, e.g.
     #: streamed from object storage); must change whenever the weights do.
     model_fingerprint: str | None = None
+    #: The live canary: the share of requests with a hit that are recomputed instead and their
+    #: stored chunks compared with the fresh KV by the daemon (0: off). See canary.py.
+    verify_sample: float = 0.01
+    #: Relative error the canary accepts between fresh and stored KV (0: byte-exact), for engines
+    #: that do not recompute the same bytes. None: a default by KV dtype (canary.DEFAULT_TOLERANCE).
+    verify_tolerance: float | None = None
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any] | None, *, block_size: int) -> "ConnectorConfig":
@@ -82,5 +88,15 @@ class ConnectorConfig:
         flops = extra.get("device_flops")
         if flops is not None and (isinstance(flops, bool) or not isinstance(flops, (int, float)) or not flops > 0):
             raise ConfigError(f"kv_connector_extra_config.device_flops {flops!r}: use a positive FLOP/s figure, e.g. 1e11")
+        sample = extra.get("verify_sample", 0.01)
+        if isinstance(sample, bool) or not isinstance(sample, (int, float)) or not 0 <= sample <= 1:
+            raise ConfigError(f"kv_connector_extra_config.verify_sample {sample!r}: use a share of requests from 0 "
+                              f"(canary off) to 1 (every request with a hit), e.g. 0.01")
+        tolerance = extra.get("verify_tolerance")
+        if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+                                      or not 0 <= tolerance < 1):
+            raise ConfigError(f"kv_connector_extra_config.verify_tolerance {tolerance!r}: use a relative error from 0 "
+                              f"(byte-exact) up to, not including, 1, e.g. 0.01")
         return cls(socket, namespace, chunk, bools["save_decode"], model_id, bools["load_plan"],
-                   float(flops) if flops is not None else None, bools["mla_on_cpu"], declared)
+                   float(flops) if flops is not None else None, bools["mla_on_cpu"], declared, float(sample),
+                   float(tolerance) if tolerance is not None else None)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from connectors.link import DaemonLink
+from connectors.vllm.canary import CanarySampler
 from connectors.vllm.config import ConnectorConfig
 from connectors.vllm.identity import RequestIdentities, RequestIdentity
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata
@@ -69,6 +70,7 @@ class SchedulerSide:
         self._held: list[str] = []  # finished with saves running: tell the worker at the next step
         self.identities = RequestIdentities()
         self.link = DaemonLink(cfg.socket, layout, name="vllm-scheduler", map_arena=False)
+        self.canary = CanarySampler(cfg.verify_sample, layout.chunk_tokens, block_size)
 
     # ------------------------------------------------------------------ vLLM hooks
 
@@ -104,6 +106,8 @@ class SchedulerSide:
             return None, False  # vLLM asks again at its next step
         if hit <= num_computed_tokens:
             return 0, False
+        if self.canary.take(request.request_id, num_computed_tokens, res.prefix):
+            return 0, False  # sampled by the live canary: recomputed, then checked against tierd (canary.py)
         st.load = (num_computed_tokens, hit)
         return hit - num_computed_tokens, False
 
@@ -173,6 +177,7 @@ class SchedulerSide:
         """Forget the request; True if saves of it are still running (vLLM must keep its blocks
         until the worker reports them ended, which it does once told through `held`)."""
         self._reqs.pop(request.request_id, None)
+        self.canary.forget(request.request_id)
         if any(req_id == request.request_id for req_id, _ in self._saving.values()):
             self._held.append(request.request_id)
             return True
@@ -201,6 +206,11 @@ class SchedulerSide:
 
     def _add_saves(self, meta: TierdConnectorMetadata, req_id: str, st: _RequestState, computed: int) -> None:
         """Save the chunks whose every token has KV once this step has run."""
+        check = self.canary.due(req_id, st.keys, st.block_ids, computed, self._next_save_id)
+        if check is not None:  # the live canary: compared with what tierd holds, not stored
+            self._next_save_id += 1
+            meta.saves.append(check)
+            self._saving[check.save_id] = (req_id, [])  # holds the blocks until it ends
         c = self.layout.chunk_tokens
         if st.identity is None:
             return

@@ -10,7 +10,9 @@ is missing or fails verification is a load error: its blocks are reported throug
 
 Saves are queued in `wait_for_save`, after the forward pass, and run on the save queue's
 thread (`saver.py`): one reserve per request, a gather of each new chunk from the blocks straight
-into its arena slot, one commit. The step does not wait for them; the blocks they read stay
+into its arena slot, one commit. A request the live canary sampled (`canary.py`) has a save of
+its stored chunks whose reserve and commit are the daemon's verify variant: the same gather, into
+scratch slots the daemon compares with what it holds. The step does not wait for them; the blocks they read stay
 valid because vLLM holds a finished request's blocks until `get_finished` reports its saves done,
 and `handle_preemptions` waits for a preempted request's saves before its blocks can be reused.
 Nothing waits on storage either: the daemon writes chunks down to NVMe in the background. A
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from connectors.link import DaemonLink
+from connectors.vllm.canary import VerifySpec, log_verified, verify_tolerance
 from connectors.vllm.config import ConnectorConfig
 from connectors.vllm.cores import move_to_spare_cores
 from connectors.vllm.loader import LayerLoader, Piece
@@ -269,7 +272,11 @@ class WorkerSide:
         if paged is None:  # suspended: the cache's memory may be gone
             return
         c, bs = self.layout.chunk_tokens, self.block_size
-        with client.put(self.layout, spec.keys, self.cfg.namespace, first_position=spec.first_chunk) as batch:
+        check = isinstance(spec, VerifySpec)
+        batch = (client.verify(self.layout, spec.keys, self.cfg.namespace,
+                               tolerance=verify_tolerance(self.cfg, self.layout)) if check else
+                 client.put(self.layout, spec.keys, self.cfg.namespace, first_position=spec.first_chunk))
+        with batch:
             chunks = []
             for i in batch.reserved:
                 first = (spec.first_chunk + i) * c
@@ -279,6 +286,8 @@ class WorkerSide:
             else:
                 for blocks, slot in chunks:
                     paged.gather(blocks, slot)
+        if check:
+            log_verified(spec, batch)
 
     def shutdown(self) -> None:
         if self.loader is not None:

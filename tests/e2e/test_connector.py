@@ -38,9 +38,12 @@ ALL_PROMPTS = [A, B, S, LONG, *Q, X1, *FILLERS, *TIGHT]
 
 
 def kv_config(socket: str, **extra: Any) -> dict[str, Any]:
-    """The connector on `socket`, its plan off unless `extra` turns it on (see the docstring)."""
+    """The connector on `socket`, its plan off unless `extra` turns it on (see the docstring), and
+    its live canary off unless `extra` turns it on (a sampled request reports no hit, and these
+    tests count hits; test_canary.py tests the canary)."""
     return {"kv_connector": "TierdConnector", "kv_connector_module_path": "connectors.vllm.connector",
-            "kv_role": "kv_both", "kv_connector_extra_config": {"socket": socket, "load_plan": False, **extra}}
+            "kv_role": "kv_both",
+            "kv_connector_extra_config": {"socket": socket, "load_plan": False, "verify_sample": 0.0, **extra}}
 
 
 @pytest.fixture(scope="module")

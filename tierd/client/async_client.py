@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tierd.client.arena import ArenaViews
-from tierd.client.batches import AsyncGetLease, AsyncPutBatch
+from tierd.client.batches import AsyncGetLease, AsyncPutBatch, AsyncVerifyBatch
 from tierd.client.peer import check_daemon_peer, expected_daemon_uid
 from tierd.client.protocol import LookupResult, acquire_args, default_socket, hello_args, lookup_args, reserve_args
 from tierd.errors import DaemonUnavailableError, PermissionDeniedError
@@ -101,6 +101,14 @@ class AsyncClient:
         await self._ensure_layout(layout)
         r = await self.call("reserve", **reserve_args(layout, keys, namespace, self.namespace, first_position))
         return AsyncPutBatch(self, layout, keys, r["slots"])
+
+    async def verify(self, layout: Layout, keys: Sequence[bytes], namespace: str | None = None, *,
+                     tolerance: float = 0.0) -> AsyncVerifyBatch:
+        """The live canary's put (see `Client.verify`); use as `async with await client.verify(...)`."""
+        self._need_arena()
+        await self._ensure_layout(layout)
+        r = await self.call("reserve", **reserve_args(layout, keys, namespace, self.namespace, 0), verify=True)
+        return AsyncVerifyBatch(self, layout, keys, r["slots"], tolerance)
 
     async def get(self, layout: Layout, keys: Sequence[bytes], *, prefix_only: bool = True) -> AsyncGetLease:
         """Lease the leading present chunks; use as `async with await client.get(...) as lease:`."""

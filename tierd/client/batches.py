@@ -5,6 +5,10 @@ intermediate buffer), and the commit makes them visible. A get acquires a lease,
 copies out of the views, and the release lets the daemon move or evict the chunks again. Both
 are context managers, so an exception aborts the put or releases the lease. The `Async`
 variants are the same objects for `AsyncClient`, awaited.
+
+A `VerifyBatch` is the live canary's put (`tierd.store.verify`): scratch slots for keys that are
+stored, written like a put's, and a commit that compares them with the stored copies and
+returns what it found instead of storing anything.
 """
 from __future__ import annotations
 
@@ -82,6 +86,37 @@ class PutBatch(_SlotViews):
             self.abort()
 
 
+class VerifyBatch(PutBatch):
+    """Scratch slots for fresh KV of stored keys (`Client.verify`). Write each chunk into
+    `view(i)`, then `commit()` (or leave the `with` block): the daemon compares each with the
+    copies it holds and answers {"compared", "diverged", "skipped", "quarantined"}. `tolerance`
+    is the relative error allowed for engines whose kernels are not bitwise deterministic
+    (0: byte-exact)."""
+
+    _no_slot = "has no scratch slot (not stored, not servable, or no room)"
+
+    def __init__(self, client: "Client | AsyncClient", layout: Layout, keys: Sequence[bytes],
+                 slots: list[int | None], tolerance: float = 0.0) -> None:
+        super().__init__(client, layout, keys, slots)
+        self.tolerance = tolerance
+        self.result: dict[str, Any] | None = None
+
+    def commit(self) -> dict[str, Any]:  # type: ignore[override]
+        keys = self._finish()
+        self.result = (cast("Client", self.client)._call("commit", keys=keys, verify=True, tolerance=self.tolerance)
+                       if keys else dict(_NOTHING_COMPARED))
+        return self.result
+
+    def abort(self) -> None:
+        keys = self._finish()
+        if keys:
+            cast("Client", self.client)._call("abort", keys=keys, verify=True)
+
+
+#: What a verify commit of no scratch slot answers (nothing is sent).
+_NOTHING_COMPARED: dict[str, Any] = {"compared": 0, "diverged": 0, "skipped": 0, "quarantined": []}
+
+
 class GetLease(_SlotViews):
     """A lease on the leading present chunks of a get; `count` of them are readable."""
 
@@ -141,3 +176,26 @@ class AsyncGetLease(GetLease):
     async def __aexit__(self, *exc: Any) -> None:
         await self.release()
 
+
+
+class AsyncVerifyBatch(VerifyBatch):
+    """`VerifyBatch` for `AsyncClient`: `async with`, and `await commit()` / `await abort()`."""
+
+    async def commit(self) -> dict[str, Any]:  # type: ignore[override]
+        keys = self._finish()
+        self.result = (await cast("AsyncClient", self.client).call("commit", keys=keys, verify=True,
+                                                                   tolerance=self.tolerance)
+                       if keys else dict(_NOTHING_COMPARED))
+        return self.result
+
+    async def abort(self) -> None:  # type: ignore[override]
+        keys = self._finish()
+        if keys:
+            await cast("AsyncClient", self.client).call("abort", keys=keys, verify=True)
+
+    async def __aenter__(self) -> "AsyncVerifyBatch":
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if not self.done:
+            await (self.commit() if exc_type is None else self.abort())

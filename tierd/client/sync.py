@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from tierd.client.arena import ArenaViews
-from tierd.client.batches import GetLease, PutBatch
+from tierd.client.batches import GetLease, PutBatch, VerifyBatch
 from tierd.client.peer import check_daemon_peer, expected_daemon_uid
 from tierd.client.protocol import LookupResult, acquire_args, default_socket, hello_args, lookup_args, reserve_args
 from tierd.errors import DaemonUnavailableError, PermissionDeniedError
@@ -197,6 +197,22 @@ class Client:
         self._ensure_layout(layout)
         r = self._call("reserve", **reserve_args(layout, keys, namespace, self.namespace, first_position))
         return PutBatch(self, layout, keys, r["slots"])
+
+    def verify(self, layout: Layout, keys: Sequence[bytes], namespace: str | None = None, *,
+               tolerance: float = 0.0) -> VerifyBatch:
+        """The live canary's put: scratch slots for the keys that are stored, for KV the engine
+        has just recomputed; the batch's commit compares them with the stored copies
+        (`tierd.store.verify`) and stores nothing."""
+        self._need_arena()
+        self._ensure_layout(layout)
+        r = self._call("reserve", **reserve_args(layout, keys, namespace, self.namespace, 0), verify=True)
+        return VerifyBatch(self, layout, keys, r["slots"], tolerance)
+
+    def quarantine(self, *, clear: bool = False, tier: str | None = None) -> dict[str, Any]:
+        """The canary's counts per tier and layout and the quarantined tiers; `clear` lifts the
+        quarantine of `tier` (default: every tier) first."""
+        return self._call("quarantine", **({"clear": True} if clear else {}),
+                          **({"tier": tier} if tier is not None else {}))
 
     def get(self, layout: Layout, keys: Sequence[bytes], *, prefix_only: bool = True) -> GetLease:
         self._need_arena()

@@ -33,6 +33,7 @@ from tierd.config.parsers import (
     parse_path,
     parse_policy,
     parse_port,
+    parse_quarantine_after,
     parse_quotas,
     parse_seconds,
     parse_socket,
@@ -130,6 +131,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("slot_check", parse_bool, "BOOL",
            "refuse a commit whose slot its writer did not fully write (a canary per 4 KiB page, armed "
            "at reserve); off only to measure its cost (default: on)"),
+    Option("quarantine_after", parse_quarantine_after, "N",
+           "quarantine a tier (its chunks are not served until `tierd quarantine clear`) once the live "
+           "canary has found this many of its chunks differing from recomputed KV; 0 never (default: 3)"),
     Option("quotas", parse_quotas, "NS:SIZE,...",
            "byte quota of a namespace on each local tier (DRAM, NVMe), e.g. tenantA:2GiB,tenantB:512MiB: "
            "over it, the namespace's own oldest chunks make room (default: off)"),

@@ -248,6 +248,11 @@ def parse_io_threads(value: object, where: str, base: str | None) -> int:
     return _parse_int(value, where, 1, 64, "use a whole number of threads from 1 to 64")
 
 
+def parse_quarantine_after(value: object, where: str, base: str | None) -> int:
+    return _parse_int(value, where, 0, 1_000_000,
+                      "use a whole number of diverged chunks, e.g. 3 (0: never quarantine)")
+
+
 def parse_host(value: object, where: str, base: str | None) -> str:
     if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
         raise ConfigError(f"{where}={value!r}: give a host name or IP address to bind, like 127.0.0.1")

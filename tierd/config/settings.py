@@ -61,6 +61,7 @@ class Config:
     object_policy: str = LOWER_DEFAULT_POLICY
     nvme_admission: str = "all"
     slot_check: bool = True
+    quarantine_after: int = 3
     object_admission: str = "all"
 
     def __post_init__(self) -> None:

@@ -1,9 +1,10 @@
 """Request handlers of the connection and the operator's reports: `hello`, `ping`, `stat`,
-`layouts`, `ls`, `inspect`, `quota` and the hit-rate curve (`mrc`).
+`layouts`, `ls`, `inspect`, `quota`, the live canary's `quarantine` and the hit-rate curve (`mrc`).
 
 A connection bound to a namespace (`tierd.daemon.scope`) lists and inspects only its own
-namespace's chunks and sees only its own quota; stat, layouts and the hit-rate curve are
-daemon-wide figures and stay open.
+namespace's chunks and sees only its own quota; stat, layouts, the canary's counts and the
+hit-rate curve are daemon-wide figures and stay open. Only an unbound connection (the operator)
+may clear a quarantine.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class AdminOps:
             "ls": self.ls,
             "inspect": self.inspect,
             "quota": self.quota,
+            "quarantine": self.quarantine,
             "mrc": self.mrc,
         }
 
@@ -115,6 +117,21 @@ class AdminOps:
                                             f"quota of {namespace!r}")
             namespace = bound
         return {"quotas": self.store.quotas.report(namespace), "refused": self.store.quotas.refused}
+
+    def quarantine(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        """The canary's counts and the quarantined tiers; with `clear`, lift the quarantine of
+        `tier` (or of every tier) first."""
+        tier, clear = args.get("tier"), bool(args.get("clear"))
+        cleared: list[str] = []
+        if tier is not None and not clear:
+            raise InvalidArgumentError("quarantine: a tier is named only to clear its quarantine (clear=true)")
+        if clear:
+            bound = self.bindings.namespace_of(session)
+            if bound is not None:
+                raise PermissionDeniedError(f"this connection is bound to namespace {bound!r}: it cannot clear a "
+                                            f"quarantine")
+            cleared = self.store.quarantine.clear(None if tier is None else [tier])
+        return {**self.store.verifier.report(), "cleared": cleared}
 
     def mrc(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         if self.observer is None:

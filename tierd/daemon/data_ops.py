@@ -3,13 +3,16 @@ abort), get (acquire, release), and the operator's pin, unpin and evict.
 
 Each handler checks what its connection's namespace binding (`tierd.daemon.scope`) lets it
 touch, then calls the store: keys of other namespaces are misses to lookup and acquire and are
-left out of pin, unpin and evict; reserve into another namespace is refused.
+left out of pin, unpin and evict; reserve into another namespace is refused. The live canary's
+variant of the put (`verify`: scratch slots for stored keys, compared at commit) gets scratch
+slots only for the connection's own chunks, so it tells a bound client nothing about others'.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from tierd.daemon.scope import Bindings
+from tierd.errors import InvalidArgumentError
 from tierd.layout import Layout
 from tierd.store import ABSENT, Session, TieredStore
 from tierd.store.chunk import check_keys
@@ -32,8 +35,8 @@ class DataOps:
             "register_layout": self.register_layout,
             "lookup": self.lookup,
             "reserve": self.reserve,
-            "commit": lambda s, a: {"committed": store.commit(s, a["keys"])},
-            "abort": lambda s, a: {"aborted": store.abort(s, a["keys"])},
+            "commit": self.commit,
+            "abort": self.abort,
             "acquire": self.acquire,
             "release": lambda s, a: {"released": store.release(s, a["lease"])},
             "evict": self.evict,
@@ -63,9 +66,25 @@ class DataOps:
         scope = self.bindings.bound(session)
         if scope is not None:
             scope.check_namespace(args["namespace"], "reserve")
+        if args.get("verify"):
+            check_keys(args["keys"])
+            mask = None if scope is None else [scope.visible(self.store.index.get(k)) for k in args["keys"]]
+            return {"slots": await self.store.verify_reserve(session, args["layout_id"], args["keys"], args["nbytes"],
+                                                             mask)}
         slots = await self.store.reserve(session, args["layout_id"], args["namespace"], args["keys"], args["nbytes"],
                                          first_position=args.get("first_position", 0))
         return {"slots": slots}
+
+    async def commit(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("verify"):
+            return await self.store.verify_commit(session, args["keys"], args.get("tolerance", 0.0))
+        if "tolerance" in args:
+            raise InvalidArgumentError("commit: tolerance applies to a verify commit (verify=true) only")
+        return {"committed": self.store.commit(session, args["keys"])}
+
+    def abort(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        abort = self.store.verify_abort if args.get("verify") else self.store.abort
+        return {"aborted": abort(session, args["keys"])}
 
     async def acquire(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         layout_id, keys, prefix_only = args["layout_id"], args["keys"], args.get("prefix_only", True)

@@ -39,6 +39,13 @@ _OBJECT_COUNTERS = {
     "errors": "Object-store requests that failed",
     "timeouts": "Object-store requests that timed out",
 }
+#: The live canary's comparisons, per tier blamed and layout (`tierd.store.verify`).
+_CANARY_COUNTERS = {
+    "compared": "Chunks the canary compared with recomputed KV",
+    "exact": "Compared chunks byte-identical to recomputed KV",
+    "within": "Compared chunks that differed from recomputed KV within the bound",
+    "diverged": "Compared chunks that diverged from recomputed KV (removed; count toward quarantine)",
+}
 RPC_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.2, 1.0, 5.0)
 
 
@@ -72,6 +79,7 @@ class _StoreCollector:
             for t in stat["tiers"][1:]:
                 c.add_metric([t["name"], t["admission"]], t[name])
             yield c
+        yield from _canary_metrics(stat)
         yield GaugeMetricFamily("tierd_dram_dirty_bytes", "DRAM bytes not yet written to the tier below",
                                 value=stat["tiers"][0]["dirty_bytes"])
         obj = next((t for t in stat["tiers"] if "breaker" in t), None)
@@ -90,6 +98,27 @@ class _StoreCollector:
         yield CounterMetricFamily("tierd_namespace_denied",
                                   "Requests refused for reaching outside their connection's namespace",
                                   value=dispatcher.denied if dispatcher is not None else 0)
+
+
+def _canary_metrics(stat: dict[str, Any]) -> Iterator[Metric]:
+    canary = stat["canary"]["by_tier"]
+    for name, doc in _CANARY_COUNTERS.items():
+        c = CounterMetricFamily(f"tierd_canary_{name}", doc, labels=["tier", "layout"])
+        for tier, layouts in canary.items():
+            for layout_id, counts in layouts.items():
+                c.add_metric([tier, layout_id], counts[name])
+        yield c
+    g = GaugeMetricFamily("tierd_canary_max_error", "Largest relative error the canary saw (-1: infinite)",
+                          labels=["tier", "layout"])
+    for tier, layouts in canary.items():
+        for layout_id, counts in layouts.items():
+            g.add_metric([tier, layout_id], counts["max_error"])
+    yield g
+    q = GaugeMetricFamily("tierd_tier_quarantined", "1 while the tier is quarantined (its chunks are not served)",
+                          labels=["tier"])
+    for t in stat["tiers"]:
+        q.add_metric([t["name"]], 1 if t["quarantined"] else 0)
+    yield q
 
 
 def start_metrics(daemon: "Daemon", host: str, port: int) -> int:

@@ -41,9 +41,11 @@ REQUESTS: dict[str, dict[str, Arg]] = {
     "costs": {"layout_id": _OPT_STR},
     "observe_prefill": {"start": _INT, "end": _INT, "seconds": Arg((float, int)), "layout_id": _OPT_STR},
     "explain": {"keys": _KEYS, "prompt_tokens": _OPT_INT},
-    "reserve": {"layout_id": _STR, "namespace": _STR, "keys": _KEYS, "nbytes": _INT, "first_position": _OPT_INT},
-    "commit": {"keys": _KEYS},
-    "abort": {"keys": _KEYS},
+    # verify=true: the live canary's scratch slots for stored keys (tierd.store.verify)
+    "reserve": {"layout_id": _STR, "namespace": _STR, "keys": _KEYS, "nbytes": _INT, "first_position": _OPT_INT,
+                "verify": _OPT_BOOL},
+    "commit": {"keys": _KEYS, "verify": _OPT_BOOL, "tolerance": Arg((float, int), required=False)},
+    "abort": {"keys": _KEYS, "verify": _OPT_BOOL},
     "acquire": {"layout_id": _STR, "keys": _KEYS, "prefix_only": _OPT_BOOL},
     "release": {"lease": _INT},
     "evict": {"keys": _OPT_KEYS, "namespace": _OPT_STR, "tier": _OPT_STR, "all": _OPT_BOOL},
@@ -54,6 +56,7 @@ REQUESTS: dict[str, dict[str, Arg]] = {
     "ls": {"tier": _OPT_STR, "namespace": _OPT_STR, "key_prefix": _OPT_STR, "sort": _OPT_STR, "limit": _OPT_INT},
     "inspect": {"key": Arg((bytes,))},
     "quota": {"namespace": _OPT_STR, "bytes": _OPT_INT, "clear": _OPT_BOOL},
+    "quarantine": {"clear": _OPT_BOOL, "tier": _OPT_STR},
     "mrc": {"grid": Arg((list,), required=False, list_of=int), "gain_per_gib": Arg((float, int), required=False)},
 }
 

@@ -16,6 +16,9 @@ This is the whole cache. The daemon serves it over a socket; embedded mode calls
     persist.py    metadata written at shutdown, read at start
     quotas.py     per-namespace byte quotas (bookkeeping)
     report.py     stat / ls / inspect (read-only views)
+    verify.py     the live canary: fresh KV compared with every stored copy, blame, removal
+    divergence.py how far two copies of a chunk differ; the bounds (lossless, lossy codecs)
+    quarantine.py tiers the canary caught serving wrong KV: masked from lookups and acquires
 
 Ownership rules (the invariants everything else relies on):
 

@@ -66,6 +66,8 @@ def stat(store: "TieredStore") -> dict[str, Any]:
             tiers[-1].update(store.probe.stats())
         tiers[-1].update({"uploads_lost": store.uploader.lost, "upload_inflight": store.uploader.in_flight,
                           "write_mode": store.object_write})
+    for row in tiers:
+        row["quarantined"] = row["name"] in store.quarantine.entries
     sessions = store.sessions.open.values()
     return {
         "tiers": tiers,
@@ -79,6 +81,7 @@ def stat(store: "TieredStore") -> dict[str, Any]:
         "admission_rejected": store.writedown.rejected,
         "slot_check": store.sessions.slot_check,
         "commits_not_written": store.sessions.not_written,
+        "canary": store.verifier.report(),
         "writedown_failing": store.writedown_failing,
         "dropped_unwritten": store.dram_room.dropped_unwritten,
         "background_restarts": store.background_restarts(),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from tierd.errors import (
     AlreadyStoredError,
@@ -30,6 +30,10 @@ from tierd.store.dram import DramRoom
 from tierd.store.index import ChunkIndex
 from tierd.store.moves import Moves
 from tierd.store.uploads import Upload, UploadQueue
+
+if TYPE_CHECKING:
+    from tierd.store.quarantine import Quarantine
+    from tierd.store.verify import Verifier
 
 #: Told the bytes a get promoted, how long that took, and the slowest tier it read (cost model).
 PromotionObserver = Callable[[int, float, int], None]
@@ -49,6 +53,9 @@ class Sessions:
         #: Commits refused because a slot was not fully written.
         self.not_written = 0
         self.on_promoted: PromotionObserver | None = None
+        #: The live canary and the tiers it quarantined (set by the store).
+        self.verifier: Verifier | None = None
+        self.quarantine: Quarantine | None = None
         self.open: dict[int, Session] = {}
         self._session_ids = itertools.count(1)
         self._lease_ids = itertools.count(1)
@@ -63,6 +70,8 @@ class Sessions:
         self.abort(session, list(session.reservations))
         for lease_id in list(session.leases):
             self.release(session, lease_id)
+        if self.verifier is not None:
+            self.verifier.close_session(session)
         self.open.pop(session.id, None)
 
     # ------------------------------------------------------------------ put: reserve + commit
@@ -82,13 +91,13 @@ class Sessions:
         quotas = self.dram.quotas
         slots: list[int | None] = []
         for i, key in enumerate(keys):
-            if key in self.index or key in self.index.reserved or not await self.moves.quota_room(namespace, nbytes):
+            if self._stored(key) or key in self.index.reserved or not await self.moves.quota_room(namespace, nbytes):
                 slots.append(None)
                 continue
             quotas.charge(DRAM, namespace, nbytes)  # claimed now: nothing awaited since quota_room checked
             slot = await self.dram.alloc_slot(nbytes, deadline, has_lower=bool(self.index.lowers),
                                               writedown_failing=self.moves.writedown_failing)
-            if slot is None or key in self.index or key in self.index.reserved:  # raced while waiting
+            if slot is None or self._stored(key) or key in self.index.reserved:  # raced while waiting
                 if slot is not None:
                     self.dram.free_slot(slot, nbytes)
                 quotas.charge(DRAM, namespace, -nbytes)
@@ -119,17 +128,31 @@ class Sessions:
             r = session.reservations.pop(key)
             del self.index.reserved[key]
             c = self.index.get(key)
+            if c is not None and c.slot is not None:  # put over a quarantined copy, promoted since a clear
+                self.dram.free_slot(r.slot, r.size)
+                self.dram.quotas.charge(DRAM, r.namespace, -r.size)
+                continue
             if c is not None and c.namespace != r.namespace:  # found remotely: its local copies move over
                 self.index.move_namespace(c, r.namespace)
             if c is None:
                 c = self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, position=r.position)
             c.layout_id, c.size = r.layout_id, r.size  # (a found chunk may lack them)
             self.dram.place(c, r.slot)
+            if self.quarantine is not None and c.moving is None:  # stored afresh over suspect copies
+                for name in self.quarantine.suspect_copies(c):
+                    self.moves.writedown.delete_copy(c, self.index.lower_named(name))
+            if self.verifier is not None:
+                self.verifier.committed(key)
             shared = self.index.lowers[-1] if self.index.lowers and self.index.lowers[-1].shared else None
             if (shared is not None and self.write_through and shared.name not in c.lower
                     and shared.admission.admits(key, c.hits, depth=c.position)):
                 self.uploads.put(Upload(key, r.layout_id, r.namespace, r.size, now, r.position))
         return len(keys)
+
+    def _stored(self, key: bytes) -> bool:
+        """Whether a put must skip `key`: it is stored, and not only in a quarantined tier."""
+        c = self.index.get(key)
+        return c is not None and not (self.quarantine is not None and self.quarantine.replaceable(c))
 
     def _check_written(self, session: Session, keys: Sequence[bytes]) -> None:
         """Refuse the whole commit (its reservations aborted, nothing stored) if any slot still
@@ -173,7 +196,8 @@ class Sessions:
         wanted: list[Chunk | None] = []
         for key in keys:
             c = self.index.get(key)
-            if c is None or c.layout_id not in (layout.layout_id, ""):  # "": found remotely, checked on read
+            if (c is None or c.layout_id not in (layout.layout_id, "")  # "": found remotely, checked on read
+                    or (self.quarantine is not None and not self.quarantine.serves(c))):
                 wanted.append(None)
                 if prefix_only:
                     break
@@ -183,11 +207,14 @@ class Sessions:
             lease.chunks.append(c)
         promoting = [c for c in wanted if c is not None and c.slot is None]
         codes = [c.tier_code for c in promoting if c.tier_code != ABSENT]  # where they are read from
+        before = {c.key: list(c.lower) for c in promoting} if self.verifier is not None else {}
         started = time.perf_counter()
         results = await asyncio.gather(*(self.moves.promote(c, layout.layout_id, layout.chunk_bytes)
                                          for c in wanted if c is not None))
         if promoting and self.on_promoted is not None:  # the batch's throughput, credited to its slowest tier
             self.on_promoted(sum(c.size for c in promoting), time.perf_counter() - started, max(codes, default=0))
+        if promoting and self.verifier is not None:  # which tier each DRAM copy came from (canary blame)
+            self.verifier.promoted(promoting, before)
         ok = iter(results)
         slots: list[int | None] = []
         now = time.time()

@@ -22,9 +22,11 @@ from tierd.store.index import ChunkIndex
 from tierd.store.lookup import LookupObserver, Lookups
 from tierd.store.lowers import Lower, PolicyFactory, build_lowers
 from tierd.store.moves import Moves
+from tierd.store.quarantine import FILE_NAME as QUARANTINE_FILE, Quarantine
 from tierd.store.quotas import NamespaceQuotas
 from tierd.store.sessions import Sessions
 from tierd.store.uploads import Uploader, UploadQueue
+from tierd.store.verify import Verifier
 from tierd.store.writedown import Admission, WriteDown
 from tierd.supervise import Supervised, supervise
 from tierd.tiers.arena import SharedArena
@@ -56,6 +58,7 @@ class TieredStore:
         policies: dict[str, PolicyFactory] | None = None,
         admissions: dict[str, Callable[[], Admission]] | None = None,
         slot_check: bool = True,
+        quarantine_after: int = 3,
     ) -> None:
         if object_write not in ("through", "back"):
             raise InvalidArgumentError(f"object_write {object_write!r}: use 'through' or 'back'")
@@ -91,6 +94,13 @@ class TieredStore:
         self.lookups = Lookups(self.index, [self.dram_room.stats] + [l.stats for l in self.lower], self.probe)
         self.demoter = Demoter(self.index, self.dram_room, self.moves, self.writedown, batch=io_threads)
         self.meta_dir = Path(meta_dir) if meta_dir else None
+        #: The live canary (`verify`) and the tiers it quarantined.
+        self.quarantine = Quarantine(self.tier_names, quarantine_after,
+                                     self.meta_dir / QUARANTINE_FILE if self.meta_dir else None)
+        self.verifier = Verifier(self.index, self.dram_room, self.moves, self.layouts, self.quarantine,
+                                 slot_check=slot_check)
+        self.sessions.verifier, self.sessions.quarantine = self.verifier, self.quarantine
+        self.lookups.quarantine = self.quarantine
         #: Per-tier load costs (set by the daemon); promotions refine them online.
         self.costs: dict[str, "TierCost"] = {}
         self._io_threads = io_threads
@@ -242,6 +252,20 @@ class TieredStore:
 
     def release(self, session: Session, lease_id: int) -> int:
         return self.sessions.release(session, lease_id)
+
+    # ------------------------------------------------------------------ the live canary
+
+    async def verify_reserve(self, session: Session, layout_id: str, keys: Sequence[bytes], nbytes: int,
+                             mask: Sequence[bool] | None = None) -> list[int | None]:
+        """Scratch slots for fresh KV of stored keys (see `Verifier.reserve`)."""
+        return await self.verifier.reserve(session, self.layout(layout_id), keys, nbytes, mask)
+
+    async def verify_commit(self, session: Session, keys: Sequence[bytes], tolerance: float = 0.0) -> dict[str, Any]:
+        """Compare the scratch slots with the stored copies (see `Verifier.commit`)."""
+        return await self.verifier.commit(session, keys, tolerance)
+
+    def verify_abort(self, session: Session, keys: Sequence[bytes]) -> int:
+        return self.verifier.abort(session, keys)
 
     # ------------------------------------------------------------------ operator actions
 
