@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     kv = KVTransferConfig(kv_connector="TierdConnector", kv_connector_module_path="connectors.vllm.connector",
                           kv_role="kv_both",
                           # save_decode: the old connector then also saved embeddings requests (under placeholder ids)
-                          kv_connector_extra_config={"socket": args.socket, "load_plan": False, "save_decode": True})
+                          kv_connector_extra_config={"socket": args.socket, "load_plan": False, "save_decode": True,
+                                                     "verify_sample": 0.0})  # no canary: hits are counted exactly
     t0 = time.perf_counter()
     llm = LLM(model=args.model, tokenizer=args.model, dtype="float32", seed=0, enable_prefix_caching=False,
               enforce_eager=True, gpu_memory_utilization=0.1, max_num_seqs=4, block_size=128, max_model_len=1024,
