@@ -306,8 +306,12 @@ class TieredStore:
     # ------------------------------------------------------------------ callbacks of the parts
 
     def _index_found(self, found: Sequence[Any]) -> None:
+        """Index what a lookup found in the bucket, except copies this node is deleting: a copy
+        removed (evicted, or found wrong by the canary) must not come back through a lookup that
+        raced its deletion."""
         assert self.shared is not None
-        self.index.index_found(found, self.shared)
+        deleting = self.writedown.deleting
+        self.index.index_found([h for h in found if h.key not in deleting] if deleting else found, self.shared)
 
     def _observe_promotion(self, nbytes: int, seconds: float, tier_code: int) -> None:
         name = self.tier_names[tier_code]
