@@ -24,7 +24,7 @@ from tierd.errors import (
     SlotNotWrittenError,
 )
 from tierd.layout import Layout
-from tierd.store import canary
+import tierd.store.canary as canary
 from tierd.store.chunk import ABSENT, DRAM, Chunk, Lease, Reservation, Session, check_keys, check_namespace
 from tierd.store.dram import DramRoom
 from tierd.store.index import ChunkIndex

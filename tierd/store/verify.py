@@ -45,7 +45,7 @@ from typing import Any, Mapping, Sequence
 
 from tierd.errors import InvalidArgumentError, NotReservedError, ObjectTierUnavailable, SlotNotWrittenError, shown
 from tierd.layout import Layout
-from tierd.store import canary
+import tierd.store.canary as canary
 from tierd.store.chunk import DRAM, Chunk, Session, check_keys
 from tierd.store.divergence import Difference, codec_bound, compare
 from tierd.store.dram import DramRoom
