@@ -46,9 +46,11 @@ def arm(view: memoryview) -> int:
     return value
 
 
-def unwritten(view: memoryview, value: int) -> int | None:
+def unwritten(view: memoryview, value: int | None) -> int | None:
     """The byte offset of the first canary still in the slot (the writer did not write it), or
-    None when the writer overwrote them all."""
+    None when the writer overwrote them all (or no canary was armed: `value` None)."""
+    if value is None:
+        return None
     left = np.flatnonzero(_pages(view) == value)
     if len(left):
         return int(left[0]) * PAGE + PAGE - _WORD

@@ -159,8 +159,6 @@ class Sessions:
         holds its canary: its writer did not write all of it, and the rest is old bytes."""
         for key in keys:
             r = session.reservations[key]
-            if r.canary is None:
-                continue
             offset = canary.unwritten(self.dram.arena.view(r.slot, r.size), r.canary)
             if offset is not None:
                 self.not_written += 1
