@@ -168,9 +168,11 @@ def test_a_bound_connection_cannot_reach_another_namespace(daemon_factory: Daemo
 
 def test_the_config_binds_a_users_connections(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
     nvme = tmp_path / "shared-nvme"
-    first = daemon_factory(name="a", nvme_dir=nvme)
-    with Client.connect(first.socket) as admin:
-        a = _put(admin, "tenantA", 0)
+    first = daemon_factory(name="a", nvme_dir=nvme, extra=("--namespaces", f"{OTHER_UID}:tenantA"))
+    with Client.connect(first.socket) as admin, Client.connect(first.socket, namespace="tenantA") as writer:
+        with pytest.raises(PermissionDeniedError, match="tenant's .*connect with namespace='tenantA'"):
+            _put(admin, "tenantA", 0)  # a tenant's chunks are written under its own keys only
+        a = _put(writer, "tenantA", 0)
         b = _put(admin, "tenantB", 10_000)
     assert first.stop() == 0  # both namespaces' chunks are written down to NVMe
 

@@ -34,6 +34,8 @@ MAX_NAMESPACE_BYTES = 255
 _SEED_TAG = b"tierd-keys-v1\x00"
 #: blake2b personalisation of a chunk hashed with extras (at most 16 bytes).
 _EXTRAS_PERSON = b"tierd-extras-v1"
+#: blake2b personalisation of a tenant's store keys (`tenant_keys`).
+_TENANT_PERSON = b"tierd-tenant-v1"
 
 
 def namespace_problem(namespace: object) -> str | None:
@@ -60,6 +62,21 @@ def check_namespace(namespace: object) -> str:
         raise InvalidArgumentError(problem)
     assert isinstance(namespace, str)
     return namespace
+
+
+def tenant_keys(namespace: str, keys: Sequence[bytes]) -> list[bytes]:
+    """The keys under which the store keeps a tenant's chunks: each key a tenant's connection
+    names, hashed again with the tenant's namespace (under a personalisation of its own). A
+    tenant's keys are therefore its own whatever key it sends: a key computed with another
+    namespace's seed lands in its own key space, never on the other's chunk, and a key another
+    tenant holds is neither a hit nor a "stored already" to it (`tierd.daemon.scope`)."""
+    base = hashlib.blake2b(namespace.encode("utf-8") + b"\x00", digest_size=KEY_BYTES, person=_TENANT_PERSON)
+    out = []
+    for key in keys:
+        h = base.copy()
+        h.update(key)
+        out.append(h.digest())
+    return out
 
 
 def seed_key(layout: Layout, namespace: str = "default") -> bytes:

@@ -43,8 +43,16 @@ def pin_arena(client: Client) -> Callable[[], None] | None:
     not be pinned (copies then stage through device memory)."""
     if client.arena is None:
         return None
-    region = pin(client.arena.array)
-    return region.unpin if region is not None else None
+    regions = [r for r in map(pin, client.arena.arrays) if r is not None]
+    if len(regions) < len(client.arena.arrays):  # all or nothing: a chunk is pinned or staged
+        for r in regions:
+            r.unpin()
+        return None
+
+    def unpin() -> None:
+        for r in regions:
+            r.unpin()
+    return unpin
 
 
 def _host(chunk: np.ndarray) -> torch.Tensor:

@@ -1,53 +1,70 @@
 """The client's mapping of the daemon's arena (the data plane), and views of slots in it.
 
-The arena is mapped with MAP_POPULATE only once the daemon says its pages are all faulted in
+The arena has no path: the client asks for it (`map_arena`) and receives one file descriptor
+per region it may map over the socket (`tierd.rpc.fds`). A connection bound to a tenant
+namespace receives its tenant's region only, so a view of any other offset fails here, and the
+memory is not in the process at all. The descriptors are closed once mapped.
+
+Regions are mapped with MAP_POPULATE only once the daemon says their pages are all faulted in
 (`hello` → `arena_populated`); a client that connects while the daemon is still pre-faulting
-maps it lazily, so connecting never waits for (or duplicates) that work.
+maps lazily, so connecting never waits for (or duplicates) that work.
 """
 from __future__ import annotations
 
+import bisect
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from tierd.errors import PermissionDeniedError
 from tierd.layout import Layout
-from tierd.tiers.arena import map_file
+from tierd.tiers.arena import map_fd
 
 
 class ArenaViews:
-    """The arena's shared memory, as numpy views of its slots (no copy)."""
+    """The regions of the arena this connection holds, as numpy views of their slots (no copy)."""
 
-    def __init__(self, path: str, size: int, *, populate: bool = True) -> None:
-        self.mm = map_file(path, size, populate=populate)
-        self.array = np.frombuffer(self.mm, dtype=np.uint8)
-
-    @classmethod
-    def from_hello(cls, info: dict[str, Any]) -> "ArenaViews":
-        """The arena a `hello` answer names."""
-        return cls(info["arena_path"], info["arena_bytes"], populate=info.get("arena_populated", True))
-
-    @classmethod
-    def try_from_hello(cls, info: dict[str, Any]) -> "tuple[ArenaViews | None, str | None]":
-        """`from_hello`, or (None, why) when this process may not map the arena (a client of
-        another user than the daemon's: the arena file is the daemon user's, mode 0600). Such a
-        client still has the whole control plane; only its puts and gets need the arena."""
+    def __init__(self, regions: Sequence[dict[str, Any]], fds: Sequence[int], *, populate: bool = True) -> None:
+        self.maps: list[Any] = []
+        #: Each mapped region as one uint8 array (what a GPU connector pins), by increasing base.
+        self.arrays: list[np.ndarray] = []
+        self.bases: list[int] = []
+        self.sizes: list[int] = []
+        self.namespaces: list[str | None] = []
         try:
-            return cls.from_hello(info), None
-        except PermissionError:
-            return None, (f"this process (uid {os.getuid()}) may not map the daemon's arena {info['arena_path']}: "
-                          "it may use the control plane (lookup, ls, stat, ...) but not put or get chunks")
+            for region, fd in sorted(zip(regions, fds), key=lambda p: p[0]["base"]):
+                mm = map_fd(fd, region["size"], populate=populate)
+                self.maps.append(mm)
+                self.arrays.append(np.frombuffer(mm, dtype=np.uint8))
+                self.bases.append(region["base"])
+                self.sizes.append(region["size"])
+                self.namespaces.append(region.get("namespace"))
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def view(self, offset: int, nbytes: int) -> np.ndarray:
-        return self.array[offset : offset + nbytes]
+        i = bisect.bisect_right(self.bases, offset) - 1
+        if i < 0 or offset + nbytes > self.bases[i] + self.sizes[i]:
+            raise PermissionDeniedError(
+                f"arena bytes {offset}..{offset + nbytes} are not in a region this connection holds "
+                f"(it holds {self.describe()}): they belong to another namespace")
+        start = offset - self.bases[i]
+        return self.arrays[i][start : start + nbytes]
+
+    def describe(self) -> str:
+        return ", ".join(f"{'shared' if ns is None else repr(ns)} [{b}, {b + n})"
+                         for ns, b, n in zip(self.namespaces, self.bases, self.sizes)) or "none"
 
     def close(self) -> None:
-        del self.array
-        try:
-            self.mm.close()
-        except BufferError:  # a caller still holds a view; the mapping goes with the last one
-            pass
+        self.arrays.clear()
+        for mm in self.maps:
+            try:
+                mm.close()
+            except BufferError:  # a caller still holds a view; the mapping goes with the last one
+                pass
+        self.maps.clear()
 
 
 def as_tensor(view: np.ndarray, layout: Layout) -> Any:

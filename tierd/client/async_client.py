@@ -13,8 +13,8 @@ import numpy as np
 
 from tierd.client.arena import ArenaViews
 from tierd.client.batches import AsyncGetLease, AsyncPutBatch, AsyncVerifyBatch
-from tierd.client.peer import check_daemon_peer, expected_daemon_uid
-from tierd.client.protocol import LookupResult, acquire_args, default_socket, hello_args, lookup_args, reserve_args
+from tierd.client.protocol import LookupResult, acquire_args, default_socket, lookup_args, reserve_args
+from tierd.client.sync import Client
 from tierd.errors import DaemonUnavailableError, PermissionDeniedError
 from tierd.layout import Layout
 from tierd.rpc import frames
@@ -40,25 +40,20 @@ class AsyncClient:
         """Connect to a daemon; `namespace` binds the connection to that namespace. The daemon
         must run as this user, root, or `daemon_uid` (default `$TIERD_DAEMON_UID`): checked
         before anything is sent (`tierd.client.peer`)."""
-        path = socket_path or default_socket()
-        expected = expected_daemon_uid(daemon_uid)
+        # The hand-shake (peer check, hello, the arena's descriptors over SCM_RIGHTS, which asyncio
+        # streams cannot receive) is the blocking client's, in a thread; then its socket is ours.
+        handshake = await asyncio.to_thread(Client.connect, socket_path or default_socket(), name=name,
+                                            namespace=namespace, daemon_uid=daemon_uid)
+        sock, arena = handshake.hand_over()
         try:
-            reader, writer = await asyncio.open_unix_connection(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise DaemonUnavailableError(f"no tierd daemon at {path} ({exc.strerror})") from None
-        try:
-            check_daemon_peer(writer.get_extra_info("socket"), path, expected)
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
         except BaseException:
-            writer.close()
+            sock.close()
+            if arena is not None:
+                arena.close()
             raise
         client = cls(reader, writer)
-        try:
-            client.info = await client.call("hello", **hello_args(name, namespace))
-        except BaseException:  # refused: do not leak the connection
-            writer.close()
-            raise
-        client.namespace = client.info.get("namespace")
-        client.arena, client._no_arena = ArenaViews.try_from_hello(client.info)
+        client.info, client.namespace, client.arena = handshake.info, handshake.namespace, arena
         return client
 
     async def call(self, op: str, **args: Any) -> Any:

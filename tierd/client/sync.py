@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import socket
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -26,6 +27,7 @@ from tierd.client.protocol import LookupResult, acquire_args, default_socket, he
 from tierd.errors import DaemonUnavailableError, PermissionDeniedError
 from tierd.layout import Layout
 from tierd.rpc import frames
+from tierd.rpc.fds import check_fds, close_fds, recv_frame_with_fds
 from tierd.rpc.schema import result_of
 
 if TYPE_CHECKING:
@@ -41,7 +43,8 @@ class Client:
     def __init__(self, call: Callable[[dict[str, Any]], dict[str, Any]], closer: Callable[[], None], name: str = "",
                  *, map_arena: bool = True,
                  pipe: tuple[Callable[[dict[str, Any]], None], Callable[[], dict[str, Any]]] | None = None,
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None,
+                 call_with_fds: Callable[[dict[str, Any]], tuple[dict[str, Any], list[int]]] | None = None) -> None:
         self._send = call
         self._pipe = pipe  # (send only, receive one reply): lets a call go out without waiting
         self._pending = 0
@@ -51,6 +54,7 @@ class Client:
         self.layouts: dict[str, Layout] = {}
         #: The in-process store of an embedded client (for tests and notebooks); None otherwise.
         self.store: TieredStore | None = None
+        self._socket: socket.socket | None = None
         try:
             info = self._call("hello", **hello_args(name, namespace))
         except BaseException:  # refused (peer check, namespace): do not leak the socket
@@ -59,8 +63,35 @@ class Client:
         self.info = info
         #: The namespace this connection is bound to (None: all); the default of put().
         self.namespace: str | None = info.get("namespace")
-        self.arena, self._no_arena = (ArenaViews.try_from_hello(info) if map_arena else
-                                      (None, "this client was connected with map_arena=False: it has no data views"))
+        self.arena: ArenaViews | None = None
+        self._no_arena: str | None = "this client was connected with map_arena=False: it has no data views"
+        if map_arena:
+            try:
+                self.arena = self._map_arena(call_with_fds)
+            except BaseException:
+                closer()
+                raise
+            self._no_arena = None
+
+    def _map_arena(self, call_with_fds: Callable[[dict[str, Any]], tuple[dict[str, Any], list[int]]] | None
+                   ) -> ArenaViews:
+        """Receive and map the arena regions this connection may hold (`map_arena`)."""
+        request = {"id": next(self._ids), "op": "map_arena"}
+        if call_with_fds is None:  # in-process: the numbers are this process's own descriptors
+            result = result_of(self._send(request))
+            fds = [os.dup(fd) for fd in result["fds"]]
+        else:
+            try:
+                reply, fds = call_with_fds(request)
+            except (ConnectionError, OSError) as exc:
+                raise DaemonUnavailableError(f"lost the connection to tierd during map_arena: {exc}") from None
+            try:
+                result = result_of(reply)
+            except BaseException:
+                close_fds(fds)
+                raise
+            check_fds(fds, len(result["regions"]))
+        return ArenaViews(result["regions"], fds, populate=self.info.get("arena_populated", True))
 
     # -------------------------------------------------------------- constructors
 
@@ -102,7 +133,24 @@ class Client:
             send(request)
             return recv()
 
-        return cls(call, sock.close, name, map_arena=map_arena, pipe=(send, recv), namespace=namespace)
+        def call_with_fds(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+            send(request)
+            return recv_frame_with_fds(sock)
+
+        client = cls(call, sock.close, name, map_arena=map_arena, pipe=(send, recv), namespace=namespace,
+                     call_with_fds=call_with_fds)
+        client._socket = sock
+        return client
+
+    def hand_over(self) -> "tuple[socket.socket, ArenaViews | None]":
+        """Give up this connection's socket and arena mapping to another client object (the
+        asyncio client does its hand-shake through this one). This object is unusable after."""
+        if self._socket is None or self._pending:
+            raise RuntimeError("hand_over: only a fresh socket client's connection can be handed over")
+        sock, arena, self._socket, self.arena = self._socket, self.arena, None, None
+        self._closer = lambda: None
+        self._no_arena = "this client handed its connection over"
+        return sock, arena
 
     @classmethod
     def embedded(cls, config: "Config", *, name: str = "embedded") -> "Client":

@@ -70,6 +70,12 @@ class Config:
         check_watermarks(self.demote_low_watermark, "Config.demote_low_watermark",
                          self.demote_high_watermark, "Config.demote_high_watermark")
 
+    @property
+    def tenants(self) -> list[str]:
+        """The namespaces bound to a user (`namespaces`): each gets its own arena region and keys
+        of its own (`tierd.tiers.arena`, `tierd.daemon.scope`)."""
+        return sorted({pair.partition(":")[2] for pair in self.namespaces.split(",") if pair})
+
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON/YAML values, for `tierd stat`. socket_mode is written as
         an octal string ("0600") for people; the result loads back as a config file."""

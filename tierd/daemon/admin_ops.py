@@ -42,6 +42,7 @@ class AdminOps:
         store = self.store
         return {
             "hello": self.hello,
+            "map_arena": self.map_arena,
             "ping": lambda s, a: {"pong": True},
             "stat": self.stat,
             "layouts": lambda s, a: {"layouts": {i: l.to_dict() for i, l in store.layouts.items()}},
@@ -64,10 +65,23 @@ class AdminOps:
             "version": tierd.__version__,
             "pid": os.getpid(),
             "session": session.id,
-            "arena_path": str(self.store.arena.path),
             "arena_bytes": self.store.arena.size,
+            "arena_regions": [r.describe() for r in self._regions(session)],
             "tiers": [t["name"] for t in self.store.stat()["tiers"]],
         }
+
+    def _regions(self, session: Session) -> list[Any]:
+        """The arena regions a connection may map: every region for an unbound connection (the
+        operator's, or an engine's that sees every namespace), else its namespace's region only."""
+        namespace = self.bindings.namespace_of(session)
+        arena = self.store.arena
+        return list(arena.regions) if namespace is None else [arena.region_for(namespace)]
+
+    def map_arena(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        """The regions this connection may map, and their descriptors (`fds`: this process's
+        numbers; the daemon sends the files themselves with the reply, `tierd.rpc.fds`)."""
+        regions = self._regions(session)
+        return {"regions": [r.describe() for r in regions], "fds": [r.fd for r in regions]}
 
     def stat(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         stat = self.store.stat()
@@ -90,6 +104,9 @@ class AdminOps:
             return await self.store.inspect(key)
         check_keys([key])
         hidden = NotFoundError(f"key {key.hex()} is not stored")  # the store's words: nothing to tell apart
+        (own,) = self.bindings.store_keys(session, [key])
+        if own in self.store.index or not scope.visible(self.store.index.get(key)):
+            key = own  # a key the tenant computed; else a store key `ls` showed it, of its own chunk
         if not scope.visible(self.store.index.get(key), unknown_ok=True) and key in self.store.index:
             raise hidden
         result = await self.store.inspect(key)

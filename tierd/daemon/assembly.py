@@ -48,6 +48,7 @@ def build_store(config: "Config") -> TieredStore:
         policies=_policies(config),
         slot_check=config.slot_check,
         quarantine_after=config.quarantine_after,
+        tenants=config.tenants,
         admissions={"nvme": ADMISSIONS[config.nvme_admission], "object": ADMISSIONS[config.object_admission]},
     )
     store.costs = declared_costs(store.tier_names)

@@ -49,12 +49,13 @@ class DataOps:
         return {"layout_id": self.store.register_layout(layout), "chunk_bytes": layout.chunk_bytes}
 
     async def lookup(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        prefix, codes = await self.store.lookup_async(args["keys"])
+        keys = self.bindings.store_keys(session, args["keys"])
+        prefix, codes = await self.store.lookup_async(keys)
         scope = self.bindings.bound(session)
         if scope is not None:  # another namespace's chunks are misses to this connection
             index = self.store.index
             codes = bytes(code if scope.visible(index.get(k), unknown_ok=True) else ABSENT
-                          for k, code in zip(args["keys"], codes))
+                          for k, code in zip(keys, codes))
             prefix = codes.find(ABSENT)
             prefix = len(codes) if prefix < 0 else prefix
         reply: dict[str, Any] = {"prefix": prefix, "codes": codes}
@@ -66,28 +67,31 @@ class DataOps:
         scope = self.bindings.bound(session)
         if scope is not None:
             scope.check_namespace(args["namespace"], "reserve")
+        keys = self.bindings.store_keys(session, args["keys"])
         if args.get("verify"):
-            check_keys(args["keys"])
-            mask = None if scope is None else [scope.visible(self.store.index.get(k)) for k in args["keys"]]
-            return {"slots": await self.store.verify_reserve(session, args["layout_id"], args["keys"], args["nbytes"],
-                                                             mask)}
-        slots = await self.store.reserve(session, args["layout_id"], args["namespace"], args["keys"], args["nbytes"],
+            check_keys(keys)
+            mask = None if scope is None else [scope.visible(self.store.index.get(k)) for k in keys]
+            return {"slots": await self.store.verify_reserve(session, args["layout_id"], keys, args["nbytes"], mask)}
+        self.bindings.check_writable(session, args["namespace"], "reserve")
+        slots = await self.store.reserve(session, args["layout_id"], args["namespace"], keys, args["nbytes"],
                                          first_position=args.get("first_position", 0))
         return {"slots": slots}
 
     async def commit(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+        keys = self.bindings.store_keys(session, args["keys"])
         if args.get("verify"):
-            return await self.store.verify_commit(session, args["keys"], args.get("tolerance", 0.0))
+            return await self.store.verify_commit(session, keys, args.get("tolerance", 0.0))
         if "tolerance" in args:
             raise InvalidArgumentError("commit: tolerance applies to a verify commit (verify=true) only")
-        return {"committed": self.store.commit(session, args["keys"])}
+        return {"committed": self.store.commit(session, keys)}
 
     def abort(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         abort = self.store.verify_abort if args.get("verify") else self.store.abort
-        return {"aborted": abort(session, args["keys"])}
+        return {"aborted": abort(session, self.bindings.store_keys(session, args["keys"]))}
 
     async def acquire(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
-        layout_id, keys, prefix_only = args["layout_id"], args["keys"], args.get("prefix_only", True)
+        layout_id, prefix_only = args["layout_id"], args.get("prefix_only", True)
+        keys = self.bindings.store_keys(session, args["keys"])
         scope = self.bindings.bound(session)
         if scope is None:
             lease, slots = await self.store.acquire(session, layout_id, keys, prefix_only=prefix_only)

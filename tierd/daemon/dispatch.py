@@ -49,7 +49,7 @@ class Dispatcher:
         self.models = LayoutModels(lambda: store.costs)
         store.admission = CostAdmission(self.models)
         self.observe: Callable[[str, float, bool], None] | None = None
-        self.bindings = Bindings(store.index)
+        self.bindings = Bindings(store.index, frozenset(r.namespace for r in store.arena.regions if r.namespace))
         #: Requests refused because they reached outside their connection's namespace.
         self.denied = 0
         plans = PlanOps(store, self.bindings, self.models)

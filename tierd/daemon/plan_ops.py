@@ -67,7 +67,7 @@ class PlanOps:
         """Where each key is and what loading it costs; plus the plan, when the engine of the
         first key's layout has told the daemon its model (through a lookup with a plan
         request). Counts as no lookup."""
-        keys = args["keys"]
+        keys = self.bindings.store_keys(session, args["keys"])
         tier_names = self.store.tier_names
         scope = self.bindings.bound(session)
         if scope is not None:

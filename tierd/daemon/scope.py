@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from tierd.errors import PermissionDeniedError
-from tierd.keys import check_namespace
+from tierd.keys import check_namespace, tenant_keys
 from tierd.store.chunk import check_keys
 
 if TYPE_CHECKING:
@@ -63,10 +63,16 @@ class NamespaceScope:
 class Bindings:
     """The namespace binding of every open connection, by session id (a store `Session` has no
     room for it). The daemon binds a connection from its peer's uid before the first request;
-    `hello` may bind it too; `forget` drops it when the connection closes."""
+    `hello` may bind it too; `forget` drops it when the connection closes.
 
-    def __init__(self, index: Mapping[bytes, Any]) -> None:
+    Tenants (namespaces bound to a user, `--namespaces`) have keys of their own: every key a
+    connection bound to a tenant sends is mapped to the tenant's store key (`store_keys`,
+    `tierd.keys.tenant_keys`) before the store sees it, so the index is keyed by (namespace,
+    key): no key a tenant sends can name another namespace's chunk, hit or "already stored"."""
+
+    def __init__(self, index: Mapping[bytes, Any], tenants: frozenset[str] = frozenset()) -> None:
         self.index = index  # the store's chunk index: each chunk's namespace
+        self.tenants = tenants
         self._scopes: dict[int, NamespaceScope] = {}
 
     def bind(self, session: "Session", namespace: str) -> None:
@@ -84,8 +90,27 @@ class Bindings:
         scope = self._scopes.get(session.id)
         return scope if scope is not None and scope.namespace is not None else None
 
+    def store_keys(self, session: "Session", keys: list[bytes]) -> list[bytes]:
+        """The store's keys for the keys a request names: a tenant's own (`tierd.keys.tenant_keys`)
+        on a connection bound to a tenant, else the keys as sent."""
+        namespace = self.namespace_of(session)
+        if namespace is None or namespace not in self.tenants:
+            return keys
+        check_keys(keys)  # a bad key is still an error, not a key hashed into a valid one
+        return tenant_keys(namespace, keys)
+
+    def check_writable(self, session: "Session", namespace: str, op: str) -> None:
+        """A tenant's chunks are written only under its own keys, so only by connections bound to
+        it: an unbound connection's keys would be raw keys no tenant connection could name."""
+        if namespace in self.tenants and self.namespace_of(session) != namespace:
+            raise PermissionDeniedError(
+                f"{op}: namespace {namespace!r} is a tenant's (bound to a user with --namespaces): its chunks "
+                f"are stored under keys of its own; connect with namespace={namespace!r} (hello) to write them")
+
     def own_keys(self, session: "Session", keys: list[bytes]) -> list[bytes]:
-        """`keys` less those of chunks outside the connection's namespace (all of them if unbound)."""
+        """`keys` (as the store's keys) less those of chunks outside the connection's namespace
+        (none left out if unbound)."""
+        keys = self.store_keys(session, keys)
         scope = self.bound(session)
         if scope is None:
             return keys

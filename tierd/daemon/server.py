@@ -33,6 +33,7 @@ from tierd.daemon.startup import BackgroundCalibration, prefaulted, ready_line, 
 from tierd.errors import InternalError, PermissionDeniedError, ProtocolError
 from tierd.mrc.observer import AccessObserver
 from tierd.rpc import frames
+from tierd.rpc.fds import send_frame_with_fds
 from tierd.rpc.schema import error_reply
 from tierd.store import TieredStore
 from tierd.sockets import BoundSocket
@@ -169,6 +170,10 @@ class Daemon:
                 if request is None:
                     break
                 reply = await self.dispatcher.handle(session, request)
+                fds = reply.get("result", {}).pop("fds", None) if reply.get("ok") else None
+                if fds is not None:  # map_arena: the regions' files go with the reply
+                    await send_frame_with_fds(writer, reply, fds)
+                    continue
                 writer.write(_encode_reply(reply))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):

@@ -99,7 +99,7 @@ def ready_line(config: "Config", store: "TieredStore", seconds: float) -> str:
     if config.object_url:
         cap = f"writes up to {format_size(config.object)}" if config.object else "read-only"
         tiers.append(f"object {config.object_url} ({cap})")
-    return (f"tierd: serving on {config.socket} (arena {store.arena.path}; tiers: {', '.join(tiers)}; "
+    return (f"tierd: serving on {config.socket} (arena {store.arena.description}; tiers: {', '.join(tiers)}; "
             f"ready in {seconds:.2f} s)")
 
 

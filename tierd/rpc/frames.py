@@ -33,7 +33,7 @@ def unpack(body: bytes) -> Any:
         raise ProtocolError(f"frame body is not valid msgpack ({str(exc) or type(exc).__name__})") from None
 
 
-def _check_length(length: int, max_bytes: int) -> None:
+def check_length(length: int, max_bytes: int) -> None:
     if length > max_bytes:
         raise ProtocolError(f"frame of {length} bytes exceeds the limit of {max_bytes} bytes")
 
@@ -47,7 +47,7 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int = DEFAULT_MAX_
             raise ProtocolError("connection closed inside a frame header") from None
         return None
     (length,) = HEADER.unpack(head)
-    _check_length(length, max_bytes)
+    check_length(length, max_bytes)
     try:
         body = await reader.readexactly(length)
     except asyncio.IncompleteReadError:
@@ -60,12 +60,12 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int = DEFAULT_MAX_
 
 def recv_frame(sock: socket.socket, max_bytes: int = DEFAULT_MAX_FRAME) -> Any:
     """Blocking read of one frame from a socket (the sync client's side)."""
-    (length,) = HEADER.unpack(_recv_exact(sock, HEADER.size))
-    _check_length(length, max_bytes)
-    return unpack(_recv_exact(sock, length))
+    (length,) = HEADER.unpack(recv_exact(sock, HEADER.size))
+    check_length(length, max_bytes)
+    return unpack(recv_exact(sock, length))
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0

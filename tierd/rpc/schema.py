@@ -36,6 +36,8 @@ _OPT_BOOL = Arg((bool,), required=False)
 REQUESTS: dict[str, dict[str, Arg]] = {
     "hello": {"client": _OPT_STR, "namespace": _OPT_STR},
     "ping": {},
+    # the arena regions this connection may map; the reply's descriptors travel as SCM_RIGHTS
+    "map_arena": {},
     "register_layout": {"layout": Arg((dict,))},
     "lookup": {"keys": _KEYS, "plan": Arg((dict,), required=False)},
     "costs": {"layout_id": _OPT_STR},

@@ -23,7 +23,7 @@ from tierd.policies.lru import LRUPolicy
 from tierd.store.chunk import DRAM, Chunk, TierStats
 from tierd.store.index import ChunkIndex
 from tierd.store.quotas import NamespaceQuotas
-from tierd.tiers.allocator import ExtentAllocator
+from tierd.tiers.allocator import RegionAllocator
 from tierd.tiers.arena import SharedArena
 
 
@@ -31,7 +31,7 @@ class DramRoom:
     def __init__(self, arena: SharedArena, index: ChunkIndex, quotas: NamespaceQuotas, *,
                  high_watermark: float, low_watermark: float, policy: EvictionPolicy | None = None) -> None:
         self.arena = arena
-        self.alloc = ExtentAllocator(arena.size)
+        self.alloc = RegionAllocator([(r.namespace, r.base, r.size) for r in arena.regions])
         self.stats = TierStats(DRAM, self.alloc.size)
         self.index = index
         self.quotas = quotas
@@ -97,23 +97,35 @@ class DramRoom:
         """DRAM chunks nobody holds (of `namespace`, or all), in the order the policy evicts them."""
         return (c for c in map(self.index.__getitem__, self.policy.candidates(namespace)) if c.evictable())
 
-    def drop_clean(self, nbytes: int) -> bool:
-        """Drop clean DRAM copies in the policy's order until `nbytes` fit. True if any was freed.
-        The walk passes dirty copies; the demoter keeps the cold end clean, so it is short."""
+    def region_victims(self, region: int) -> Iterator[Chunk]:
+        """`victims()` whose slots lie in arena region `region` (a tenant's region holds only its
+        namespace's chunks; the shared one everyone else's)."""
+        namespace = self.arena.regions[region].namespace
+        if namespace is not None:
+            return self.victims(namespace)
+        if len(self.arena.regions) == 1:
+            return self.victims()
+        at = self.alloc.region_at
+        return (c for c in self.victims() if at(c.slot) == region)  # type: ignore[arg-type]
+
+    def drop_clean(self, nbytes: int, region: int = 0) -> bool:
+        """Drop clean DRAM copies of `region` in the policy's order until `nbytes` fit there. True
+        if any was freed. The walk passes dirty copies; the demoter keeps the cold end clean, so it
+        is short."""
         freed = False
         clean = self.index.clean
-        while clean and self.alloc.largest_free < self.alloc.rounded(nbytes):
-            c = next((c for c in self.victims() if c.key in clean), None)
+        while clean and self.alloc.largest_free(region) < self.alloc.rounded(nbytes):
+            c = next((c for c in self.region_victims(region) if c.key in clean), None)
             if c is None:
                 break
             self.drop(c)
             freed = True
         return freed
 
-    def drop_one_unwritten(self) -> bool:
-        """Drop the first victim, written down or not (only while write-downs fail, for a
-        promotion: a hit is worth more than an older chunk that cannot be written down anyway)."""
-        victim = next(self.victims(), None)
+    def drop_one_unwritten(self, region: int = 0) -> bool:
+        """Drop the first victim of `region`, written down or not (only while write-downs fail, for
+        a promotion: a hit is worth more than an older chunk that cannot be written down anyway)."""
+        victim = next(self.region_victims(region), None)
         if victim is None:
             return False
         self.drop(victim)
@@ -143,19 +155,21 @@ class DramRoom:
         if self.index.lowers and self.dirty_bytes() > self.high_watermark * self.alloc.size:
             self.pressure.set()
 
-    async def alloc_slot(self, nbytes: int, deadline: float, *, has_lower: bool,
+    async def alloc_slot(self, nbytes: int, deadline: float, *, namespace: str | None, has_lower: bool,
                          writedown_failing: Callable[[], bool], promotion: bool = False) -> int | None:
-        """A free slot, making room if needed: drop clean copies at once, else wait for the
-        demoter to write dirty ones down. None if no room appears before the deadline, or at
-        once while write-downs fail (a full disk: a miss now, not after the deadline)."""
+        """A free slot in `namespace`'s region of the arena, making room if needed: drop clean
+        copies at once, else wait for the demoter to write dirty ones down. None if no room
+        appears before the deadline, or at once while write-downs fail (a full disk: a miss now,
+        not after the deadline)."""
+        region = self.alloc.region_of(namespace)
         while True:
-            slot = self.alloc.alloc(nbytes)
+            slot = self.alloc.alloc(nbytes, region)
             if slot is not None:
                 self.check_pressure()
                 return slot
-            if self.drop_clean(nbytes):
+            if self.drop_clean(nbytes, region):
                 continue
-            if promotion and writedown_failing() and self.drop_one_unwritten():
+            if promotion and writedown_failing() and self.drop_one_unwritten(region):
                 continue  # the lower tier takes nothing: serve the hit, DRAM acts as plain LRU
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.closing or not has_lower or not self.has_demotable() or writedown_failing():

@@ -175,7 +175,7 @@ class Moves:
             if not await self.quota_room(c.namespace, c.size):
                 return False
             quotas.charge(DRAM, c.namespace, c.size)  # claimed before the slot is awaited
-            slot = await self.dram.alloc_slot(c.size, time.monotonic() + 5.0,
+            slot = await self.dram.alloc_slot(c.size, time.monotonic() + 5.0, namespace=c.namespace or None,
                                               has_lower=True, writedown_failing=self.writedown_failing,
                                               promotion=True)
             if slot is None or c.slot is not None or c.moving is not None:
@@ -222,12 +222,34 @@ class Moves:
             self.dram.quotas.charge(DRAM, namespace, -c.size)
             self.dram.quotas.charge(DRAM, header.namespace, c.size)
             c.namespace = header.namespace
+            slot = await self._into_own_region(c, slot)
+            if slot is None:
+                return False
         self.dram.place(c, slot)
         self.dram.stats.promotions += 1
         lower.stats.bytes_out += c.size
         if lower.owns(c.key) or not lower.shared:  # recency of the copies this node owns
             lower.policy.touch(c.key, c.namespace, c.position)
         return True
+
+    async def _into_own_region(self, c: Chunk, slot: int) -> int | None:
+        """A chunk read before its namespace was known landed in the shared region; a tenant's
+        chunk moves to its tenant's region (`tierd.tiers.arena`), and the shared slot is zeroed
+        before it is freed. None (a miss, the quota given back) when the region has no room now."""
+        dram = self.dram
+        region = dram.alloc.region_of(c.namespace)
+        if dram.alloc.region_at(slot) == region:
+            return slot
+        moved = await dram.alloc_slot(c.size, time.monotonic(), namespace=c.namespace, has_lower=True,
+                                      writedown_failing=self.writedown_failing, promotion=True)
+        old = dram.arena.view(slot, c.size)
+        if moved is not None:
+            dram.arena.view(moved, c.size)[:] = old
+        old[:] = bytes(c.size)
+        dram.free_slot(slot, c.size)
+        if moved is None:
+            dram.quotas.charge(DRAM, c.namespace, -c.size)
+        return moved
 
     def _give_back(self, slot: int, nbytes: int, namespace: str) -> None:
         self.dram.free_slot(slot, nbytes)

@@ -86,8 +86,9 @@ def stat(store: "TieredStore") -> dict[str, Any]:
         "dropped_unwritten": store.dram_room.dropped_unwritten,
         "background_restarts": store.background_restarts(),
         "demoter": store.demoter.state,
-        "arena_path": str(store.arena.path),
+        "arena": store.arena.description,
         "arena_bytes": store.arena.size,
+        "arena_regions": [r.describe() for r in store.arena.regions],
     }
 
 

@@ -95,7 +95,8 @@ class Sessions:
                 slots.append(None)
                 continue
             quotas.charge(DRAM, namespace, nbytes)  # claimed now: nothing awaited since quota_room checked
-            slot = await self.dram.alloc_slot(nbytes, deadline, has_lower=bool(self.index.lowers),
+            slot = await self.dram.alloc_slot(nbytes, deadline, namespace=namespace,
+                                              has_lower=bool(self.index.lowers),
                                               writedown_failing=self.moves.writedown_failing)
             if slot is None or self._stored(key) or key in self.index.reserved:  # raced while waiting
                 if slot is not None:

@@ -59,12 +59,16 @@ class TieredStore:
         admissions: dict[str, Callable[[], Admission]] | None = None,
         slot_check: bool = True,
         quarantine_after: int = 3,
+        tenants: Sequence[str] = (),
     ) -> None:
         if object_write not in ("through", "back"):
             raise InvalidArgumentError(f"object_write {object_write!r}: use 'through' or 'back'")
         policies = policies or {}
         self.lower: list[Lower] = build_lowers(lower_tiers, policies, admissions)
-        self.arena = SharedArena(dram_bytes, **({"directory": arena_dir} if arena_dir else {}))
+        #: The arena: a shared region, and one region per tenant (a namespace bound to a user) that
+        #: only that tenant's connections receive; a tenant's region is its DRAM quota if it has one.
+        self.arena = SharedArena(dram_bytes, **({"directory": arena_dir} if arena_dir else {}),
+                                 tenants={ns: (quotas or {}).get(ns) for ns in tenants})
         #: Per-namespace byte limits on DRAM and the local lower tiers.
         self.quotas = NamespaceQuotas(quotas)
         self.layouts: dict[str, Layout] = {}

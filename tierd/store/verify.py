@@ -136,7 +136,8 @@ class Verifier:
                     or not self.quarantine.serves(c) or budget < nbytes):
                 slots.append(None)
                 continue
-            slot = await self.dram.alloc_slot(nbytes, time.monotonic(), has_lower=bool(self.index.lowers),
+            slot = await self.dram.alloc_slot(nbytes, time.monotonic(), namespace=c.namespace,
+                                              has_lower=bool(self.index.lowers),
                                               writedown_failing=self.moves.writedown_failing)
             if slot is None:
                 slots.append(None)

@@ -8,6 +8,8 @@ size class, while several layouts can still share one arena. O(log n) per operat
 """
 from __future__ import annotations
 
+import bisect
+
 from sortedcontainers import SortedDict, SortedList
 
 
@@ -69,3 +71,47 @@ class ExtentAllocator:
     def _remove_free(self, offset: int, length: int) -> None:
         del self._free_by_offset[offset]
         self._free_by_size.remove((length, offset))
+
+
+class RegionAllocator:
+    """One `ExtentAllocator` per arena region, in the arena's global offsets: a slot is taken
+    from the region of the namespace it is for (`tierd.tiers.arena`), and freed into the region
+    its offset lies in. With one region it is exactly an `ExtentAllocator` of the whole arena."""
+
+    def __init__(self, regions: "list[tuple[str | None, int, int]]", *, align: int = 4096) -> None:
+        """`regions`: (namespace, base, size) of each region, by increasing base."""
+        self.align = align
+        self._regions = [(ns, base, ExtentAllocator(size, align=align)) for ns, base, size in regions]
+        self._bases = [base for _, base, _ in self._regions]
+        self._by_namespace = {ns: i for i, (ns, _, _) in enumerate(self._regions)}
+        self.size = sum(a.size for _, _, a in self._regions)
+
+    def region_of(self, namespace: str | None) -> int:
+        """The index of the region `namespace`'s chunks live in."""
+        return self._by_namespace.get(namespace, self._by_namespace[None])
+
+    def region_at(self, offset: int) -> int:
+        return bisect.bisect_right(self._bases, offset) - 1
+
+    @property
+    def used(self) -> int:
+        return sum(a.used for _, _, a in self._regions)
+
+    def rounded(self, nbytes: int) -> int:
+        return -(-nbytes // self.align) * self.align
+
+    def alloc(self, nbytes: int, region: int = 0) -> int | None:
+        """A global offset of `nbytes` in `region` (default: the shared one), or None if none fits."""
+        _, base, a = self._regions[region]
+        local = a.alloc(nbytes)
+        return None if local is None else base + local
+
+    def free(self, offset: int, nbytes: int) -> None:
+        _, base, a = self._regions[self.region_at(offset)]
+        a.free(offset - base, nbytes)
+
+    def largest_free(self, region: int = 0) -> int:
+        return self._regions[region][2].largest_free
+
+    def region_size(self, region: int) -> int:
+        return self._regions[region][2].size

@@ -61,9 +61,10 @@ class Prefault:
     Counters are plain ints written by the thread and read by anyone: approximate by a piece.
     """
 
-    def __init__(self, path: str | os.PathLike[str], mm: mmap.mmap, size: int, *, piece: int = PIECE,
+    def __init__(self, fd: int, mm: mmap.mmap, size: int, *, where: str, piece: int = PIECE,
                  interval: float = DEFAULT_INTERVAL, name: str = "arena") -> None:
-        self.path = os.fspath(path)
+        self.fd = fd  # the owner's; it stays open until after stop()
+        self.where = where  # the filesystem the room comes from, for messages
         self.size = size
         self.piece = piece
         self.interval = interval
@@ -137,7 +138,7 @@ class Prefault:
                 self.seconds = time.monotonic() - started
                 log.info("%s: %s reserved and populated in %.1f s", self.name, format_size(self.size), self.seconds)
         except Exception as exc:  # never let the thread die silently: the owner reads `error`
-            self.error = f"pre-faulting {self.path} failed: {exc}"
+            self.error = f"pre-faulting {self.name} failed: {exc}"
             log.exception("%s: pre-faulting failed", self.name)
         finally:
             self._finish()
@@ -146,25 +147,21 @@ class Prefault:
         return range(0, self.size, self.piece)
 
     def _reserve(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR)
-        try:
-            for offset in self._pieces():
-                if self._stop.is_set():
-                    return False
-                n = min(self.piece, self.size - offset)
-                try:
-                    os.posix_fallocate(fd, offset, n)
-                except OSError as exc:
-                    self.error = (f"{self.name}: cannot reserve {format_size(self.size)} in "
-                                  f"{os.path.dirname(self.path)} ({exc.strerror}) after "
-                                  f"{format_size(self.reserved)}: shared memory ran out; restart with a "
-                                  f"smaller --dram or free shared memory")
-                    log.error("%s", self.error)
-                    return False
-                self.reserved = offset + n
-                self._report()
-        finally:
-            os.close(fd)
+        for offset in self._pieces():
+            if self._stop.is_set():
+                return False
+            n = min(self.piece, self.size - offset)
+            try:
+                os.posix_fallocate(self.fd, offset, n)
+            except OSError as exc:
+                self.error = (f"{self.name}: cannot reserve {format_size(self.size)} in "
+                              f"{self.where} ({exc.strerror}) after "
+                              f"{format_size(self.reserved)}: shared memory ran out; restart with a "
+                              f"smaller --dram or free shared memory")
+                log.error("%s", self.error)
+                return False
+            self.reserved = offset + n
+            self._report()
         return True
 
     def _populate(self) -> bool:
@@ -200,3 +197,70 @@ class Prefault:
         log.info("%s: reserved %s/%s, populated %s/%s (%d%%)", self.name, format_size(self.reserved),
                  format_size(self.size), format_size(self.populated), format_size(self.size),
                  100 * (self.reserved + self.populated) // (2 * self.size))
+
+
+class PrefaultGroup:
+    """The pre-faulting of an arena made of several regions (one file each), seen as one: done
+    when every region's is, failed when any region's failed. Same contract as `Prefault`."""
+
+    def __init__(self, parts: list[Prefault]) -> None:
+        self.parts = parts
+        self._lock = threading.Lock()
+        self._left = len(parts)
+        self._callbacks: list[Callable[[], None]] = []
+        self.done = threading.Event()
+        if not parts:
+            self.done.set()
+        for part in parts:
+            part.add_done_callback(self._one_done)
+
+    @property
+    def interval(self) -> float:
+        return self.parts[0].interval if self.parts else DEFAULT_INTERVAL
+
+    @interval.setter
+    def interval(self, value: float) -> None:
+        for part in self.parts:
+            part.interval = value
+
+    def _one_done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left > 0:
+                return
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn()
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if not self.done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn()
+
+    def stop(self) -> None:
+        for part in self.parts:
+            part.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    @property
+    def complete(self) -> bool:
+        return all(part.complete for part in self.parts)
+
+    @property
+    def error(self) -> str | None:
+        return next((part.error for part in self.parts if part.error), None)
+
+    @property
+    def seconds(self) -> float | None:
+        times = [part.seconds for part in self.parts]
+        return None if None in times else max(times, default=0.0)  # type: ignore[type-var]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"bytes": sum(p.size for p in self.parts), "reserved_bytes": sum(p.reserved for p in self.parts),
+                "populated_bytes": sum(p.populated for p in self.parts), "done": self.done.is_set(),
+                "error": self.error, "seconds": self.seconds}
