@@ -7,6 +7,10 @@ was not read whole from a leased slot.
 Each connection checks the daemon's uid before it sends anything (`tierd.client.peer`): a
 listener of an untrusted user is treated like no daemon, and logged.
 
+Every connection is bound to the connector's configured namespace (`hello`): it sees and
+writes that namespace's chunks only, whatever keys the engine sends, and for a tenant namespace
+it maps that tenant's arena region alone (`tierd.daemon.scope`, `tierd.tiers.arena`).
+
 Shared by the vLLM connector (one link per worker thread, arena mapped, optionally pinned for
 device copies) and the SGLang backend (one link shared by its storage threads). Thread-safe.
 """
@@ -32,10 +36,12 @@ OnConnect = Callable[[Client], Callable[[], None] | None]
 
 
 class DaemonLink:
-    def __init__(self, socket: str, layout: Layout | None = None, *, name: str, map_arena: bool = False,
-                 on_connect: OnConnect | None = None, retry_seconds: float = RETRY_SECONDS,
+    def __init__(self, socket: str, layout: Layout | None = None, *, name: str, namespace: str,
+                 map_arena: bool = False, on_connect: OnConnect | None = None, retry_seconds: float = RETRY_SECONDS,
                  daemon_uid: int | str | None = None) -> None:
         self.socket, self.layout, self.name, self.map_arena = socket, layout, name, map_arena
+        #: Every connection is bound to it (a daemon that binds this user elsewhere refuses it).
+        self.namespace = namespace
         #: The uid a daemon run as a service user has (None: `$TIERD_DAEMON_UID`, else only this
         #: user or root); any other listener is refused before a byte is sent (`tierd.client.peer`).
         self.daemon_uid = daemon_uid
@@ -56,7 +62,7 @@ class DaemonLink:
             client = None
             try:
                 client = Client.connect(self.socket, name=self.name, map_arena=self.map_arena, timeout=30,
-                                        daemon_uid=self.daemon_uid)
+                                        namespace=self.namespace, daemon_uid=self.daemon_uid)
                 if self.layout is not None:
                     client.register_layout(self.layout)
                 self._undo = self.on_connect(client) if self.on_connect is not None else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tierd.tiers.allocator import ExtentAllocator
+from tierd.tiers.allocator import ExtentAllocator, RegionAllocator
 
 ALIGN = 4096
 
@@ -40,3 +40,14 @@ def test_same_size_chunks_reuse_holes_exactly():
     assert None not in offs and a.alloc(1) is None
     a.free(offs[4], ALIGN)
     assert a.alloc(ALIGN) == offs[4]
+
+
+def test_region_allocator_takes_from_the_namespaces_region_in_global_offsets() -> None:
+    a = RegionAllocator([(None, 0, 8192), ("t", 8192, 4096)])
+    assert a.size == 12288 and a.region_of("t") == 1 and a.region_of("other") == 0 and a.region_of(None) == 0
+    assert a.alloc(4096, 1) == 8192
+    assert a.alloc(1, 1) is None  # the tenant's region is full, the shared one is not borrowed
+    assert a.largest_free(1) == 0 and a.largest_free(0) == 8192
+    assert a.alloc(4096) == 0 and a.used == 8192
+    a.free(8192, 4096)  # freed into the region its offset lies in
+    assert a.region_at(8192) == 1 and a.largest_free(1) == 4096 and a.used == 4096

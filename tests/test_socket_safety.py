@@ -305,7 +305,7 @@ def test_async_client_refuses_a_daemon_of_another_uid_before_sending(fake_daemon
 def test_connector_link_treats_a_daemon_of_another_uid_as_none(fake_daemon: FakeDaemon,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     """Old code: the link's client sent its hello to the fake."""
-    link = DaemonLink(str(fake_daemon.path), name="test-link")
+    link = DaemonLink(str(fake_daemon.path), name="test-link", namespace="default")
     with caplog.at_level(logging.WARNING, logger="connectors.link"):
         assert link.client() is None
     assert fake_daemon.received() == 0

@@ -52,7 +52,7 @@ class TierdHiCacheStorage(HiCacheStorage):
         self.storage_config = storage_config
         self.adapters = server_adapters_tag()  # "" without LoRA; ConfigError for an adapter tierd cannot read
         self.link = DaemonLink(self.config.socket, name=f"sglang-tp{self.config.tp_rank}-pid{os.getpid()}",
-                               map_arena=True)
+                               namespace=self.config.namespace, map_arena=True)
         self.pages: HostPages | None = None
         self.keys: PageKeys | None = None
         if self.link.client() is None and self.config.require_daemon:

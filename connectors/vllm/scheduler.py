@@ -69,7 +69,8 @@ class SchedulerSide:
         self._saving_keys: Counter[bytes] = Counter()  # keys of self._saving, with multiplicity
         self._held: list[str] = []  # finished with saves running: tell the worker at the next step
         self.identities = RequestIdentities()
-        self.link = DaemonLink(cfg.socket, layout, name="vllm-scheduler", map_arena=False)
+        self.link = DaemonLink(cfg.socket, layout, name="vllm-scheduler", namespace=cfg.namespace,
+                               map_arena=False)
         self.canary = CanarySampler(cfg.verify_sample, layout.chunk_tokens, block_size)
 
     # ------------------------------------------------------------------ vLLM hooks

@@ -64,9 +64,10 @@ class WorkerSide:
             from connectors.vllm.gpu import pin_arena
 
             on_connect = pin_arena  # device copies DMA to and from every mapping of the arena
-        self.link = DaemonLink(cfg.socket, layout, name="vllm-worker", map_arena=True, on_connect=on_connect)
-        self.saves = SaveQueue(DaemonLink(cfg.socket, layout, name="vllm-saver", map_arena=True,
-                                          on_connect=on_connect), self._save)
+        self.link = DaemonLink(cfg.socket, layout, name="vllm-worker", namespace=cfg.namespace,
+                               map_arena=True, on_connect=on_connect)
+        self.saves = SaveQueue(DaemonLink(cfg.socket, layout, name="vllm-saver", namespace=cfg.namespace,
+                                          map_arena=True, on_connect=on_connect), self._save)
         self._held: set[str] = set()  # finished requests whose blocks vLLM holds for our saves
         self._load_errors: set[int] = set()
         self._kv_caches: dict[str, torch.Tensor] | None = None

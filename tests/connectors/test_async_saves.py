@@ -106,7 +106,7 @@ def test_a_failing_save_does_not_stop_the_queue(daemon):
         if spec.save_id == 1:
             raise ValueError("a bug")
 
-    q = SaveQueue(DaemonLink(daemon.socket, LAYOUT, name="t", map_arena=False), save)
+    q = SaveQueue(DaemonLink(daemon.socket, LAYOUT, name="t", namespace="default", map_arena=False), save)
     q.submit(_save_spec(1))
     q.submit(_save_spec(2))
     assert q.drain(30)

@@ -54,7 +54,7 @@ def test_saves_and_layerwise_loads_move_every_byte(daemon, pinned):
     before = {k: v.clone() for k, v in dst_kv.items()}
     src, dst = PagedKV(src_kv, LAYOUT, BS), PagedKV(dst_kv, LAYOUT, BS)
     assert src.engine == "vllm-gpu" and src.copy_path in ("native-cuda", "native-triton", "native-torch")
-    link = DaemonLink(daemon.socket, LAYOUT, name="gpu-copies", map_arena=True,
+    link = DaemonLink(daemon.socket, LAYOUT, name="gpu-copies", namespace="default", map_arena=True,
                       on_connect=pin_arena if pinned else None)
     client = link.client()
     assert client is not None

@@ -81,7 +81,8 @@ def test_link_runs_its_set_up_on_each_connection_and_undoes_it_before_closing(da
         return lambda: events.append("unpin")
 
     layout = Layout("m", "float32", L, H, D, chunk_tokens=C)
-    link = DaemonLink(daemon.socket, layout, name="t", map_arena=True, on_connect=on_connect)
+    link = DaemonLink(daemon.socket, layout, name="t", namespace="default",
+                      map_arena=True, on_connect=on_connect)
     first = link.client()
     assert link.client() is first and events == ["pin"]  # once per connection
     link.drop(OSError("broken"))
@@ -96,7 +97,7 @@ def test_link_set_up_that_fails_leaves_no_connection(daemon):
     def on_connect(client: Client):
         raise OSError("cannot pin")
 
-    link = DaemonLink(daemon.socket, Layout("m", "float32", L, H, D, chunk_tokens=C), name="t", map_arena=True,
-                      on_connect=on_connect)
+    link = DaemonLink(daemon.socket, Layout("m", "float32", L, H, D, chunk_tokens=C), name="t", namespace="default",
+                      map_arena=True, on_connect=on_connect)
     assert link.client() is None  # treated as the daemon being unavailable: misses, not errors
     link.close()

@@ -307,3 +307,20 @@ def test_metrics_show_the_object_tier(object_daemons, object_url):
     assert "tierd_object_puts_total 2.0" in text
     assert "tierd_object_circuit_open 0.0" in text
     assert "tierd_object_upload_queued 0.0" in text
+
+
+def test_a_tenants_chunks_from_another_node_land_in_its_own_region(object_daemons, object_url):
+    """A chunk found in the bucket has no namespace until it is read; read for a tenant, it moves
+    into the tenant's arena region, the only one the tenant's connection holds."""
+    tenants = ("--namespaces", "65532:a")
+    a = object_daemons("node-a", object_url, extra=tenants)
+    b = object_daemons("node-b", object_url, extra=tenants)
+    keys = chunk_keys(SMALL, _tokens(5, 4), namespace="a")
+    with Client.connect(a.socket, namespace="a") as ca, Client.connect(b.socket, namespace="a") as cb:
+        ca.put_chunks(SMALL, keys, [payload_for(k, SMALL.chunk_bytes) for k in keys])
+        wait_for("uploads from a", _uploaded(ca, 4))
+        assert cb.arena is not None and cb.arena.namespaces == ["a"]
+        wait_for("b to see a's chunks", lambda: cb.lookup(keys).prefix == 4)
+        assert all(_read_all(cb, keys))  # leased from b's region of tenant a: readable here
+        assert cb.lookup(keys).tiers == ["dram"] * 4
+        assert {row["namespace"] for row in cb.ls()} == {"a"}

@@ -91,7 +91,7 @@ def fetch_live_costs(socket: str | None) -> dict[str, Any]:
     "shape": ..., "models": {layout_id: {"shape", "device"}} (every engine's)}."""
     from tierd.client import Client
 
-    with Client.connect(socket, name="tierd-plan") as client:
+    with Client.connect(socket, name="tierd-plan", map_arena=False) as client:
         return client._call("costs")
 
 
@@ -103,7 +103,7 @@ def explain_keys(args: argparse.Namespace) -> int:
     request: dict[str, Any] = {"keys": [parse_key(k) for k in args.keys]}
     if args.prompt_tokens is not None:
         request["prompt_tokens"] = int(args.prompt_tokens)
-    with Client.connect(args.socket, name="tierd-explain") as client:
+    with Client.connect(args.socket, name="tierd-explain", map_arena=False) as client:
         report = client._call("explain", **request)
     if args.json:
         print_json(report)
