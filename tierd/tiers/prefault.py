@@ -51,7 +51,38 @@ def _madvise() -> Any:
     return libc.madvise
 
 
-class Prefault:
+class _Completion:
+    """A one-time "done" with callbacks: each runs once, from whoever ends the work, or at once
+    when added after the end."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` once the work has ended: from the thread, or now if it already has."""
+        with self._lock:
+            if not self.done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn()
+
+    def _end(self) -> None:
+        with self._lock:
+            if self.done.is_set():
+                return
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the work has ended (finished, failed or stopped); False on timeout."""
+        return self.done.wait(timeout)
+
+
+class Prefault(_Completion):
     """The background reservation and pre-faulting of one arena mapping.
 
     Contract: `start()` returns at once. The owner must call `stop()` before unmapping `mm`
@@ -73,10 +104,8 @@ class Prefault:
         self.populated = 0
         self.error: str | None = None
         self.seconds: float | None = None  # how long it took, once done
-        self.done = threading.Event()
+        super().__init__()
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[], None]] = []
         anchor = ctypes.c_char.from_buffer(mm)  # an export of the mapping only while reading its address
         self._address = ctypes.addressof(anchor)
         del anchor
@@ -91,28 +120,7 @@ class Prefault:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        self._finish()
-
-    def add_done_callback(self, fn: Callable[[], None]) -> None:
-        """Call `fn()` once the work has ended: from the thread, or now if it already has."""
-        with self._lock:
-            if not self.done.is_set():
-                self._callbacks.append(fn)
-                return
-        fn()
-
-    def _finish(self) -> None:
-        with self._lock:
-            if self.done.is_set():
-                return
-            self.done.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for fn in callbacks:
-            fn()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the work has ended (finished, failed or stopped); False on timeout."""
-        return self.done.wait(timeout)
+        self._end()
 
     @property
     def complete(self) -> bool:
@@ -141,7 +149,7 @@ class Prefault:
             self.error = f"pre-faulting {self.name} failed: {exc}"
             log.exception("%s: pre-faulting failed", self.name)
         finally:
-            self._finish()
+            self._end()
 
     def _pieces(self) -> range:
         return range(0, self.size, self.piece)
@@ -199,18 +207,16 @@ class Prefault:
                  100 * (self.reserved + self.populated) // (2 * self.size))
 
 
-class PrefaultGroup:
+class PrefaultGroup(_Completion):
     """The pre-faulting of an arena made of several regions (one file each), seen as one: done
     when every region's is, failed when any region's failed. Same contract as `Prefault`."""
 
     def __init__(self, parts: list[Prefault]) -> None:
+        super().__init__()
         self.parts = parts
-        self._lock = threading.Lock()
         self._left = len(parts)
-        self._callbacks: list[Callable[[], None]] = []
-        self.done = threading.Event()
         if not parts:
-            self.done.set()
+            self._end()
         for part in parts:
             part.add_done_callback(self._one_done)
 
@@ -226,26 +232,13 @@ class PrefaultGroup:
     def _one_done(self) -> None:
         with self._lock:
             self._left -= 1
-            if self._left > 0:
-                return
-            self.done.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for fn in callbacks:
-            fn()
-
-    def add_done_callback(self, fn: Callable[[], None]) -> None:
-        with self._lock:
-            if not self.done.is_set():
-                self._callbacks.append(fn)
-                return
-        fn()
+            last = self._left == 0
+        if last:
+            self._end()
 
     def stop(self) -> None:
         for part in self.parts:
             part.stop()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.done.wait(timeout)
 
     @property
     def complete(self) -> bool:
