@@ -11,7 +11,8 @@ import sys
 from tierd.errors import TierdError
 
 #: Subcommand modules under tierd.cli, in the order `tierd --help` lists them.
-COMMAND_MODULES = ["serve", "stat", "ls", "inspect", "evict", "pin", "quota", "quarantine", "mrc", "plan", "gc", "doctor"]
+COMMAND_MODULES = ["serve", "stat", "ls", "inspect", "evict", "pin", "quota", "quarantine", "mrc", "plan", "route", "gc",
+                   "doctor"]
 
 
 def build_parser() -> argparse.ArgumentParser:
