@@ -21,7 +21,7 @@ from tierd.cost.plan import CostModel
 from tierd.cost.shape import ModelShape
 from tierd.cost.tiers import TierCost
 from tierd.keys import chunk_keys
-from tierd.route import NodeScore, Router, rank, score_node
+from tierd.route import NodeScore, Router, choose, rank, score_node
 
 # SMALL's model (4 layers, 2 KV heads of 64): a shape that matches it, and a slow device, so
 # that loading a chunk from any tier saves time.
@@ -121,3 +121,16 @@ def test_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "tierd", "route", *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and out.stdout == ""
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_choose_keeps_a_long_history_on_its_node_and_spreads_what_gains_little() -> None:
+    m = model(dram=(10e9, 20e-6), nvme=(1e9, 200e-6))
+    kw = {"chunk_tokens": 256, "chunk_bytes": SMALL.chunk_bytes, "prompt_tokens": len(PROMPT)}
+    history = score_node("a", ["dram"] * 6, m, **kw)  # holds the whole conversation
+    system = score_node("b", ["dram"] + [None] * 5, m, **kw)  # holds only a shared first chunk
+    empty = score_node("c", [None] * 6, m, **kw)
+    down = NodeScore("d", None, 0, error="down")
+    assert choose([history, system, empty, down], {"a": 50.0, "b": 0.0, "c": 0.0}) == "a"  # busy, still worth it
+    assert choose([system, empty, down], {"b": 5.0, "c": 1.0}) == "c"  # gains little: the less loaded node
+    assert choose([system, empty], {"b": 0.0, "c": 1.0}) == "b"
+    assert choose([down], {}) == "d"  # nobody could be asked: the caller still gets a name

@@ -3,6 +3,7 @@
     from tierd.route import Router, layout_of
     router = Router({"node-a": "/run/a.sock", "node-b": "/run/b.sock"}, layout_of("/run/a.sock"))
     node = router.best(prompt_token_ids)          # or router.route(...) for every node's score
+    node = choose(router.route(prompt_token_ids), load)   # the same, balanced with the router's load
 
 `score.py` is the arithmetic (a node's cached prefix per tier, priced with its own tier costs
 against the model's prefill cost), `router.py` asks the nodes' daemons.
@@ -10,6 +11,6 @@ against the model's prefill cost), `router.py` asks the nodes' daemons.
 from __future__ import annotations
 
 from tierd.route.router import DaemonNode, Router, layout_of
-from tierd.route.score import NodeScore, rank, score_node
+from tierd.route.score import NodeScore, choose, rank, score_node
 
-__all__ = ["DaemonNode", "NodeScore", "Router", "layout_of", "rank", "score_node"]
+__all__ = ["DaemonNode", "NodeScore", "Router", "choose", "layout_of", "rank", "score_node"]

@@ -95,8 +95,11 @@ class Router:
         if len(token_ids) == 0:
             raise InvalidArgumentError("route: the prompt has no tokens")
         keys = chunk_keys(self.layout, token_ids, self.namespace, **({"extras": extras} if extras else {}))
-        scores = [self._score(node, keys, len(token_ids)) for node in self.nodes]
-        return rank(scores)
+        return self.route_keys(keys, len(token_ids))
+
+    def route_keys(self, keys: Sequence[bytes], prompt_tokens: int) -> list[NodeScore]:
+        """`route` for a prompt whose chunk keys the caller already has (`prompt_tokens` long)."""
+        return rank([self._score(node, list(keys), prompt_tokens) for node in self.nodes])
 
     def best(self, token_ids: Sequence[int]) -> str:
         """The name of the node to send the prompt to."""

@@ -52,6 +52,24 @@ def score_node(node: str, chunk_tiers: Sequence[str | None], model: CostModel, *
                      plan.predicted_load_s if saving is not None else None, plan)
 
 
+def choose(scores: Sequence[NodeScore], load: Mapping[str, float], *, band: float = 0.25) -> str:
+    """The node a router should pick, balancing cache affinity with load: among the nodes whose
+    saving is within `band` of the prompt's full recompute time of the best saving, the least
+    loaded (`load`: the router's own measure, e.g. requests in flight). Without it, a prefix
+    every node would like to hold (a shared system prompt) draws every request to the first node
+    that cached it; with it, a conversation whose long history one node holds still goes there,
+    while prompts that gain little anywhere spread by load. Nodes that could not be asked are
+    never picked unless no node could be."""
+    live = [s for s in scores if s.error is None] or list(scores)
+    priced = [s for s in live if s.saving_s is not None]
+    if not priced:
+        return min(live, key=lambda s: (-s.cached_tokens, load.get(s.node, 0.0))).node
+    best = max(s.saving_s for s in priced)  # type: ignore[type-var]
+    full = max((s.plan.predicted_full_recompute_s or 0.0) for s in priced if s.plan is not None) if priced else 0.0
+    close = [s for s in priced if s.saving_s >= best - band * full]  # type: ignore[operator]
+    return min(close, key=lambda s: load.get(s.node, 0.0)).node
+
+
 def rank(scores: Sequence[NodeScore]) -> list[NodeScore]:
     """Best node first: the most predicted seconds saved; nodes without a priced model after
     those, by cached tokens; unreachable nodes last. Ties keep the given order (a router's
