@@ -170,7 +170,8 @@ class Daemon:
                 if request is None:
                     break
                 reply = await self.dispatcher.handle(session, request)
-                fds = reply.get("result", {}).pop("fds", None) if reply.get("ok") else None
+                result = reply.get("result") if reply.get("ok") else None
+                fds = result.pop("fds", None) if isinstance(result, dict) and request.get("op") == "map_arena" else None
                 if fds is not None:  # map_arena: the regions' files go with the reply
                     await send_frame_with_fds(writer, reply, fds)
                     continue
