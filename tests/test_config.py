@@ -92,6 +92,7 @@ PRECEDENCE = [
      "memory://", "file:///srv/tierd", "s3://kv-cache/node"),
     ("object_write", "back", "through", ["--object-write", "back"], "back", "through", "back"),
     ("object_lookup_budget", 0.02, "100ms", ["--object-lookup-budget", "0.2"], 0.02, 0.1, 0.2),
+    ("object_lookup_strategy", "walk", " BISECT", ["--object-lookup-strategy", "walk"], "walk", "bisect", "walk"),
     ("object", "1GiB", "2GiB", ["--object", "0"], GiB, 2 * GiB, 0),
     ("node_id", "rack1-a", "rack1-b", ["--node-id", "rack1-c"], "rack1-a", "rack1-b", "rack1-c"),
     ("nvme_codec", "zstd", "ZSTD-shuffle:1", ["--nvme-codec", "int8k-tq3v"], "zstd:3", "zstd-shuffle:1", "int8k-tq3v"),
@@ -270,6 +271,7 @@ BAD_STRINGS = [
     ("object_write", ["sideways", "", "thru"]),
     ("object_timeout", ["0", "-1", "forever", "601", "5min"]),
     ("object_lookup_budget", ["0", "fast", "0ms"]),
+    ("object_lookup_strategy", ["fast", "", "bisect,walk", "binary"]),
     ("object_queue", ["big", "-5"]),
     ("node_id", ["", "two words", "x" * 65]),
     ("nvme_codec", ["lz4", "", "zstd:0", "zstd:23", "zstd:fast", "int8k-tq2v", "raw:1"]),
@@ -320,6 +322,7 @@ BAD_NATIVES = [
     ("allow_uids", True), ("allow_uids", 1.5), ("allow_uids", [True]), ("allow_uids", []),
     ("namespaces", 5), ("namespaces", {"1001": 5}), ("namespaces", ["1001"]), ("progress_interval", True),
     ("object_timeout", 10**400), ("mrc_sample_rate", 10**400),  # YAML ints beyond float range
+    ("object_lookup_strategy", 1), ("object_lookup_strategy", ["bisect"]),
 ]
 
 

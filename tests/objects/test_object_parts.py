@@ -98,7 +98,7 @@ async def test_probe_finds_the_leading_run_in_waves():
     for k in keys[:30]:
         await tier.write(k, "ab12", "ns", memoryview(b"\x07" * 1000))
     found: list = []
-    probe = SharedTierProbe(tier, found.extend, budget=5.0, first_wave=4, growth=2)
+    probe = SharedTierProbe(tier, found.extend, budget=5.0, strategy="walk", first_wave=4, growth=2)
     await probe.extend(keys)
     assert [h.key for h in found] == keys[:30] and all(h.payload_len == 1000 for h in found)
     # the miss at 30 is remembered: a second probe stops there without asking the store

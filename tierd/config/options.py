@@ -24,6 +24,7 @@ from tierd.config.parsers import (
     parse_io_threads,
     parse_key_file,
     parse_log_level,
+    parse_lookup_strategy,
     parse_max_frame,
     parse_mode,
     parse_node_id,
@@ -94,6 +95,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("object_timeout", parse_seconds, "SECONDS", "deadline of one object-store request (default: 5)"),
     Option("object_lookup_budget", parse_seconds, "SECONDS",
            "how long a lookup may wait on the object tier for keys missing locally (default: 50ms)"),
+    Option("object_lookup_strategy", parse_lookup_strategy, "STRATEGY",
+           "how a lookup finds how far a prefix runs in the object tier: 'bisect' (probe far ahead, "
+           "then narrow; a few rounds of HEADs) or 'walk' (every key, in growing waves) (default: bisect)"),
     Option("object_queue", parse_capacity, "SIZE",
            "bytes of chunks waiting for upload; beyond it the oldest are dropped (default: 1GiB)"),
     Option("node_id", parse_node_id, "NAME", "this node's name in the objects it writes (default: host name)"),

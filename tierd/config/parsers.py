@@ -116,6 +116,17 @@ def parse_object_write(value: object, where: str, base: str | None) -> str:
     return mode
 
 
+def parse_lookup_strategy(value: object, where: str, base: str | None) -> str:
+    """How the object tier's prefix probe searches (tierd.tiers.object.search.STRATEGIES)."""
+    from tierd.tiers.object.search import STRATEGIES
+
+    name = value.strip().lower() if isinstance(value, str) else None
+    if name not in STRATEGIES:
+        raise ConfigError(f"{where}={value!r}: use 'bisect' (probe far ahead along the prompt's keys, then "
+                          f"narrow the gap) or 'walk' (ask every key, in growing waves)")
+    return name
+
+
 def parse_policy(value: object, where: str, base: str | None) -> str:
     """An eviction policy's name (tierd.policies.POLICIES)."""
     from tierd.policies import POLICIES

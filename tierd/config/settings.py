@@ -46,6 +46,7 @@ class Config:
     object_write: str = "through"
     object_timeout: float = 5.0
     object_lookup_budget: float = 0.05
+    object_lookup_strategy: str = "bisect"
     object_queue: int = 1 << 30
     node_id: str = dataclasses.field(default_factory=socket.gethostname)
     nvme_codec: str = "raw"

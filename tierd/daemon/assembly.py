@@ -32,7 +32,8 @@ def build_store(config: "Config") -> TieredStore:
         from tierd.tiers.object.tier import ObjectTier
 
         lower.append((ObjectTier(config.object_url, node=config.node_id, timeout=config.object_timeout,
-                                  codec=_codec(config.object_codec, config), cipher=cipher),
+                                  codec=_codec(config.object_codec, config), cipher=cipher,
+                                  lookup_strategy=config.object_lookup_strategy),
                       config.object))
     store = TieredStore(
         dram_bytes=config.dram,

@@ -77,8 +77,11 @@ class ObjectTier:
 
     def __init__(self, url: str, *, node: str, timeout: float = 5.0, part_bytes: int = 8 << 20,
                  concurrency: int = 8, env: Mapping[str, str] | None = None, store: Any = None,
-                 codec: str | TierCodec = "raw", cipher: ChunkCipher | None = None) -> None:
+                 codec: str | TierCodec = "raw", cipher: ChunkCipher | None = None,
+                 lookup_strategy: str = "bisect") -> None:
         self.url = url
+        #: How its prefix probe searches the bucket (`tierd.tiers.object.search`): bisect or walk.
+        self.lookup_strategy = lookup_strategy
         self.codec = codec if isinstance(codec, TierCodec) else TierCodec(codec)
         self.cipher = cipher
         self.node = node
@@ -111,7 +114,7 @@ class ObjectTier:
         return []
 
     def prefix_probe(self, on_found: FoundCallback, *, budget: float) -> PrefixProbe:
-        return SharedTierProbe(self, on_found, budget=budget)
+        return SharedTierProbe(self, on_found, budget=budget, strategy=self.lookup_strategy)
 
     def stats(self) -> dict[str, Any]:
         return {**self.codec.stats(), **self.counters, "breaker": self.breaker.state.value,
