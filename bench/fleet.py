@@ -82,6 +82,7 @@ class Tally:
     lookup_s: list[float] = field(default_factory=list)
     route_s: list[float] = field(default_factory=list)
     bucket_bytes_read: int = 0
+    breaker_opened: int = 0  # times a node's object-tier breaker opened (a failing store)
     per_node: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -158,6 +159,7 @@ def replay(config: str, requests: Sequence[Sequence[int]], s3: SeaweedS3, work: 
         for c in clients.values():
             obj = next(t for t in c.stat()["tiers"] if t["name"] == "object")
             tally.bucket_bytes_read += obj["bytes_out"]
+            tally.breaker_opened += obj.get("breaker_opened", 0)
     finally:
         router.close()
         for c in clients.values():
@@ -212,20 +214,25 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"one SeaweedFS bucket; {len(requests)} requests of the conversation trace "
           f"({sum(map(len, requests))} chunk references)", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="tdfl-", dir="/tmp"))
-    s3 = SeaweedS3(work / "s3").start()
+    tallies = []
     try:
-        s3.create_bucket(BUCKET)
-        tallies = [replay(c, requests, s3, work, nodes=args.nodes, dram_chunks=dram_chunks, nvme_chunks=nvme_chunks,
-                          chunk_bytes=chunk_bytes) for c in CONFIGS]
+        for config in CONFIGS:  # a fresh SeaweedFS each: the test server holds 5 GB, about two runs' uploads
+            s3 = SeaweedS3(work / f"s3-{config}").start()
+            try:
+                s3.create_bucket(BUCKET)
+                tallies.append(replay(config, requests, s3, work, nodes=args.nodes, dram_chunks=dram_chunks,
+                                      nvme_chunks=nvme_chunks, chunk_bytes=chunk_bytes))
+            finally:
+                s3.stop()
+                shutil.rmtree(work / f"s3-{config}", ignore_errors=True)
     finally:
-        s3.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{'config':<8} {'prefix hit':>10} {'dram':>7} {'nvme':>7} {'bucket':>7} {'bucket MiB read':>16} "
-          f"{'lookup p50 ms':>14} {'p99 ms':>8} {'route p50 ms':>13}  requests per node")
+          f"{'lookup p50 ms':>14} {'p99 ms':>8} {'route p50 ms':>13} {'breaker':>7}  requests per node")
     for t in tallies:
         print(f"{t.name:<8} {t.hit_ratio:10.4f} {t.share('dram'):7.4f} {t.share('nvme'):7.4f} {t.share('object'):7.4f} "
               f"{t.bucket_bytes_read / 2**20:16.1f} {_pct(t.lookup_s, 50) * 1e3:14.2f} {_pct(t.lookup_s, 99) * 1e3:8.2f} "
-              f"{(_pct(t.route_s, 50) * 1e3 if t.route_s else 0):13.2f}  {list(t.per_node.values())}")
+              f"{(_pct(t.route_s, 50) * 1e3 if t.route_s else 0):13.2f} {t.breaker_opened:7d}  {list(t.per_node.values())}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(tallies, out / "fleet_hit_ratio.png")
