@@ -42,6 +42,7 @@ setup(
         "zstandard>=0.22",
         "PyYAML>=6",
         "cryptography>=41",  # encryption at rest (--encrypt-key-file): AES-GCM, HKDF
+        "pyzmq>=25",  # KV events for routers (--kv-events): ZMQ PUB and ROUTER, as vLLM publishes them
     ],
     extras_require={
         "torch": [TORCH],

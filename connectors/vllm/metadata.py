@@ -28,6 +28,10 @@ class SaveSpec:
     first_chunk: int
     block_ids: list[int]  # the request's blocks from token 0, covering every chunk saved
     save_id: int = 0  # the scheduler's handle: reported back when the save has ended
+    #: The saved chunks' token ids, one after the other, and the key of the chunk before the
+    #: first (None at the prompt's start): the daemon's KV events carry them, for routers.
+    tokens: list[int] | None = None
+    parent: bytes | None = None
 
 
 @dataclass

@@ -234,7 +234,9 @@ class SchedulerSide:
             return
         keys = st.keys[st.next_save:full]
         sid, self._next_save_id = self._next_save_id, self._next_save_id + 1
-        meta.saves.append(SaveSpec(req_id, keys, st.next_save, list(st.block_ids[:blocks]), sid))
+        tokens = list(st.request.all_token_ids[st.next_save * c : full * c])  # (the prompt's come first)
+        parent = st.keys[st.next_save - 1] if st.next_save else None
+        meta.saves.append(SaveSpec(req_id, keys, st.next_save, list(st.block_ids[:blocks]), sid, tokens, parent))
         self._saving[sid] = (req_id, keys)
         self._saving_keys.update(keys)
         st.next_save = full

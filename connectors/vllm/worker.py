@@ -277,9 +277,12 @@ class WorkerSide:
             return
         c, bs = self.layout.chunk_tokens, self.block_size
         check = isinstance(spec, VerifySpec)
+        tokens = ([spec.tokens[i * c : (i + 1) * c] for i in range(len(spec.keys))]
+                  if spec.tokens is not None and len(spec.tokens) == len(spec.keys) * c else None)
         batch = (client.verify(self.layout, spec.keys, self.cfg.namespace,
                                tolerance=verify_tolerance(self.cfg, self.layout)) if check else
-                 client.put(self.layout, spec.keys, self.cfg.namespace, first_position=spec.first_chunk))
+                 client.put(self.layout, spec.keys, self.cfg.namespace, first_position=spec.first_chunk,
+                            tokens=tokens, parent=spec.parent))
         with batch:
             chunks = []
             for i in batch.reserved:

@@ -89,12 +89,14 @@ class AsyncClient:
             await self.register_layout(layout)
 
     async def put(self, layout: Layout, keys: Sequence[bytes], namespace: str | None = None, *,
-                  first_position: int = 0) -> AsyncPutBatch:
+                  first_position: int = 0, tokens: Sequence[Sequence[int]] | None = None,
+                  parent: bytes | None = None) -> AsyncPutBatch:
         """Reserve slots; use as `async with await client.put(...) as batch:`. `namespace` defaults
-        to the connection's bound namespace, else "default"."""
+        to the connection's bound namespace, else "default"; `tokens` and `parent` as `Client.put`."""
         self._need_arena()
         await self._ensure_layout(layout)
-        r = await self.call("reserve", **reserve_args(layout, keys, namespace, self.namespace, first_position))
+        r = await self.call("reserve", **reserve_args(layout, keys, namespace, self.namespace, first_position,
+                                                       tokens, parent))
         return AsyncPutBatch(self, layout, keys, r["slots"])
 
     async def verify(self, layout: Layout, keys: Sequence[bytes], namespace: str | None = None, *,

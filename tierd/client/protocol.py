@@ -52,12 +52,20 @@ def lookup_args(keys: Sequence[bytes], plan: dict[str, Any] | None) -> dict[str,
 
 
 def reserve_args(layout: Layout, keys: Sequence[bytes], namespace: str | None, bound: str | None,
-                 first_position: int) -> dict[str, Any]:
-    """A put's reservation. `namespace` defaults to the connection's `bound` one, else "default"."""
+                 first_position: int, tokens: Sequence[Sequence[int]] | None = None,
+                 parent: bytes | None = None) -> dict[str, Any]:
+    """A put's reservation. `namespace` defaults to the connection's `bound` one, else "default".
+    `tokens` (each key's token ids) and `parent` (the key before keys[0] in its prompt) go into
+    the daemon's KV events, for routers; left out when not given."""
     if namespace is None:
         namespace = bound or "default"
-    return {"layout_id": layout.layout_id, "namespace": namespace, "keys": list(keys),
-            "nbytes": layout.chunk_bytes, "first_position": first_position}
+    args: dict[str, Any] = {"layout_id": layout.layout_id, "namespace": namespace, "keys": list(keys),
+                            "nbytes": layout.chunk_bytes, "first_position": first_position}
+    if tokens is not None:
+        args["tokens"] = [list(t) for t in tokens]
+    if parent is not None:
+        args["parent"] = parent
+    return args
 
 
 def acquire_args(layout: Layout, keys: Sequence[bytes], prefix_only: bool) -> dict[str, Any]:

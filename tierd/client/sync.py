@@ -238,12 +238,16 @@ class Client:
         return LookupResult.from_reply(self._call("lookup", **lookup_args(keys, plan)), self.info)
 
     def put(self, layout: Layout, keys: Sequence[bytes], namespace: str | None = None, *,
-            first_position: int = 0) -> PutBatch:
+            first_position: int = 0, tokens: Sequence[Sequence[int]] | None = None,
+            parent: bytes | None = None) -> PutBatch:
         """Reserve slots for `keys`; `first_position` is keys[0]'s chunk index in its prompt.
-        `namespace` defaults to the connection's bound namespace, else "default"."""
+        `namespace` defaults to the connection's bound namespace, else "default". `tokens`: each
+        key's token ids (`layout.chunk_tokens` each), `parent`: the key before keys[0] (none for a
+        put from the prompt's start); a daemon with --kv-events publishes them with the chunks."""
         self._need_arena()
         self._ensure_layout(layout)
-        r = self._call("reserve", **reserve_args(layout, keys, namespace, self.namespace, first_position))
+        r = self._call("reserve", **reserve_args(layout, keys, namespace, self.namespace, first_position,
+                                                 tokens, parent))
         return PutBatch(self, layout, keys, r["slots"])
 
     def verify(self, layout: Layout, keys: Sequence[bytes], namespace: str | None = None, *,
@@ -269,13 +273,17 @@ class Client:
         return GetLease(self, layout, r["lease"], r["slots"])
 
     def put_chunks(self, layout: Layout, keys: Sequence[bytes], payloads: Sequence[Any],
-                   namespace: str | None = None) -> int:
+                   namespace: str | None = None, *, tokens: Sequence[Sequence[int]] | None = None) -> int:
         """Copy whole chunks (bytes-like or arrays of `chunk_bytes`) in and commit them, in
-        batches of at most a quarter of the arena so a long prompt never needs it all at once."""
+        batches of at most a quarter of the arena so a long prompt never needs it all at once.
+        `keys` are a prompt's from its first chunk; `tokens`, if given, each chunk's token ids."""
         batch_len = max(1, self.info["arena_bytes"] // 4 // layout.chunk_bytes)
         stored = 0
         for start in range(0, len(keys), batch_len):
-            with self.put(layout, keys[start : start + batch_len], namespace, first_position=start) as batch:
+            end = start + batch_len
+            with self.put(layout, keys[start:end], namespace, first_position=start,
+                          tokens=tokens[start:end] if tokens is not None else None,
+                          parent=keys[start - 1] if start and tokens is not None else None) as batch:
                 for i in batch.reserved:
                     src = np.frombuffer(memoryview(payloads[start + i]).cast("B"), dtype=np.uint8)
                     if src.size != layout.chunk_bytes:

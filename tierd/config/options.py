@@ -40,6 +40,7 @@ from tierd.config.parsers import (
     parse_socket,
 )
 from tierd.config.users import parse_allow_uids, parse_namespaces
+from tierd.config.endpoints import parse_replay_buffer, parse_zmq_endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("object_queue", parse_capacity, "SIZE",
            "bytes of chunks waiting for upload; beyond it the oldest are dropped (default: 1GiB)"),
     Option("node_id", parse_node_id, "NAME", "this node's name in the objects it writes (default: host name)"),
+    Option("kv_events", parse_zmq_endpoint, "ENDPOINT",
+           "publish what this node stores and drops, per tier, as vLLM KV events (ZMQ PUB, topic = "
+           "--node-id) on this endpoint, e.g. tcp://127.0.0.1:5557 (default: off)"),
+    Option("kv_events_replay", parse_zmq_endpoint, "ENDPOINT",
+           "serve missed KV-event batches to subscribers that ask (ZMQ ROUTER, vLLM's replay protocol) "
+           "on this endpoint (default: off)"),
+    Option("kv_events_buffer", parse_replay_buffer, "SIZE",
+           "bytes of the latest KV-event batches kept for replay (default: 64MiB)"),
     Option("nvme_codec", parse_codec, "CODEC",
            "how the NVMe tier stores chunks: raw, zstd[:LEVEL], zstd-shuffle[:LEVEL] (lossless), "
            "int8k-tq3v or int8k-tq4v (lossy) (default: raw)"),

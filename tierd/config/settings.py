@@ -10,6 +10,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from tierd.config.endpoints import check_kv_events
 from tierd.config.options import OPTIONS
 from tierd.errors import ConfigError
 from tierd.policies import DEFAULT_POLICY, LOWER_DEFAULT_POLICY
@@ -49,6 +50,9 @@ class Config:
     object_lookup_strategy: str = "bisect"
     object_queue: int = 1 << 30
     node_id: str = dataclasses.field(default_factory=socket.gethostname)
+    kv_events: str | None = None
+    kv_events_replay: str | None = None
+    kv_events_buffer: int = 64 * MiB
     nvme_codec: str = "raw"
     object_codec: str = "raw"
     codec_device: str = "auto"
@@ -70,6 +74,7 @@ class Config:
             object.__setattr__(self, opt.name, opt.parse(getattr(self, opt.name), f"Config.{opt.name}", None))
         check_watermarks(self.demote_low_watermark, "Config.demote_low_watermark",
                          self.demote_high_watermark, "Config.demote_high_watermark")
+        check_kv_events(self.kv_events, self.kv_events_replay)
 
     @property
     def tenants(self) -> list[str]:

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 def build_store(config: "Config") -> TieredStore:
     """A store with the DRAM arena, the NVMe tier below it when `config.nvme > 0`, and the
-    shared object tier last when `config.object_url` is set."""
+    shared object tier last when `config.object_url` is set; publishing KV events when
+    `config.kv_events` is set."""
     lower: list[tuple[LowerTier, int]] = []
     cipher = _cipher(config)
     if config.nvme > 0:
@@ -53,7 +54,23 @@ def build_store(config: "Config") -> TieredStore:
         admissions={"nvme": ADMISSIONS[config.nvme_admission], "object": ADMISSIONS[config.object_admission]},
     )
     store.costs = declared_costs(store.tier_names)
+    if config.kv_events:
+        _publish_events(store, config)
     return store
+
+
+def _publish_events(store: TieredStore, config: "Config") -> None:
+    """KV events on `--kv-events` (`tierd.events`), topic the node id; the sockets are bound here,
+    so a taken port stops the start. The store closes the feed, and with it the publisher."""
+    from tierd.events import open_kv_events
+
+    try:
+        store.events = open_kv_events(config.kv_events, replay_endpoint=config.kv_events_replay,  # type: ignore[arg-type]
+                                      topic=config.node_id, buffer_bytes=config.kv_events_buffer,
+                                      layouts=store.layouts)
+    except BaseException:
+        store.arena.close()
+        raise
 
 
 def _policies(config: "Config") -> dict[str, PolicyFactory]:

@@ -69,12 +69,18 @@ class DataOps:
             scope.check_namespace(args["namespace"], "reserve")
         keys = self.bindings.store_keys(session, args["keys"])
         if args.get("verify"):
+            if "tokens" in args or "parent" in args:
+                raise InvalidArgumentError("reserve: tokens and parent describe a put; a verify reserve stores nothing")
             check_keys(keys)
             mask = None if scope is None else [scope.visible(self.store.index.get(k)) for k in keys]
             return {"slots": await self.store.verify_reserve(session, args["layout_id"], keys, args["nbytes"], mask)}
         self.bindings.check_writable(session, args["namespace"], "reserve")
+        parent = args.get("parent")
+        if parent is not None:  # the store's key, as keys[0]'s (a tenant's own keys)
+            parent = self.bindings.store_keys(session, [parent])[0]
         slots = await self.store.reserve(session, args["layout_id"], args["namespace"], keys, args["nbytes"],
-                                         first_position=args.get("first_position", 0))
+                                         first_position=args.get("first_position", 0), tokens=args.get("tokens"),
+                                         parent=parent)
         return {"slots": slots}
 
     async def commit(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,8 @@ class Daemon:
             await start_store(self.store, self.config.progress_interval)
         except BaseException:  # e.g. a missing bucket: stop pre-faulting, give the shared memory back
             self.store.arena.close()
+            if self.store.events is not None:  # and the KV-event sockets
+                self.store.events.close()
             raise
         self.calibration = BackgroundCalibration(self.store, self.config.calibrate)
         recorder = None
@@ -138,7 +140,8 @@ class Daemon:
         assert self.store is not None and self.calibration is not None
         return {"config": self.config.to_dict(), "metrics_port": self.metrics_port, "pid": os.getpid(),
                 "arena": self.store.arena.prefault.snapshot(), "calibration": self.calibration.state.value,
-                "refused_connections": self.refused}
+                "refused_connections": self.refused,
+                "kv_events": self.store.events.report() if self.store.events is not None else None}
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self.store is not None and self.dispatcher is not None

@@ -99,7 +99,12 @@ def ready_line(config: "Config", store: "TieredStore", seconds: float) -> str:
     if config.object_url:
         cap = f"writes up to {format_size(config.object)}" if config.object else "read-only"
         tiers.append(f"object {config.object_url} ({cap})")
-    return (f"tierd: serving on {config.socket} (arena {store.arena.description}; tiers: {', '.join(tiers)}; "
+    events = ""
+    if store.events is not None:  # the bound endpoints (a port 0 is resolved here)
+        where = store.events.report()
+        events = f"; kv events on {where.get('endpoint')}" + (
+            f", replay on {where['replay_endpoint']}" if where.get("replay_endpoint") else "")
+    return (f"tierd: serving on {config.socket} (arena {store.arena.description}; tiers: {', '.join(tiers)}{events}; "
             f"ready in {seconds:.2f} s)")
 
 

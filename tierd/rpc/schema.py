@@ -44,8 +44,10 @@ REQUESTS: dict[str, dict[str, Arg]] = {
     "observe_prefill": {"start": _INT, "end": _INT, "seconds": Arg((float, int)), "layout_id": _OPT_STR},
     "explain": {"keys": _KEYS, "prompt_tokens": _OPT_INT},
     # verify=true: the live canary's scratch slots for stored keys (tierd.store.verify)
+    # tokens: each key's token ids, parent: the key before keys[0] (KV events; tierd.store.sessions)
     "reserve": {"layout_id": _STR, "namespace": _STR, "keys": _KEYS, "nbytes": _INT, "first_position": _OPT_INT,
-                "verify": _OPT_BOOL},
+                "verify": _OPT_BOOL, "tokens": Arg((list,), required=False, list_of=list),
+                "parent": Arg((bytes,), required=False)},
     "commit": {"keys": _KEYS, "verify": _OPT_BOOL, "tolerance": Arg((float, int), required=False)},
     "abort": {"keys": _KEYS, "verify": _OPT_BOOL},
     "acquire": {"layout_id": _STR, "keys": _KEYS, "prefix_only": _OPT_BOOL},

@@ -1,7 +1,8 @@
 """DRAM room: the arena's slots, when DRAM is under pressure, and which chunk leaves DRAM.
 
 This is where DRAM eviction happens. A chunk's DRAM copy appears (`place`) and goes (`drop`)
-only here. Dropping is immediate and only ever of a copy nobody holds; a copy that still needs
+only here (and so the KV events of DRAM copies start here: `ChunkIndex.copy_stored` /
+`copy_removed`). Dropping is immediate and only ever of a copy nobody holds; a copy that still needs
 writing down first is handed to `moves` by the demoter, which frees it here once the lower copy
 is durable. The order in which copies leave is the eviction policy's (`policy.candidates`).
 
@@ -57,6 +58,7 @@ class DramRoom:
         """`c`'s bytes are in `slot` now (a commit or a promotion). The caller charged its quota."""
         c.slot = slot
         self.index.retier(c)
+        self.index.copy_stored(c, DRAM)
         self.policy.touch(c.key, c.namespace, c.position)
         self.stats.chunks += 1
         self.stats.bytes_in += c.size
@@ -78,6 +80,7 @@ class DramRoom:
         self.quotas.charge(DRAM, c.namespace, -c.size)
         c.slot = None
         self.index.retier(c)
+        self.index.copy_removed(c, DRAM)
         self.policy.remove(c.key)
         self.stats.chunks -= 1
         if evicted:

@@ -7,18 +7,32 @@ going, and it keeps two things derived from that current at once: each chunk's f
 (`tier_code`, read on every lookup) and the set of DRAM copies that may be dropped without a
 write-down (`clean`, which DRAM eviction walks). Quota bytes of a lower copy are charged by
 whoever claims the room for it (`writedown`, or start-up) and released here when it goes.
+
+Because copies come and go only here and in `dram` (`place`, `drop`), these are also the KV
+events' event points (`tierd.events`): `copy_stored` / `copy_removed` tell the feed, when one
+is attached, of every copy this node holds or wrote. Copies other nodes wrote to the shared
+tier and this node only found are not announced (their writer did), nor is their forgetting.
 """
 from __future__ import annotations
 
 import itertools
 import operator
 import time
-from typing import Sequence
+from array import array
+from typing import TYPE_CHECKING, Sequence
 
-from tierd.store.chunk import ABSENT, ABSENT_CHUNK, Chunk, Reservation
+from tierd.store.chunk import ABSENT, ABSENT_CHUNK, DRAM, Chunk, Reservation
 from tierd.store.lowers import Lower
 from tierd.store.quotas import NamespaceQuotas
 from tierd.tiers.base import Found
+
+if TYPE_CHECKING:
+    from tierd.events.feed import EventFeed
+
+#: For KV events, a chunk's place in its prompt and its tokens as its put gave them:
+#: (the previous chunk's key, its token ids as `tierd.events.wire.keep_tokens` keeps them), None where not known.
+Lineage = tuple[bytes | None, array | None]
+NO_LINEAGE: Lineage = (None, None)
 
 _tier_code = operator.attrgetter("tier_code")
 
@@ -38,6 +52,25 @@ class ChunkIndex(dict[bytes, Chunk]):
         #: demoter knows how much of DRAM still needs writing down.
         self.clean: dict[bytes, int] = {}
         self.clean_bytes = 0
+        #: Where copies coming and going are published (`tierd.events`); None: they are not.
+        self.events: EventFeed | None = None
+        #: Each committed chunk's lineage, while events are published (empty otherwise): kept
+        #: for as long as the chunk is indexed, so every copy's BlockStored carries its tokens.
+        self.lineage: dict[bytes, Lineage] = {}
+
+    # ------------------------------------------------------------------ event points
+
+    def copy_stored(self, c: Chunk, tier: str) -> None:
+        """A copy of `c` is now on `tier` (DRAM: `DramRoom.place`; below: `add_lower_copy`)."""
+        events = self.events
+        if events is not None:
+            parent, tokens = self.lineage.get(c.key, NO_LINEAGE)
+            events.stored(tier, c.key, c.layout_id, parent, tokens)
+
+    def copy_removed(self, c: Chunk, tier: str) -> None:
+        """The copy of `c` on `tier` is gone (DRAM: `DramRoom.drop`; below: `forget_lower_copy`)."""
+        if self.events is not None:
+            self.events.removed(tier, c.key)
 
     # ------------------------------------------------------------------ derived state
 
@@ -54,6 +87,16 @@ class ChunkIndex(dict[bytes, Chunk]):
             return
         c.tier_code = next((i for i, l in enumerate(self.lowers, 1) if l.name in c.lower), ABSENT)
 
+    def announce_local_gone(self) -> None:
+        """At shutdown: every DRAM and local-tier copy leaves with the node (removal events). The
+        shared tier's copies stay announced: other nodes still read them from the bucket."""
+        local = {l.name for l in self.lowers if not l.shared}
+        for c in self.values():
+            if c.slot is not None:
+                self.copy_removed(c, DRAM)
+            for name in [n for n in c.lower if n in local]:
+                self.copy_removed(c, name)
+
     def dirty_bytes(self, used: int) -> int:
         """Of `used` DRAM bytes, those that must be written down before they can be dropped."""
         return used - self.clean_bytes
@@ -66,6 +109,8 @@ class ChunkIndex(dict[bytes, Chunk]):
         """A chunk whose last copy went is no longer stored (a lease may still hold the object)."""
         if c.slot is None and not c.lower and self.get(c.key) is c:
             del self[c.key]
+            if self.lineage:
+                self.lineage.pop(c.key, None)
 
     def local_codes(self, keys: Sequence[bytes]) -> tuple[int, bytes]:
         """(leading run of present keys, tier code of each key). This runs on every request, so
@@ -84,12 +129,17 @@ class ChunkIndex(dict[bytes, Chunk]):
         """A durable copy of `c` (`stored` bytes) is now on `lower`; `owned`: this node wrote it
         (counted in the tier's used bytes and evictable by this node). The caller charged the
         bytes to the tier and quota when it claimed the room."""
-        if lower.name not in c.lower:
+        new = lower.name not in c.lower
+        # announced: a new copy on a local tier; on the shared tier, one this node wrote
+        announce = self.events is not None and (owned and not lower.owns(c.key) if lower.shared else new)
+        if new:
             lower.stats.chunks += 1
         c.lower[lower.name] = stored
         if owned:
             lower.policy.touch(c.key, c.namespace, c.position)
         self.retier(c)
+        if announce:
+            self.copy_stored(c, lower.name)
 
     def forget_lower_copy(self, c: Chunk, lower: Lower) -> None:
         """`c` no longer has a copy on `lower` (deleted, found bad, or gone from the bucket):
@@ -98,7 +148,10 @@ class ChunkIndex(dict[bytes, Chunk]):
         if stored is None:
             return
         self.retier(c)
-        if lower.owns(c.key):
+        owned = lower.owns(c.key)
+        if owned or not lower.shared:
+            self.copy_removed(c, lower.name)
+        if owned:
             lower.policy.remove(c.key)
             lower.stats.used_bytes -= stored
             if not lower.shared:

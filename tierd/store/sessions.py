@@ -7,12 +7,18 @@ Closing a session returns everything it holds, whether the client closed cleanly
 
 Quota bytes of a reservation are charged the moment its room is found, before its slot is
 awaited, so concurrent puts of one namespace never together exceed the namespace's quota.
+
+A put may name each chunk's token ids and the key of the chunk before its first (`tokens`,
+`parent`), for the KV events a router reads (`tierd.events`): they are checked whether or not
+events are published (bad ones refuse the whole reserve), and kept (4 bytes a token) only while
+they are: `ChunkIndex.lineage`.
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
+from array import array
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from tierd.errors import (
@@ -23,11 +29,12 @@ from tierd.errors import (
     NotReservedError,
     SlotNotWrittenError,
 )
+from tierd.events.wire import keep_tokens
 from tierd.layout import Layout
 import tierd.store.canary as canary
 from tierd.store.chunk import ABSENT, DRAM, Chunk, Lease, Reservation, Session, check_keys, check_namespace
 from tierd.store.dram import DramRoom
-from tierd.store.index import ChunkIndex
+from tierd.store.index import ChunkIndex, Lineage
 from tierd.store.moves import Moves
 from tierd.store.uploads import Upload, UploadQueue
 
@@ -57,6 +64,8 @@ class Sessions:
         self.verifier: Verifier | None = None
         self.quarantine: Quarantine | None = None
         self.open: dict[int, Session] = {}
+        #: The lineage of each reserved key whose put gave one, until its commit or abort.
+        self.pending_lineage: dict[bytes, Lineage] = {}
         self._session_ids = itertools.count(1)
         self._lease_ids = itertools.count(1)
 
@@ -77,9 +86,11 @@ class Sessions:
     # ------------------------------------------------------------------ put: reserve + commit
 
     async def reserve(self, session: Session, layout: Layout, namespace: str, keys: Sequence[bytes], nbytes: int,
-                      *, first_position: int = 0, timeout: float = 5.0) -> list[int | None]:
+                      *, first_position: int = 0, timeout: float = 5.0, tokens: Sequence[Sequence[int]] | None = None,
+                      parent: bytes | None = None) -> list[int | None]:
         """Slots to write the missing keys into; None for a key already stored or being written,
-        or for which no room could be made in time (that chunk is simply not cached)."""
+        or for which no room could be made in time (that chunk is simply not cached). `tokens`:
+        each key's token ids; `parent`: the key before keys[0] in its prompt (for KV events)."""
         check_keys(keys)
         check_namespace(namespace)
         if nbytes != layout.chunk_bytes:
@@ -87,6 +98,7 @@ class Sessions:
                                       f"({layout.chunk_bytes} bytes per chunk)")
         if isinstance(first_position, bool) or not isinstance(first_position, int) or first_position < 0:
             raise InvalidArgumentError(f"first_position {first_position!r}: must be a chunk index >= 0")
+        lineage = lineages(keys, layout, first_position, tokens, parent, keep=self.index.events is not None)
         deadline = time.monotonic() + timeout
         quotas = self.dram.quotas
         slots: list[int | None] = []
@@ -108,6 +120,8 @@ class Sessions:
                             canary.arm(self.dram.arena.view(slot, nbytes)) if self.slot_check else None)
             session.reservations[key] = r
             self.index.reserved[key] = r
+            if lineage is not None:
+                self.pending_lineage[key] = lineage[i]
             slots.append(slot)
         return slots
 
@@ -128,6 +142,7 @@ class Sessions:
         for key in keys:
             r = session.reservations.pop(key)
             del self.index.reserved[key]
+            lineage = self.pending_lineage.pop(key, None) if self.pending_lineage else None
             c = self.index.get(key)
             if c is not None and c.slot is not None:  # put over a quarantined copy, promoted since a clear
                 self.dram.free_slot(r.slot, r.size)
@@ -138,6 +153,8 @@ class Sessions:
             if c is None:
                 c = self.index[key] = Chunk(key, r.layout_id, r.namespace, r.size, now, now, position=r.position)
             c.layout_id, c.size = r.layout_id, r.size  # (a found chunk may lack them)
+            if lineage is not None and self.index.events is not None:
+                self.index.lineage[key] = lineage
             self.dram.place(c, r.slot)
             if self.quarantine is not None and c.moving is None:  # stored afresh over suspect copies
                 for name in self.quarantine.suspect_copies(c):
@@ -177,6 +194,7 @@ class Sessions:
             if r is None:
                 continue
             del self.index.reserved[key]
+            self.pending_lineage.pop(key, None)
             self.dram.free_slot(r.slot, r.size)
             self.dram.quotas.charge(DRAM, r.namespace, -r.size)
             n += 1
@@ -240,3 +258,37 @@ class Sessions:
             c.leases -= 1
         self.dram.check_pressure()
         return len(lease.chunks)
+
+
+def lineages(keys: Sequence[bytes], layout: Layout, first_position: int, tokens: Sequence[Sequence[int]] | None,
+             parent: bytes | None, *, keep: bool) -> list[Lineage] | None:
+    """Each key's (parent key, kept token ids) from a put's `tokens` and `parent`, checked: one
+    list of `layout.chunk_tokens` token ids per key, a parent only for a put that does not start a
+    prompt. Keys are in prompt order, so the parent of keys[i] is keys[i-1]. None when the put
+    gave neither, or when nothing is kept (`keep`: KV events are off; still checked)."""
+    if parent is not None:
+        check_keys([parent])
+        if first_position == 0:
+            raise InvalidArgumentError("parent: the put starts at first_position 0, a prompt's first chunk, "
+                                       "which has no parent; leave it out or give the chunk index of keys[0]")
+    kept: list[array] = []
+    if tokens is not None:
+        if not isinstance(tokens, (list, tuple)) or len(tokens) != len(keys):
+            raise InvalidArgumentError(f"tokens: give one list of token ids per key ({len(keys)} keys, "
+                                       f"got {len(tokens) if isinstance(tokens, (list, tuple)) else type(tokens).__name__})")
+        for i, ids in enumerate(tokens):
+            try:
+                if isinstance(ids, (str, bytes)):
+                    raise TypeError(f"{type(ids).__name__} is not a list")
+                kept.append(keep_tokens(ids))
+            except (TypeError, OverflowError, ValueError) as exc:
+                raise InvalidArgumentError(f"tokens[{i}]: token ids are integers from 0 to 2**32-1 ({exc})") from None
+            if len(kept[-1]) != layout.chunk_tokens:
+                raise InvalidArgumentError(f"tokens[{i}]: {len(kept[-1])} token ids; a chunk of layout "
+                                           f"{layout.layout_id} has {layout.chunk_tokens} tokens")
+    if not keep or (tokens is None and parent is None):
+        return None
+    parents = [parent, *keys[:-1]]
+    if tokens is None:
+        return [(p, None) for p in parents]
+    return list(zip(parents, kept))

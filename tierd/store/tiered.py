@@ -34,6 +34,7 @@ from tierd.tiers.base import LowerTier
 
 if TYPE_CHECKING:
     from tierd.cost.tiers import TierCost
+    from tierd.events.feed import EventFeed
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,16 @@ class TieredStore:
         self.writedown.admission = rule
 
     @property
+    def events(self) -> "EventFeed | None":
+        """Where copies coming and going are published (`tierd.events`); None: nowhere. Set
+        before `start()`, so the copies found at start are announced; closed by `close()`."""
+        return self.index.events
+
+    @events.setter
+    def events(self, feed: "EventFeed | None") -> None:
+        self.index.events = feed
+
+    @property
     def writedown_failing(self) -> bool:
         return self.moves.writedown_failing()
 
@@ -162,6 +173,8 @@ class TieredStore:
     async def start(self) -> None:
         """Rebuild lower-tier indexes from their media and start the background tasks."""
         meta = persist.load_meta(self.meta_dir)
+        if self.events is not None:  # a subscriber forgets what this node said before its restart
+            self.events.cleared()
         if self.shared is not None:
             await self.shared.tier.check()
         for lower in self.lower:
@@ -198,7 +211,11 @@ class TieredStore:
         persist.save_meta(self.meta_dir, self.index)
         for lower in self.lower:
             await lower.tier.close()
+        if self.events is not None:  # the last batches go out: this node's own copies are gone with it
+            self.index.announce_local_gone()
+            self.events.close()
         self.index.clear()
+        self.index.lineage.clear()
         self.arena.close()
 
     # ------------------------------------------------------------------ sessions and layouts
@@ -238,11 +255,14 @@ class TieredStore:
         return await self.lookups.lookup_async(keys)
 
     async def reserve(self, session: Session, layout_id: str, namespace: str, keys: Sequence[bytes], nbytes: int,
-                      *, first_position: int = 0, timeout: float = 5.0) -> list[int | None]:
+                      *, first_position: int = 0, timeout: float = 5.0, tokens: Sequence[Sequence[int]] | None = None,
+                      parent: bytes | None = None) -> list[int | None]:
         """Slots to write the missing keys into (see `Sessions.reserve`). `first_position` is
-        the chunk index of keys[0] in its prompt (used by admission)."""
+        the chunk index of keys[0] in its prompt (used by admission); `tokens` each key's token
+        ids and `parent` the key before keys[0] (for KV events)."""
         return await self.sessions.reserve(session, self.layout(layout_id), namespace, keys, nbytes,
-                                           first_position=first_position, timeout=timeout)
+                                           first_position=first_position, timeout=timeout, tokens=tokens,
+                                           parent=parent)
 
     def commit(self, session: Session, keys: Sequence[bytes]) -> int:
         return self.sessions.commit(session, keys)
