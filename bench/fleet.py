@@ -12,7 +12,9 @@ present run (promoting from NVMe or the bucket), and a put of the rest. Three co
 each with fresh daemons and a fresh prefix of the bucket, on the same requests:
 
     (i)   random: each request to a node drawn at random (seeded);
-    (ii)  route: each request to the node `tierd.route.choose` picks from the Router's scores —
+    (ii)  route: each request to the node `tierd.route.choose` picks from the Router's scores, the
+          nodes read from their KV-event streams (`--kv-events`; `--route-by daemons` asks each
+          daemon per request instead) —
           the prefill seconds each node's cached prefix saves, priced with its own tier costs —
           balanced with load: among nodes within 25% of the prompt's recompute time of the best
           saving, the one with the fewest recent requests (without that, a shared system prompt
@@ -20,9 +22,9 @@ each with fresh daemons and a fresh prefix of the bucket, on the same requests:
     (iii) single: one node with N times the DRAM and NVMe (the bound a fleet could reach by
           pooling its memory).
 
-The router asks every node per request (`explain`, which counts no lookup); its cost model uses
-a Llama-3-8B shape and 1e14 FLOP/s (a GPU's prefill rate; only the order of savings between
-nodes matters here), and each node's own tier costs.
+Every daemon publishes KV events (`--kv-events`, in every configuration alike). The router's
+cost model uses a Llama-3-8B shape and 1e14 FLOP/s (a GPU's prefill rate; only the order of
+savings between nodes matters here), and each node's own tier costs.
 
 Reported per configuration: the prefix hit ratio (leading present chunks / chunks), split by the
 tier the chunks came from (local DRAM, local NVMe, the bucket), the bytes read from the bucket,
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -57,7 +60,7 @@ from tierd.cost.device import DeviceThroughput  # noqa: E402
 from tierd.cost.shape import ModelShape  # noqa: E402
 from tierd.daemon.launch import DaemonProcess  # noqa: E402
 from tierd.layout import Layout  # noqa: E402
-from tierd.route import Router, choose  # noqa: E402
+from tierd.route import DaemonNode, EventNode, Router, choose  # noqa: E402
 from tierd.sizes import parse_size  # noqa: E402
 
 BUCKET = "fleet"
@@ -95,8 +98,17 @@ class Tally:
 
 def _daemon(work: Path, name: str, url: str, env: dict[str, str], dram: int, nvme: int) -> DaemonProcess:
     args = ["--dram", str(dram), "--nvme", str(nvme), "--nvme-dir", str(work / f"{name}-nvme"), "--object-url", url,
-            "--node-id", name, "--no-calibrate", "--dram-policy", "lru"]
+            "--node-id", name, "--no-calibrate", "--dram-policy", "lru",
+            "--kv-events", "tcp://127.0.0.1:0", "--kv-events-replay", "tcp://127.0.0.1:0"]
     return DaemonProcess(work / f"{name}.sock", args, env=env, log_path=work / f"{name}.log").start()
+
+
+def _event_node(name: str, d: DaemonProcess) -> EventNode:
+    """The node as its KV-event stream shows it (endpoints from the daemon's ready line)."""
+    m = re.search(r"kv events on (\S+?), replay on (\S+?)[;)]", d.banner)
+    if m is None:
+        raise RuntimeError(f"no KV-event endpoints in the ready line: {d.banner}")
+    return EventNode(name, m[1], m[2], socket=d.socket)
 
 
 def _request(client: Client, layout: Layout, keys: list[bytes], tally: Tally, batch_len: int) -> None:
@@ -121,7 +133,7 @@ def _request(client: Client, layout: Layout, keys: list[bytes], tally: Tally, ba
 
 
 def replay(config: str, requests: Sequence[Sequence[int]], s3: SeaweedS3, work: Path, *, nodes: int,
-           dram_chunks: int, nvme_chunks: int, chunk_bytes: int, seed: int = 0) -> Tally:
+           dram_chunks: int, nvme_chunks: int, chunk_bytes: int, route_by: str = "events", seed: int = 0) -> Tally:
     """One configuration over `requests`, with fresh daemons on a fresh prefix of the bucket."""
     from tqdm import tqdm
 
@@ -135,7 +147,9 @@ def replay(config: str, requests: Sequence[Sequence[int]], s3: SeaweedS3, work: 
     dram, nvme = dram_bytes_for(dram_chunks * scale, chunk_bytes), nvme_bytes_for(nvme_chunks * scale, chunk_bytes)
     daemons = {n: _daemon(work, n, url, env, dram, nvme) for n in names}
     clients = {n: Client.connect(d.socket, name="bench-fleet") for n, d in daemons.items()}
-    router = Router({n: d.socket for n, d in daemons.items()}, layout, shape=SHAPE, device=DEVICE)
+    sources = ([_event_node(n, d) for n, d in daemons.items()] if route_by == "events"
+               else [DaemonNode(n, d.socket) for n, d in daemons.items()])
+    router = Router(sources, layout, shape=SHAPE, device=DEVICE)
     rng = random.Random(seed)
     tally = Tally(config, per_node={n: 0 for n in names})
     load = {n: 0.0 for n in names}
@@ -202,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--nvme-chunks", type=int, default=None, help="per node (default 1000)")
     ap.add_argument("--chunk-bytes", default="64KiB")
     ap.add_argument("--out", default=".", help="where the PNG goes")
+    ap.add_argument("--route-by", choices=("events", "daemons"), default="events",
+                    help="(ii) reads the nodes' KV-event streams (default), or asks their daemons per request")
     args = ap.parse_args(argv)
     if args.nodes < 2:
         ap.error("--nodes: a fleet needs at least 2")
@@ -221,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 s3.create_bucket(BUCKET)
                 tallies.append(replay(config, requests, s3, work, nodes=args.nodes, dram_chunks=dram_chunks,
-                                      nvme_chunks=nvme_chunks, chunk_bytes=chunk_bytes))
+                                      nvme_chunks=nvme_chunks, chunk_bytes=chunk_bytes, route_by=args.route_by))
             finally:
                 s3.stop()
                 shutil.rmtree(work / f"s3-{config}", ignore_errors=True)

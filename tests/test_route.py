@@ -134,3 +134,40 @@ def test_choose_keeps_a_long_history_on_its_node_and_spreads_what_gains_little()
     assert choose([system, empty, down], {"b": 5.0, "c": 1.0}) == "c"  # gains little: the less loaded node
     assert choose([system, empty], {"b": 0.0, "c": 1.0}) == "b"
     assert choose([down], {}) == "d"  # nobody could be asked: the caller still gets a name
+
+
+def test_event_stream_nodes_route_without_asking_the_daemons(daemon_factory) -> None:
+    """Nodes read from their KV-event streams (`EventNode`): caught up through replay, then live;
+    the ranking matches what the daemons hold, and follows an eviction."""
+    import re
+
+    from tests.waiting import wait_for
+    from tierd.route import EventNode
+
+    events = ("--no-calibrate", "--kv-events", "tcp://127.0.0.1:0", "--kv-events-replay", "tcp://127.0.0.1:0")
+    a, b = daemon_factory(name="a", extra=events), daemon_factory(name="b", extra=events)
+    _hold(a.socket, 6)  # before anyone subscribes: known through replay
+    nodes = []
+    for name, d in (("a", a), ("b", b)):
+        m = re.search(r"kv events on (\S+?), replay on (\S+?)[;)]", d.banner)
+        assert m is not None, d.banner
+        node = EventNode(name, m[1], m[2], socket=d.socket)
+        node.sync()
+        nodes.append(node)
+    keys = chunk_keys(SMALL, PROMPT)
+    try:
+        # published within the daemon's 50 ms batching window, before this subscriber connected
+        wait_for("a's stores through replay", lambda: nodes[0].sync() >= 0 and nodes[0].chunk_tiers(keys) == ["dram"] * 6)
+        assert nodes[1].chunk_tiers(keys) == [None] * 6
+        router = Router(nodes, SMALL, shape=SHAPE, device=DEVICE)
+        assert [s.node for s in router.route(PROMPT)] == ["a", "b"]
+        _hold(b.socket, 6)  # live: b now holds all six in DRAM too
+        wait_for("b's stores to arrive", lambda: nodes[1].chunk_tiers(keys) == ["dram"] * 6)
+        with Client.connect(a.socket) as c:
+            c.evict(tier="dram", everything=True)  # a's copies are on NVMe only now
+        wait_for("a's evictions to arrive", lambda: nodes[0].chunk_tiers(keys) == ["nvme"] * 6)
+        scores = router.route(PROMPT)
+        assert [s.node for s in scores] == ["b", "a"] and scores[1].cached_by_tier == {"nvme": 1536}
+    finally:
+        for node in nodes:
+            node.close()

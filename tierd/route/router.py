@@ -1,5 +1,8 @@
 """`Router`: rank a fleet's nodes for one prompt by the prefill time each would save it.
 
+Nodes are asked through their daemons (`DaemonNode`, below) or read from their KV-event streams
+(`tierd.route.events.EventNode`); the scoring is the same.
+
 What a router calls per request (`Router.route(token_ids)`): the prompt's chunk keys are
 computed once with the layout's key function (`tierd.keys.chunk_keys`, the same keys the
 engines' connectors store under), each node's daemon is asked where those chunks are with
@@ -18,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from tierd.client import Client
 from tierd.cost.device import DeviceThroughput
@@ -70,15 +73,32 @@ class DaemonNode:
                 self._client.close()
                 self._client = None
 
+    reset = close  # after a failed call: reconnect next time
+
+
+class NodeSource(Protocol):
+    """What the router asks of a node: `DaemonNode` (its daemon, per request) or
+    `tierd.route.events.EventNode` (its KV-event stream, from memory)."""
+
+    name: str
+
+    def chunk_tiers(self, keys: Sequence[bytes]) -> list[str | None]: ...
+
+    def costs(self, layout_id: str) -> dict[str, Any]: ...
+
+    def reset(self) -> None: ...
+
+    def close(self) -> None: ...
+
 
 class Router:
     """Ranks `nodes` (name -> daemon socket, or `DaemonNode`s) for prompts of one `layout`."""
 
-    def __init__(self, nodes: Mapping[str, str] | Sequence[DaemonNode], layout: Layout, *,
+    def __init__(self, nodes: Mapping[str, str] | Sequence[NodeSource], layout: Layout, *,
                  namespace: str = "default", shape: ModelShape | None = None,
                  device: DeviceThroughput | None = None) -> None:
-        self.nodes = ([DaemonNode(n, s, namespace) for n, s in nodes.items()] if isinstance(nodes, Mapping)
-                      else list(nodes))
+        self.nodes: list[NodeSource] = ([DaemonNode(n, s, namespace) for n, s in nodes.items()]
+                                        if isinstance(nodes, Mapping) else list(nodes))
         if not self.nodes:
             raise InvalidArgumentError("route: give at least one node")
         names = [n.name for n in self.nodes]
@@ -105,13 +125,13 @@ class Router:
         """The name of the node to send the prompt to."""
         return self.route(token_ids)[0].node
 
-    def _score(self, node: DaemonNode, keys: list[bytes], prompt_tokens: int) -> NodeScore:
+    def _score(self, node: NodeSource, keys: list[bytes], prompt_tokens: int) -> NodeScore:
         layout = self.layout
         try:
             tiers = node.chunk_tiers(keys) if keys else []
             model = self._model(node.costs(layout.layout_id))
         except (TierdError, OSError) as exc:
-            node.close()  # reconnect next time
+            node.reset()  # ask afresh next time
             return NodeScore(node.name, None, 0, error=str(exc))
         return score_node(node.name, tiers, model, chunk_tokens=layout.chunk_tokens, chunk_bytes=layout.chunk_bytes,
                           prompt_tokens=prompt_tokens)
