@@ -53,7 +53,8 @@ if __package__ in (None, ""):  # `python bench/fleet.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import figure  # noqa: E402
-from bench.trace_replay import TRACES, chunk_key, dram_bytes_for, layout_for, load_requests, nvme_bytes_for, payload_for  # noqa: E402
+from bench.trace_replay import (  # noqa: E402
+    TRACES, chunk_key, dram_bytes_for, layout_for, load_requests, nvme_bytes_for, put_missing)
 from tests.s3server import SeaweedS3  # noqa: E402
 from tierd.client import Client  # noqa: E402
 from tierd.cost.device import DeviceThroughput  # noqa: E402
@@ -122,12 +123,7 @@ def _request(client: Client, layout: Layout, keys: list[bytes], tally: Tally, ba
     if hit.prefix:
         with client.get(layout, keys[: hit.prefix]) as lease:
             count = lease.count
-    missing = keys[count:]
-    for start in range(0, len(missing), batch_len):
-        part = missing[start : start + batch_len]
-        with client.put(layout, part, first_position=count + start) as batch:
-            for i in batch.reserved:
-                np.copyto(batch.view(i), payload_for(part[i], layout.chunk_bytes))
+    put_missing(client, layout, keys, count, batch_len)
     tally.requests += 1
     tally.chunks += len(keys)
 

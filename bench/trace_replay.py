@@ -291,6 +291,20 @@ def exact_lru(requests: Sequence[Sequence[int]],
     return dict(zip(caps, block.tolist())), dict(zip(caps, prefix.tolist())), seconds
 
 
+def put_missing(client: Client, layout: Layout, keys: Sequence[bytes], count: int,
+                batch_len: int) -> list[tuple[int, list[int | None]]]:
+    """Put keys[count:] with their payloads, `batch_len` keys per reserve (reserve skips keys
+    already stored); (index of the batch's first key, its slots) per batch."""
+    out = []
+    for start in range(count, len(keys), batch_len):
+        part = keys[start : start + batch_len]
+        with client.put(layout, part, first_position=start) as batch:
+            for i in batch.reserved:
+                np.copyto(batch.view(i), payload_for(part[i], layout.chunk_bytes))
+            out.append((start, list(batch.slots)))
+    return out
+
+
 def _replay_request(client: Client, layout: Layout, ids: Sequence[int], c: Counts, verify: bool,
                     batch_len: int) -> None:
     """One request as an engine issues it; updates `c`."""
@@ -311,15 +325,9 @@ def _replay_request(client: Client, layout: Layout, ids: Sequence[int], c: Count
                 t_start += time.perf_counter() - t_verify  # keep verification out of the request time
     # An engine recomputes everything after what it could load, and saves what is missing: the
     # keys after the leased run (reserve skips the ones already stored).
-    missing = keys[count:]
-    for start in range(0, len(missing), batch_len):
-        part = missing[start : start + batch_len]
-        with client.put(layout, part, first_position=count + start) as batch:
-            for i in batch.reserved:
-                np.copyto(batch.view(i), payload_for(part[i], layout.chunk_bytes))
-            c.put += len(batch.reserved)
-            c.put_no_room += sum(1 for i, s in enumerate(batch.slots)
-                                 if s is None and codes[count + start + i] == 255)
+    for start, slots in put_missing(client, layout, keys, count, batch_len):
+        c.put += sum(s is not None for s in slots)
+        c.put_no_room += sum(1 for i, s in enumerate(slots) if s is None and codes[start + i] == 255)
     c.request_s += time.perf_counter() - t_start
     if count < prefix:  # present at the lookup, not served by the get: find out why (no lookup:
         try:            # that would feed the daemon's curve)
