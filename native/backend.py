@@ -17,7 +17,10 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from native import cpu, cuda, reference, triton_copy
+import native.cpu as cpu
+import native.cuda as cuda
+import native.reference as reference
+import native.triton_copy as triton_copy
 from native.cache import PagedCache
 from native.chunks import Buffer, ChunkBatch, chunk_batch
 from native.runs import layer_range, validate
