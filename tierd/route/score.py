@@ -65,7 +65,7 @@ def choose(scores: Sequence[NodeScore], load: Mapping[str, float], *, band: floa
     if not priced:
         return min(live, key=lambda s: (-s.cached_tokens, load.get(s.node, 0.0))).node
     best = max(s.saving_s for s in priced)  # type: ignore[type-var]
-    full = max((s.plan.predicted_full_recompute_s or 0.0) for s in priced if s.plan is not None) if priced else 0.0
+    full = max((s.plan.predicted_full_recompute_s or 0.0) for s in priced if s.plan is not None)
     close = [s for s in priced if s.saving_s >= best - band * full]  # type: ignore[operator]
     return min(close, key=lambda s: load.get(s.node, 0.0)).node
 

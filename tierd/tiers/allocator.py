@@ -98,7 +98,7 @@ class RegionAllocator:
         return sum(a.used for _, _, a in self._regions)
 
     def rounded(self, nbytes: int) -> int:
-        return -(-nbytes // self.align) * self.align
+        return self._regions[0][2].rounded(nbytes)  # every region rounds alike (one alignment)
 
     def alloc(self, nbytes: int, region: int = 0) -> int | None:
         """A global offset of `nbytes` in `region` (default: the shared one), or None if none fits."""
