@@ -22,8 +22,9 @@ import native.cuda as cuda
 import native.reference as reference
 import native.triton_copy as triton_copy
 from native.cache import PagedCache
-from native.chunks import Buffer, ChunkBatch, chunk_batch
-from native.runs import layer_range, validate
+from native.chunks import Buffer
+from native.prepared import Prepared, prepare
+from native.runs import layer_range
 from tierd.errors import InvalidArgumentError
 
 BACKENDS = ("auto", "cpp", "cuda", "triton", "torch")
@@ -36,14 +37,22 @@ class Copier(Protocol):
     calls are independent). `gather` writes every token of `runs` into the chunks, `scatter`
     writes them into the cache, for `layers` (default all). Blocks the calling thread until the
     copy is done on CPU; on CUDA returns once the copy is queued on the copier's stream.
-    Bad runs or chunks raise InvalidArgumentError before any byte moves."""
+    Bad runs or chunks raise InvalidArgumentError before any byte moves.
+
+    `prepare` checks a batch once and `launch` copies some of its layers: the pipelines
+    (`native.pipeline`) launch one batch layer by layer without checking it again."""
 
     backend: str
     cache: PagedCache
+    reaches_host: bool  # whether a launch may address (pinned) host memory in place
 
     def gather(self, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None = None) -> None: ...
 
     def scatter(self, chunks: Sequence[Buffer], runs: np.ndarray, layers: range | None = None) -> None: ...
+
+    def prepare(self, runs: np.ndarray, chunks: Sequence[Buffer], *, gather: bool) -> Prepared: ...
+
+    def launch(self, p: Prepared, layers: range | None = None) -> None: ...
 
 
 class TorchCopier:
@@ -53,22 +62,25 @@ class TorchCopier:
 
     def __init__(self, cache: PagedCache) -> None:
         self.cache = cache
+        #: Its copies index host memory in place only where the cache itself is on the host.
+        self.reaches_host = cache.device.type == "cpu"
 
     def gather(self, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None = None) -> None:
-        batch, r, want = self._check(runs, chunks, writable=True, layers=layers)
-        reference.gather(self.cache, r, batch.tensors(self.cache), want)
+        self.launch(self.prepare(runs, chunks, gather=True), layers)
 
     def scatter(self, chunks: Sequence[Buffer], runs: np.ndarray, layers: range | None = None) -> None:
-        batch, r, want = self._check(runs, chunks, writable=False, layers=layers)
-        reference.scatter(self.cache, batch.tensors(self.cache), r, want)
+        self.launch(self.prepare(runs, chunks, gather=False), layers)
 
-    def _check(self, runs: np.ndarray, chunks: Sequence[Buffer], *, writable: bool,
-               layers: range | None) -> tuple[ChunkBatch, np.ndarray, range]:
-        c = self.cache
-        batch = chunk_batch(c, chunks, writable=writable)
-        r = validate(runs, num_chunks=len(batch.ptrs), chunk_tokens=batch.tokens, num_blocks=c.num_blocks,
-                     block_size=c.block_size)
-        return batch, r, layer_range(layers, c.num_layers)
+    def prepare(self, runs: np.ndarray, chunks: Sequence[Buffer], *, gather: bool) -> Prepared:
+        return prepare(self.cache, runs, chunks, gather=gather)
+
+    def launch(self, p: Prepared, layers: range | None = None) -> None:
+        want = layer_range(layers, self.cache.num_layers)
+        tensors = p.batch.tensors(self.cache)
+        if p.gather:
+            reference.gather(self.cache, p.runs, tensors, want)
+        else:
+            reference.scatter(self.cache, tensors, p.runs, want)
 
 
 def requested() -> str:

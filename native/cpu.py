@@ -19,8 +19,9 @@ import torch
 
 from native.build import Found, find_cpu_library
 from native.cache import PagedCache
-from native.chunks import Buffer, chunk_batch
-from native.runs import layer_range, validate
+from native.chunks import Buffer
+from native.prepared import Prepared, prepare
+from native.runs import layer_range
 from tierd.errors import InvalidArgumentError
 
 ABI = 2
@@ -112,6 +113,8 @@ class CpuCopier:
     """Gather/scatter for one CPU cache through the C++ kernels."""
 
     backend = "cpp"
+    #: Its launches address host memory in place (a pinned arena slot needs no staging).
+    reaches_host = True
 
     def __init__(self, cache: PagedCache, kernels: CpuKernels, threads: int | None = None, *,
                  amx: bool = False) -> None:
@@ -124,21 +127,20 @@ class CpuCopier:
         self.amx = amx
 
     def gather(self, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None = None) -> None:
-        self._copy(0, runs, chunks, layers)
+        self.launch(self.prepare(runs, chunks, gather=True), layers)
 
     def scatter(self, chunks: Sequence[Buffer], runs: np.ndarray, layers: range | None = None) -> None:
-        self._copy(1, runs, chunks, layers)
+        self.launch(self.prepare(runs, chunks, gather=False), layers)
 
-    def _copy(self, direction: int, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None) -> None:
-        c = self.cache
-        batch = chunk_batch(c, chunks, writable=direction == 0)
-        for b in batch.buffers:
+    def prepare(self, runs: np.ndarray, chunks: Sequence[Buffer], *, gather: bool) -> Prepared:
+        p = prepare(self.cache, runs, chunks, gather=gather)
+        for b in p.batch.buffers:
             if isinstance(b, torch.Tensor) and b.device.type != "cpu":
                 raise InvalidArgumentError(f"a CPU copy cannot reach a chunk on {b.device}")
-        r = validate(runs, num_chunks=len(batch.ptrs), chunk_tokens=batch.tokens, num_blocks=c.num_blocks,
-                     block_size=c.block_size)
-        want = layer_range(layers, c.num_layers)
-        if len(r) and len(want):
-            copy = self.kernels.copy_amx if self.amx else self.kernels.copy
-            copy(direction, c, r, batch.ptrs, batch.tokens, want, self.threads)
+        return p
 
+    def launch(self, p: Prepared, layers: range | None = None) -> None:
+        want = layer_range(layers, self.cache.num_layers)
+        if len(p.runs) and len(want):
+            copy = self.kernels.copy_amx if self.amx else self.kernels.copy
+            copy(p.direction, self.cache, p.runs, p.batch.ptrs, p.batch.tokens, want, self.threads)

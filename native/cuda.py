@@ -22,8 +22,9 @@ import torch
 
 from native.build import find_cuda_library
 from native.cache import PagedCache
-from native.chunks import Buffer, chunk_batch
-from native.runs import layer_range, validate
+from native.chunks import Buffer
+from native.prepared import Prepared, prepare
+from native.runs import layer_range
 from tierd.errors import InvalidArgumentError
 
 ABI = 2
@@ -77,42 +78,52 @@ def load() -> tuple[CudaKernels | None, str]:
 
 
 class CudaCopier:
-    """Gather/scatter for one device cache. The cache's descriptor goes to the device once;
-    each call uploads only its runs and chunk addresses (a few hundred bytes) on the stream."""
+    """Gather/scatter for one device cache. The cache's descriptor goes to the device once; a
+    batch's runs and chunk addresses are checked once (`prepare`) and go to the device with its
+    first launch (one small host-to-device copy on the launch's stream); every further launch
+    of the batch (one per layer on the load path) is only the kernel launch."""
 
     backend = "cuda"
+    #: Its kernels address pinned host memory in place (unified addressing).
+    reaches_host = True
 
-    def __init__(self, cache: PagedCache, kernels: CudaKernels, stream: torch.cuda.Stream | None = None) -> None:
+    def __init__(self, cache: PagedCache, kernels: CudaKernels) -> None:
         if cache.device.type != "cuda":
             raise InvalidArgumentError(f"the CUDA kernels need a device cache, this one is on {cache.device}")
         self.cache = cache
         self.kernels = kernels
-        self.stream = stream
         self._ptrs = torch.from_numpy(cache.ptrs.copy()).to(cache.device)
         self._strides = torch.from_numpy(cache.strides.copy()).to(cache.device)
 
     def gather(self, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None = None) -> None:
-        self._copy(0, runs, chunks, layers)
+        self.launch(self.prepare(runs, chunks, gather=True), layers)
 
     def scatter(self, chunks: Sequence[Buffer], runs: np.ndarray, layers: range | None = None) -> None:
-        self._copy(1, runs, chunks, layers)
+        self.launch(self.prepare(runs, chunks, gather=False), layers)
 
-    def _copy(self, direction: int, runs: np.ndarray, chunks: Sequence[Buffer], layers: range | None) -> None:
+    def prepare(self, runs: np.ndarray, chunks: Sequence[Buffer], *, gather: bool) -> Prepared:
+        """Check the batch once: every chunk in device or pinned memory, the runs in bounds."""
+        p = prepare(self.cache, runs, chunks, gather=gather)
+        p.batch.check_reachable(self.cache)
+        p.vectorise = vectorisable(self.cache, p.batch.ptrs)
+        return p
+
+    def launch(self, p: Prepared, layers: range | None = None) -> None:
+        """Queue the copy of `layers` of batch `p` on the current stream."""
         c = self.cache
-        batch = chunk_batch(c, chunks, writable=direction == 0)
-        batch.check_reachable(c)
-        r = validate(runs, num_chunks=len(batch.ptrs), chunk_tokens=batch.tokens, num_blocks=c.num_blocks,
-                     block_size=c.block_size)
         want = layer_range(layers, c.num_layers)
-        if not len(r) or not len(want):
+        if not len(p.runs) or not len(want):
             return
-        vectorise = vectorisable(c, batch.ptrs)
-        stream = self.stream or torch.cuda.current_stream(c.device)
-        with torch.cuda.stream(stream):
-            runs_d = torch.from_numpy(r).pin_memory().to(c.device, non_blocking=True)
-            ptrs_d = torch.from_numpy(batch.ptrs).pin_memory().to(c.device, non_blocking=True)
-            self.kernels.launch(direction, self._ptrs.data_ptr(), self._strides.data_ptr(), want, c.num_kv_heads,
-                                c.head_dim, c.kv_factor, c.itemsize, ptrs_d.data_ptr(), batch.tokens,
-                                runs_d.data_ptr(), len(r), vectorise, stream.cuda_stream)
-        # runs_d and ptrs_d were allocated on `stream`: the caching allocator reuses their memory
-        # only after the kernel that reads them.
+        stream = torch.cuda.current_stream(c.device)
+        descriptors = p.state.get("descriptors")
+        if descriptors is None:  # [runs (5 per run) | chunk addresses], one copy, on this stream
+            host = torch.from_numpy(np.concatenate([p.runs.reshape(-1), p.batch.ptrs])).pin_memory()
+            descriptors = p.state["descriptors"] = host.to(c.device, non_blocking=True)
+            p.state["stream"] = stream  # the allocator reuses its memory only after this stream's work
+        elif p.state["stream"] != stream:
+            descriptors.record_stream(stream)  # type: ignore[union-attr]
+        runs_d = descriptors.data_ptr()  # type: ignore[union-attr]
+        ptrs_d = runs_d + p.runs.size * 8
+        self.kernels.launch(p.direction, self._ptrs.data_ptr(), self._strides.data_ptr(), want, c.num_kv_heads,
+                            c.head_dim, c.kv_factor, c.itemsize, ptrs_d, p.batch.tokens, runs_d, len(p.runs),
+                            p.vectorise, stream.cuda_stream)

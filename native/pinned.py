@@ -1,70 +1,104 @@
-"""Registering tierd's shared-memory arena as pinned memory in a GPU client process.
+"""The process's pinned address ranges: each range registered with the device once, however many
+connections ask, and unregistered when the last one lets go.
 
 Why: a device copy from pageable memory goes through a driver bounce buffer at a fraction of
-PCIe speed; once the arena is registered (`cudaHostRegister`), device<->arena copies are DMA,
-and with unified addressing the kernels can read and write the arena directly (zero-copy
-gather into a slot). Registration is per process and must be undone before the mapping goes.
+PCIe speed; once the arena is registered (`cudaHostRegister`), device<->arena copies are DMA
+and the kernels read and write the arena directly. Registering is slow (it pins every page)
+and per process, and a vLLM worker has two connections (loads and saves) that share one
+mapping of each arena region (`tierd.client.arena`): the second asks for the same range and
+gets a reference, not a second registration.
 
-Kernels address the registered arena by its host address, which assumes unified addressing
-with `cudaDevAttrCanUseHostPointerForRegisteredMem` (64-bit Linux on any current NVIDIA GPU).
-
-NOT RUN on the development machine (no GPU there); `pin` returns None wherever torch sees no
-CUDA device, so callers need no branch of their own.
+How a range is registered is the device's business (`native.device_cuda` calls CUDA; the CPU
+device only records it): this module only counts.
 """
 from __future__ import annotations
 
+import bisect
 import logging
-from dataclasses import dataclass
-
-import numpy as np
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
-#: cudaHostRegisterPortable | cudaHostRegisterMapped: pinned for every context, device-addressable.
-_FLAGS = 0x01 | 0x02
+#: Registers (address, nbytes) with a device: True when it may now be addressed in place.
+Register = Callable[[int, int], bool]
+#: Undoes a registration.
+Unregister = Callable[[int, int], None]
 
 
 @dataclass(slots=True)
-class PinnedRegion:
-    """One registered address range; `unpin()` (or leaving the `with` block) unregisters it."""
-
-    address: int
+class _Range:
     nbytes: int
-    _registered: bool = True
+    refs: int
+    unregister: Unregister
+
+
+@dataclass(slots=True)
+class PinnedRanges:
+    """Registered ranges by start address (one table per device implementation)."""
+
+    _ranges: dict[int, _Range] = field(default_factory=dict)
+    _starts: list[int] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    registrations: int = 0  # ranges registered with the device so far (each pinned once)
+
+    def pin(self, address: int, nbytes: int, register: Register, unregister: Unregister) -> "PinnedRange | None":
+        """A reference to the registered range, registering it on first use; None if the device
+        refused (the caller stages its copies instead)."""
+        with self._lock:
+            found = self._ranges.get(address)
+            if found is not None and found.nbytes == nbytes:
+                found.refs += 1
+                return PinnedRange(self, address)
+            if found is not None:
+                log.warning("tierd: %d bytes at %#x asked to be pinned; %d bytes there already are", nbytes, address,
+                            found.nbytes)
+                return None
+            if not register(address, nbytes):
+                return None
+            self._ranges[address] = _Range(nbytes, 1, unregister)
+            bisect.insort(self._starts, address)
+            self.registrations += 1
+            return PinnedRange(self, address)
+
+    def _release(self, address: int) -> None:
+        with self._lock:
+            found = self._ranges[address]
+            found.refs -= 1
+            if found.refs:
+                return
+            del self._ranges[address]
+            self._starts.remove(address)
+        found.unregister(address, found.nbytes)
+
+    def covers(self, address: int, nbytes: int) -> bool:
+        """Whether [address, address + nbytes) lies inside one registered range."""
+        with self._lock:
+            i = bisect.bisect_right(self._starts, address) - 1
+            if i < 0:
+                return False
+            start = self._starts[i]
+            return address + nbytes <= start + self._ranges[start].nbytes
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+
+class PinnedRange:
+    """One holder's reference to a registered range; `unpin()` lets go (idempotent)."""
+
+    def __init__(self, table: PinnedRanges, address: int) -> None:
+        self._table: PinnedRanges | None = table
+        self.address = address
 
     def unpin(self) -> None:
-        if self._registered:
-            import torch
+        table, self._table = self._table, None
+        if table is not None:
+            table._release(self.address)
 
-            rc = int(torch.cuda.cudart().cudaHostUnregister(self.address))
-            self._registered = False
-            if rc != 0:
-                log.warning("tierd: cudaHostUnregister of %d bytes at %#x returned cudaError %d", self.nbytes,
-                            self.address, rc)
-
-    def __enter__(self) -> PinnedRegion:
+    def __enter__(self) -> "PinnedRange":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.unpin()
-
-
-def pin(buffer: np.ndarray | memoryview | bytearray) -> PinnedRegion | None:
-    """Register `buffer` (the arena mapping) as pinned, device-mapped memory. None where there is
-    no CUDA device; a failing registration is logged and also gives None (copies still work,
-    through the driver's bounce buffer)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if torch.version.cuda is None or not torch.cuda.is_available():
-        return None
-    arr = np.frombuffer(buffer, dtype=np.uint8) if not isinstance(buffer, np.ndarray) else buffer
-    address, nbytes = arr.ctypes.data, arr.nbytes
-    rc = int(torch.cuda.cudart().cudaHostRegister(address, nbytes, _FLAGS))
-    if rc != 0:
-        log.warning("tierd: cudaHostRegister of the %d-byte arena failed (cudaError %d); device copies will not be DMA",
-                    nbytes, rc)
-        return None
-    log.info("tierd: arena registered as pinned memory (%d bytes at %#x)", nbytes, address)
-    return PinnedRegion(address, nbytes)

@@ -149,6 +149,13 @@ def _log_like_vllm() -> None:
     ours.propagate = False
 
 
+def replays_full_graphs(vllm_config: Any) -> bool:
+    """Whether this engine may replay full CUDA graphs (which skip the per-layer load waits)."""
+    mode = getattr(getattr(vllm_config, "compilation_config", None), "cudagraph_mode", None)
+    has_full = getattr(mode, "has_full_cudagraphs", None)
+    return bool(has_full()) if callable(has_full) else False
+
+
 class TierdConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: "VllmConfig", role: KVConnectorRole, kv_cache_config: "KVCacheConfig") -> None:
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
@@ -176,7 +183,8 @@ class TierdConnector(KVConnectorBase_V1):
         else:
             from connectors.vllm.worker import WorkerSide
 
-            self._worker = WorkerSide(cfg, self.layout, block_size, vllm_config.cache_config.cache_dtype, device_type)
+            self._worker = WorkerSide(cfg, self.layout, block_size, vllm_config.cache_config.cache_dtype, device_type,
+                                      layerwise=not replays_full_graphs(vllm_config))
         log.info("TierdConnector (%s): socket %s, layout %s, chunk %d tokens", role.name, cfg.socket,
                  self.layout.layout_id, cfg.chunk_size)
 
@@ -185,6 +193,15 @@ class TierdConnector(KVConnectorBase_V1):
     def register_kv_caches(self, kv_caches: dict[str, "torch.Tensor"]) -> None:
         assert self._worker is not None
         self._worker.register_kv_caches(kv_caches)
+
+    @classmethod
+    def requires_piecewise_for_cudagraph(cls, extra_config: dict[str, Any]) -> bool:
+        """Yes: loads are waited for layer by layer (`wait_for_layer_load`, inside each attention
+        layer), and a replayed full CUDA graph runs no Python, so it would read KV still being
+        copied. vLLM then captures piecewise graphs, with attention (and the waits) outside them.
+        Should full graphs run anyway (a vLLM without this hook), the worker waits for each load
+        whole before the forward pass (`replays_full_graphs`)."""
+        return True
 
     @classmethod
     def supports_sleep_mode(cls, kv_transfer_config: Any) -> bool:

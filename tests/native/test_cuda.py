@@ -102,39 +102,3 @@ def test_cuda_matches_reference(kind, dtype, where):
     torch.cuda.synchronize()
     for sa, sb in zip(a.storages, b.storages):
         assert torch.equal(sa, sb)
-
-
-@needs_cuda
-def test_pinned_arena_layerwise_scatter_and_staged_gather():
-    from native.pinned import pin
-    from native.pipeline import LayerwiseScatter, StagedGather
-
-    L, H, D, bs, nb, T = 4, 8, 128, 16, 12, 32
-    src = build("gpu_LBNHC", L, H, D, bs, nb, torch.bfloat16, torch.Generator().manual_seed(1), device="cuda")
-    dst = build("gpu_LBNHC", L, H, D, bs, nb, torch.bfloat16, torch.Generator().manual_seed(2), device="cuda")
-    per_chunk = L * 2 * T * H * D * 2
-    arena = np.zeros(3 * per_chunk, dtype=np.uint8)  # stands in for the shared-memory arena
-    region = pin(arena)
-    assert region is not None
-    try:
-        slots = [arena[i * per_chunk:(i + 1) * per_chunk] for i in range(3)]
-        kernels, _ = native_cuda.load()
-        runs = [block_runs([3 * i, 3 * i + 1], bs) for i in range(3)]
-        done = StagedGather(native_cuda.CudaCopier(src.cache, kernels), T).submit(runs, slots)
-        done.synchronize()
-        for i, slot in enumerate(slots):
-            want = torch.zeros(per_chunk, dtype=torch.uint8, device="cuda")
-            TorchCopier(src.cache).gather(runs[i], [want])
-            assert np.array_equal(slot, want.cpu().numpy())
-        loader = LayerwiseScatter(native_cuda.CudaCopier(dst.cache, kernels))
-        scatter_runs = concat(*(block_runs([10 - i], bs, chunk=i, num_tokens=bs) for i in range(3)))
-        loader.start(slots, scatter_runs)
-        for layer in range(L):
-            loader.wait_layer(layer)
-        loader.wait_all()
-        ref = build("gpu_LBNHC", L, H, D, bs, nb, torch.bfloat16, torch.Generator().manual_seed(2), device="cuda")
-        TorchCopier(ref.cache).scatter([torch.from_numpy(s).cuda() for s in slots], scatter_runs)
-        for a, b in zip(ref.storages, dst.storages):
-            assert torch.equal(a, b)
-    finally:
-        region.unpin()
