@@ -229,8 +229,9 @@ class WorkerSide:
                 log.warning("request %s: %d of %d tokens not loaded from tierd; %d blocks to recompute",
                             spec.req_id, spec.end - done, spec.end - spec.start, len(failed))
                 self._load_errors.update(failed)
-        log.info("tierd: loaded %d tokens for %d requests in %.2f ms (the forward waited %.2f ms)", tokens,
-                 len(self._loading), copy_s * 1e3, waited_s * 1e3)
+        log.info("tierd: loaded %d tokens for %d requests in %.2f ms (the forward waited %.2f ms; %s)", tokens,
+                 len(self._loading), copy_s * 1e3, waited_s * 1e3,
+                 "device streams" if self.device_saves is not None else "loader thread")
         leases, self._leases, self._loading, self._copying = self._leases, [], [], False
         for lease in leases:
             try:

@@ -184,3 +184,16 @@ def test_bf16_warm_outputs_equal_vllms_own_prefix_cache(test_model_dir, engines,
     assert tierd_warm["first_logprobs"] == vllm_warm["first_logprobs"]  # the same computation, bit for bit
     t = tiers(daemon.socket)["dram"]
     assert t["hits"] >= 5 and t["bytes_out"] >= 5 * t["bytes_in"] // t["chunks"]  # P's five chunks, from tierd
+
+
+def test_the_device_stream_path_gives_the_outputs_of_recompute(test_model_dir, engines, baseline, daemon):
+    """The worker's GPU path — device streams, the arena pinned once, a batch checked once and
+    launched per layer, the forward waiting per layer — on a real engine, through the CPU
+    implementation of the device interface (`TIERD_CPU_STREAMS=pinned`)."""
+    prompts = [A, A, B]
+    doc = engines.run_doc(test_model_dir, prompts, kv_transfer_config=kv_config(daemon.socket), sequential=True,
+                          enable_prefix_caching=False, single_process=True, block_size=BLOCK,
+                          env={"TIERD_CPU_STREAMS": "pinned"})
+    check(doc["results"], prompts, baseline, [0, 512, 512])
+    assert "tokens for 1 requests" in doc["log"] and "loader thread" not in doc["log"]
+    assert "device streams" in doc["log"]

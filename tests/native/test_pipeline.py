@@ -48,7 +48,7 @@ class Counting:
 
     def launch(self, p, layers=None):
         self.launched.append(layers)
-        if layers is not None and self.fault_layer in layers:
+        if self.fault_layer is not None and (layers is None or self.fault_layer in layers):
             raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
         self.inner.launch(p, layers)
 

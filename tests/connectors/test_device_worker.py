@@ -1,0 +1,134 @@
+"""The worker's device path (the one a CUDA cache takes: `gpu.DeviceLoader`, `gpu.DeviceSaves`,
+the arena pinned through the link's set-up) driven through `WorkerSide` itself, on a CPU cache
+with `TIERD_CPU_STREAMS` and a real daemon subprocess: saves, layer-wise loads, the pins of the
+worker's two connections, and a copy that faults.
+
+The CPU device defers side-stream work until the host needs it, so a layer that
+`wait_for_layer_load` did not bring in has not been copied when the test looks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from connectors.vllm.config import ConnectorConfig
+from connectors.vllm.gpu import DeviceLoader, DeviceSaves
+from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata
+from connectors.vllm.paged import PagedKV
+from connectors.vllm.worker import WorkerSide
+from native.backend import TorchCopier
+from tests.native.test_pipeline import Counting
+from tierd.client import Client
+from tierd.errors import ConfigError
+from tierd.keys import chunk_keys
+from tierd.layout import Layout
+
+L, H, D, BS, NB, C = 3, 2, 8, 4, 16, 8
+LAYOUT = Layout("dev-worker", "float32", L, H, D, chunk_tokens=C)
+PROMPT = list(range(300, 316))  # two full chunks
+SRC = [1, 2, 3, 4]
+DST = [9, 10, 11, 12]
+
+
+def _worker(socket: str, seed: int) -> tuple[WorkerSide, dict[str, torch.Tensor]]:
+    w = WorkerSide(ConnectorConfig(socket, chunk_size=C, verify_sample=0.0), LAYOUT, BS)
+    caches = torch.randn(L, NB, H, BS, 2 * D, generator=torch.Generator().manual_seed(seed))
+    kv = {f"model.layers.{i}.attn": caches[i] for i in range(L)}
+    w._kv_caches = kv
+    w._attach(kv)
+    return w, kv
+
+
+def _stored(socket: str, keys: list[bytes]) -> int:
+    with Client.connect(socket, map_arena=False) as c:
+        return c.lookup(keys).prefix
+
+
+def _layer_equal(kv: dict[str, torch.Tensor], other: dict[str, torch.Tensor], layer: int, a: list[int],
+                 b: list[int]) -> bool:
+    name = f"model.layers.{layer}.attn"
+    return torch.equal(kv[name][a], other[name][b])
+
+
+@pytest.mark.parametrize("mode", ["pinned", "staged"])
+def test_worker_saves_and_loads_layer_by_layer_through_device_streams(daemon, monkeypatch, mode):
+    monkeypatch.setenv("TIERD_CPU_STREAMS", mode)
+    keys = chunk_keys(LAYOUT, PROMPT)
+    src, src_kv = _worker(daemon.socket, 1)
+    assert isinstance(src.loader, DeviceLoader) and isinstance(src.device_saves, DeviceSaves)
+    src.wait_for_save(TierdConnectorMetadata(saves=[SaveSpec("r", keys, 0, SRC, 1)]))
+    assert src.saves.drain(30) and _stored(daemon.socket, keys) == 2
+    paged = PagedKV(src_kv, LAYOUT, BS)
+    with Client.connect(daemon.socket) as c, c.get(LAYOUT, keys) as lease:
+        for i in range(2):
+            want = torch.zeros(LAYOUT.chunk_bytes, dtype=torch.uint8)
+            TorchCopier(paged.cache).gather(paged.runs(SRC[2 * i : 2 * i + 2]), [want])
+            assert bytes(lease.view(i)) == want.numpy().tobytes()
+    # The worker's two connections (loads, saves) share one mapping, pinned once per region.
+    pins = src.device.pinned  # type: ignore[union-attr]
+    regions = len(src.link.client().arena.arrays)  # type: ignore[union-attr]
+    assert pins.registrations == (regions if mode == "pinned" else 0) and len(pins) == pins.registrations
+
+    dst, dst_kv = _worker(daemon.socket, 2)
+    before = {k: v.clone() for k, v in dst_kv.items()}
+    dst.bind(TierdConnectorMetadata())
+    dst.start_load_kv(TierdConnectorMetadata(loads=[LoadSpec("r2", keys, 0, 0, 16, DST)]))
+    assert not any(_layer_equal(src_kv, dst_kv, layer, SRC, DST) for layer in range(L))  # queued, not copied
+    for layer in range(L):
+        dst.wait_for_layer_load(f"model.layers.{layer}.attn")
+        assert _layer_equal(src_kv, dst_kv, layer, SRC, DST)  # this layer is in place for the forward
+        if layer + 1 < L:
+            assert not _layer_equal(src_kv, dst_kv, layer + 1, SRC, DST)  # the next one is not yet
+    dst.wait_for_save(TierdConnectorMetadata())  # after the forward: copies done, leases released
+    assert dst.get_block_ids_with_load_errors() == set()
+    rest = [b for b in range(NB) if b not in DST]
+    for name in dst_kv:
+        assert torch.equal(dst_kv[name][rest], before[name][rest])
+    src.shutdown()
+    dst.shutdown()
+
+
+def test_a_faulted_load_is_recomputed_and_the_worker_stops_using_the_device(daemon, monkeypatch):
+    monkeypatch.setenv("TIERD_CPU_STREAMS", "pinned")
+    keys = chunk_keys(LAYOUT, PROMPT)
+    src, _ = _worker(daemon.socket, 1)
+    src.wait_for_save(TierdConnectorMetadata(saves=[SaveSpec("r", keys, 0, SRC, 1)]))
+    assert src.saves.drain(30)
+    w, kv = _worker(daemon.socket, 2)
+    loader = w.loader
+    assert isinstance(loader, DeviceLoader)
+    loader.pipe.copier = Counting(loader.pipe.copier, fault_layer=1)  # type: ignore[assignment]
+    w.bind(TierdConnectorMetadata())
+    w.start_load_kv(TierdConnectorMetadata(loads=[LoadSpec("r2", keys, 0, 0, 16, DST)]))
+    w.wait_for_save(TierdConnectorMetadata())
+    assert w.get_block_ids_with_load_errors() == set(DST)  # none of the faulted load is used
+    # The device path is off now: a later load is recomputed whole, a later save stores nothing.
+    w.start_load_kv(TierdConnectorMetadata(loads=[LoadSpec("r3", keys, 0, 0, 16, [5, 6, 7, 8])]))
+    assert w.get_block_ids_with_load_errors() == {5, 6, 7, 8}
+    other = chunk_keys(LAYOUT, list(range(900, 916)))
+    w.wait_for_save(TierdConnectorMetadata(saves=[SaveSpec("r4", other, 0, SRC, 2)]))
+    assert w.saves.drain(30) and _stored(daemon.socket, other) == 0
+    src.shutdown()
+    w.shutdown()
+
+
+def test_a_faulted_save_commits_nothing(daemon, monkeypatch):
+    monkeypatch.setenv("TIERD_CPU_STREAMS", "pinned")
+    keys = chunk_keys(LAYOUT, PROMPT)
+    w, _ = _worker(daemon.socket, 1)
+    assert w.paged is not None and w.paged.copier is not None
+    w.paged.copier = Counting(w.paged.copier, fault_layer=0)  # type: ignore[assignment]
+    w.wait_for_save(TierdConnectorMetadata(saves=[SaveSpec("r", keys, 0, SRC, 1)]))
+    assert w.saves.drain(30) and w.saves.take_ended() == [1]
+    assert _stored(daemon.socket, keys) == 0 and w._faulted
+    w.shutdown()
+
+
+def test_bad_cpu_streams_setting_is_a_clear_error(daemon, monkeypatch):
+    monkeypatch.setenv("TIERD_CPU_STREAMS", "gpu")
+    with pytest.raises(ConfigError, match="TIERD_CPU_STREAMS='gpu': use pinned or staged"):
+        WorkerSide(ConnectorConfig(daemon.socket, chunk_size=C), LAYOUT, BS)
+    monkeypatch.setenv("TIERD_CPU_STREAMS", "off")
+    w = WorkerSide(ConnectorConfig(daemon.socket, chunk_size=C), LAYOUT, BS)
+    assert w.device is None
+    w.shutdown()
