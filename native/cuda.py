@@ -77,6 +77,12 @@ def load() -> tuple[CudaKernels | None, str]:
         return None, f"{found.path} did not load: {exc}"
 
 
+def descriptors(p: Prepared) -> tuple[np.ndarray, int]:
+    """A batch's runs and chunk addresses as one int64 array (one upload for every launch of the
+    batch), and the byte offset of the addresses in it."""
+    return np.concatenate([p.runs.reshape(-1), p.batch.ptrs]).astype(np.int64, copy=False), p.runs.size * 8
+
+
 class CudaCopier:
     """Gather/scatter for one device cache. The cache's descriptor goes to the device once; a
     batch's runs and chunk addresses are checked once (`prepare`) and go to the device with its
@@ -115,15 +121,15 @@ class CudaCopier:
         if not len(p.runs) or not len(want):
             return
         stream = torch.cuda.current_stream(c.device)
-        descriptors = p.state.get("descriptors")
-        if descriptors is None:  # [runs (5 per run) | chunk addresses], one copy, on this stream
-            host = torch.from_numpy(np.concatenate([p.runs.reshape(-1), p.batch.ptrs])).pin_memory()
-            descriptors = p.state["descriptors"] = host.to(c.device, non_blocking=True)
+        on_device = p.state.get("descriptors")
+        if on_device is None:  # one copy, on this stream, before the first launch that reads it
+            block, p.state["ptrs_at"] = descriptors(p)
+            on_device = p.state["descriptors"] = torch.from_numpy(block).pin_memory().to(c.device, non_blocking=True)
             p.state["stream"] = stream  # the allocator reuses its memory only after this stream's work
         elif p.state["stream"] != stream:
-            descriptors.record_stream(stream)  # type: ignore[union-attr]
-        runs_d = descriptors.data_ptr()  # type: ignore[union-attr]
-        ptrs_d = runs_d + p.runs.size * 8
+            on_device.record_stream(stream)  # type: ignore[union-attr]
+        runs_d = on_device.data_ptr()  # type: ignore[union-attr]
+        ptrs_d = runs_d + int(p.state["ptrs_at"])  # type: ignore[call-overload]
         self.kernels.launch(p.direction, self._ptrs.data_ptr(), self._strides.data_ptr(), want, c.num_kv_heads,
                             c.head_dim, c.kv_factor, c.itemsize, ptrs_d, p.batch.tokens, runs_d, len(p.runs),
                             p.vectorise, stream.cuda_stream)
