@@ -132,3 +132,44 @@ def test_bad_cpu_streams_setting_is_a_clear_error(daemon, monkeypatch):
     w = WorkerSide(ConnectorConfig(daemon.socket, chunk_size=C), LAYOUT, BS)
     assert w.device is None
     w.shutdown()
+
+
+def test_the_connector_keeps_attention_out_of_full_cuda_graphs_and_waits_whole_if_they_replay():
+    """A replayed full CUDA graph runs no Python, so `wait_for_layer_load` would be skipped and
+    attention would read KV still being copied. The connector asks vLLM for piecewise graphs
+    (vLLM's own hook), and reads vLLM's mode to wait for a whole load if full graphs replay
+    anyway (the effect of that wait: tests/native/test_pipeline.py)."""
+    from types import SimpleNamespace
+
+    from vllm.config import CUDAGraphMode
+
+    from connectors.vllm.connector import TierdConnector, replays_full_graphs
+
+    assert TierdConnector.requires_piecewise_for_cudagraph({}) is True
+    mode = lambda m: SimpleNamespace(compilation_config=SimpleNamespace(cudagraph_mode=m))  # noqa: E731
+    assert replays_full_graphs(mode(CUDAGraphMode.FULL_AND_PIECEWISE))
+    assert replays_full_graphs(mode(CUDAGraphMode.FULL_DECODE_ONLY))
+    assert not replays_full_graphs(mode(CUDAGraphMode.PIECEWISE))
+    assert not replays_full_graphs(mode(CUDAGraphMode.NONE))
+    assert not replays_full_graphs(SimpleNamespace())  # a config without the field: vLLM runs no graphs
+
+
+def test_a_worker_of_an_engine_replaying_full_graphs_loads_whole_before_the_forward(daemon, monkeypatch):
+    monkeypatch.setenv("TIERD_CPU_STREAMS", "pinned")
+    keys = chunk_keys(LAYOUT, PROMPT)
+    src, src_kv = _worker(daemon.socket, 1)
+    src.wait_for_save(TierdConnectorMetadata(saves=[SaveSpec("r", keys, 0, SRC, 1)]))
+    assert src.saves.drain(30)
+    w = WorkerSide(ConnectorConfig(daemon.socket, chunk_size=C, verify_sample=0.0), LAYOUT, BS, layerwise=False)
+    caches = torch.randn(L, NB, H, BS, 2 * D, generator=torch.Generator().manual_seed(2))
+    kv = {f"model.layers.{i}.attn": caches[i] for i in range(L)}
+    w._kv_caches = kv
+    w._attach(kv)
+    w.bind(TierdConnectorMetadata())
+    w.start_load_kv(TierdConnectorMetadata(loads=[LoadSpec("r2", keys, 0, 0, 16, DST)]))
+    # No wait_for_layer_load at all (a replayed graph): every layer is already in place.
+    assert all(_layer_equal(src_kv, kv, layer, SRC, DST) for layer in range(L))
+    w.wait_for_save(TierdConnectorMetadata())
+    assert w.get_block_ids_with_load_errors() == set()
+    src.shutdown()
+    w.shutdown()
