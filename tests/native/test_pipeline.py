@@ -72,10 +72,10 @@ def _slots(per_chunk: int, n: int = 3) -> tuple[np.ndarray, list[np.ndarray]]:
 def test_staged_gather_and_layerwise_scatter_match_the_reference(where, pinned, kind):
     """Fails on the code before issue 23 for MLA: the staging buffers held 2x an MLA chunk."""
     src, dst, per_chunk, bs, nb, T = _setup(where, kind)
-    device = for_device(src.cache.device, pinnable=pinned)
+    device = for_device(src.cache.device)
     arena, slots = _slots(per_chunk)
-    pin = device.pin(arena)
-    assert (pin is not None) == pinned
+    pin = device.pin(arena) if pinned else None
+    assert (pin is not None) == pinned and device.is_pinned(slots[1]) == pinned
     try:
         runs = [block_runs([3 * i, 3 * i + 1], bs) for i in range(3)]
         staged = StagedGather(copier(src.cache), device, T)
