@@ -30,13 +30,22 @@ SRC = [1, 2, 3, 4]
 DST = [9, 10, 11, 12]
 
 
-def _worker(socket: str, seed: int) -> tuple[WorkerSide, dict[str, torch.Tensor]]:
-    w = WorkerSide(ConnectorConfig(socket, chunk_size=C, verify_sample=0.0), LAYOUT, BS)
+def _worker(socket: str, seed: int, *, layerwise: bool = True) -> tuple[WorkerSide, dict[str, torch.Tensor]]:
+    w = WorkerSide(ConnectorConfig(socket, chunk_size=C, verify_sample=0.0), LAYOUT, BS, layerwise=layerwise)
     caches = torch.randn(L, NB, H, BS, 2 * D, generator=torch.Generator().manual_seed(seed))
     kv = {f"model.layers.{i}.attn": caches[i] for i in range(L)}
     w._kv_caches = kv
     w._attach(kv)
     return w, kv
+
+
+def _saved_source(socket: str) -> tuple[WorkerSide, dict[str, torch.Tensor], list[bytes]]:
+    """A worker that has saved PROMPT's two chunks from blocks SRC (through the device path)."""
+    keys = chunk_keys(LAYOUT, PROMPT)
+    src, src_kv = _worker(socket, 1)
+    src.wait_for_save(TierdConnectorMetadata(saves=[SaveSpec("r", keys, 0, SRC, 1)]))
+    assert src.saves.drain(30)
+    return src, src_kv, keys
 
 
 def _stored(socket: str, keys: list[bytes]) -> int:
@@ -90,10 +99,7 @@ def test_worker_saves_and_loads_layer_by_layer_through_device_streams(daemon, mo
 
 def test_a_faulted_load_is_recomputed_and_the_worker_stops_using_the_device(daemon, monkeypatch):
     monkeypatch.setenv("TIERD_CPU_STREAMS", "pinned")
-    keys = chunk_keys(LAYOUT, PROMPT)
-    src, _ = _worker(daemon.socket, 1)
-    src.wait_for_save(TierdConnectorMetadata(saves=[SaveSpec("r", keys, 0, SRC, 1)]))
-    assert src.saves.drain(30)
+    src, _, keys = _saved_source(daemon.socket)
     w, kv = _worker(daemon.socket, 2)
     loader = w.loader
     assert isinstance(loader, DeviceLoader)
@@ -156,15 +162,8 @@ def test_the_connector_keeps_attention_out_of_full_cuda_graphs_and_waits_whole_i
 
 def test_a_worker_of_an_engine_replaying_full_graphs_loads_whole_before_the_forward(daemon, monkeypatch):
     monkeypatch.setenv("TIERD_CPU_STREAMS", "pinned")
-    keys = chunk_keys(LAYOUT, PROMPT)
-    src, src_kv = _worker(daemon.socket, 1)
-    src.wait_for_save(TierdConnectorMetadata(saves=[SaveSpec("r", keys, 0, SRC, 1)]))
-    assert src.saves.drain(30)
-    w = WorkerSide(ConnectorConfig(daemon.socket, chunk_size=C, verify_sample=0.0), LAYOUT, BS, layerwise=False)
-    caches = torch.randn(L, NB, H, BS, 2 * D, generator=torch.Generator().manual_seed(2))
-    kv = {f"model.layers.{i}.attn": caches[i] for i in range(L)}
-    w._kv_caches = kv
-    w._attach(kv)
+    src, src_kv, keys = _saved_source(daemon.socket)
+    w, kv = _worker(daemon.socket, 2, layerwise=False)
     w.bind(TierdConnectorMetadata())
     w.start_load_kv(TierdConnectorMetadata(loads=[LoadSpec("r2", keys, 0, 0, 16, DST)]))
     # No wait_for_layer_load at all (a replayed graph): every layer is already in place.

@@ -23,6 +23,7 @@ from connectors.vllm.gpu import DeviceLoader, DeviceSaves, pin_arena
 from connectors.vllm.paged import PagedKV
 from native.backend import TorchCopier
 from native.device import for_device
+from tests.devices import WHERE
 from tierd.client import Client
 from tierd.keys import chunk_keys
 from tierd.layout import Layout
@@ -34,18 +35,6 @@ MLA_LAYOUT = Layout("gpu-copies-mla", "bfloat16", L, 1, LATENT, chunk_tokens=C, 
 PROMPT = list(range(500, 500 + 2 * C))  # two chunks
 SRC_BLOCKS = [[9, 3], [12, 1]]
 DST_BLOCKS = [[0, 5], [6, 7]]
-
-
-def _no_cuda_reason() -> str | None:
-    if torch.version.cuda is None:
-        return f"torch {torch.__version__} is a CPU-only build: no CUDA device for the connector's device copies"
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA device"
-    return None
-
-
-WHERE = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    _no_cuda_reason() is not None, reason=str(_no_cuda_reason()))])]
 
 
 def _caches(kind: str, device: str, seed: int) -> dict[str, torch.Tensor]:

@@ -17,19 +17,8 @@ from native.device import DeviceFault, for_device
 from native.device_cpu import CpuDevice
 from native.pinned import PinnedRanges
 from native.pipeline import LayerwiseScatter, StagedGather
+from tests.devices import WHERE
 from tests.native.layouts import build
-
-
-def _no_cuda_reason() -> str | None:
-    if torch.version.cuda is None:
-        return f"torch {torch.__version__} is a CPU-only build: no CUDA device"
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA device"
-    return None
-
-
-WHERE = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    _no_cuda_reason() is not None, reason=str(_no_cuda_reason()))])]
 
 
 class Counting:
