@@ -105,7 +105,7 @@ class WorkerSide:
     def _attach(self, kv_caches: dict[str, torch.Tensor]) -> None:
         """Describe the cache and start the copiers that fit its device."""
         self.paged = paged = PagedKV(kv_caches, self.layout, self.block_size, cpu_layout=self.cpu_layout)
-        if self.device is not None and paged.device.type == self.device.kind:
+        if self.device is not None and paged.device.type == self.device.kind and not paged.groups:
             from connectors.vllm.gpu import DeviceLoader, DeviceSaves, StepTimer
 
             device = for_device(paged.device, pinnable=getattr(self.device, "pinnable", True))

