@@ -142,6 +142,13 @@ def report() -> dict[str, object]:
     else:
         device_backend = "torch"
     version = nvrtc_version()
+    streams = os.environ.get("TIERD_CPU_STREAMS", "").strip().lower()
+    if torch.cuda.is_available():
+        pipeline = "cuda streams (native.device_cuda): layer-wise loads, saves into the pinned arena"
+    elif streams not in ("", "0", "off", "no", "false"):
+        pipeline = f"cpu streams (native.device_cpu, TIERD_CPU_STREAMS={streams}): the GPU path run on the CPU"
+    else:
+        pipeline = "none: CPU caches are copied by the connector's loader and saver threads"
     return {
         "requested": want,
         "cpu_backend": "torch" if want == "torch" or cpu_kernels is None else "cpp",
@@ -150,6 +157,7 @@ def report() -> dict[str, object]:
         "copy_threads": cpu.default_threads(),
         "cuda_backend": device_backend,
         "cuda_kernels": gpu_how if gpu_kernels is not None else f"none: {gpu_how}",
+        "device_pipeline": pipeline,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,

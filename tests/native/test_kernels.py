@@ -199,3 +199,12 @@ def test_report_names_the_kernel_path(monkeypatch):
         assert info["cuda_kernels"] == f"none: {build.device_capability()}"
     monkeypatch.setattr(kernels, "load", lambda: (kernels.NvrtcKernels(build.CUDA_SOURCE), "nvrtc via cupy 14: x"))
     assert backend.report()["cuda_kernels"] == "nvrtc via cupy 14: x"
+
+
+def test_report_names_the_device_pipeline(monkeypatch):
+    monkeypatch.delenv("TIERD_CPU_STREAMS", raising=False)
+    expect = "cuda streams" if torch.cuda.is_available() else "none: CPU caches"
+    assert str(backend.report()["device_pipeline"]).startswith(expect)
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TIERD_CPU_STREAMS", "staged")
+        assert "TIERD_CPU_STREAMS=staged" in str(backend.report()["device_pipeline"])
