@@ -300,7 +300,7 @@ def gpu_case(repeats: int, rows: list[tuple], figs: list[Callable[[], None]]) ->
         "per_block_loop_d2h": timed(per_block_d2h),
         "per_block_loop_h2d": timed(per_block_h2d),
         "gather_zero_copy": timed(lambda: k.gather(runs, [host])),
-        "gather_staged": timed(lambda: staged.submit([runs], [host])),
+        "gather_staged": timed(lambda: staged.submit([runs], [host], after=device.current().record())),
         "scatter_zero_copy": timed(lambda: k.scatter([host], runs)),
     }
     if kn is not None:  # the same source from NVRTC, on the same blocks

@@ -68,6 +68,10 @@ class Device(Protocol):
     kind: str  # "cuda" or "cpu"
     torch_device: torch.device
 
+    def use(self) -> None:
+        """Make this device the calling thread's current one (before any device call on a thread
+        the engine did not set up, e.g. the connector's saver)."""
+
     def stream(self) -> Stream:
         """A new side stream (copies that overlap the compute stream)."""
 

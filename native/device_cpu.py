@@ -129,6 +129,9 @@ class CpuDevice:
         self.pinned = PinnedRanges()
         self._host = HostStream()
 
+    def use(self) -> None:
+        return
+
     def stream(self) -> DeferredStream:
         return DeferredStream()
 

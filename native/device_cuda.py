@@ -66,8 +66,11 @@ class CudaStream:
         self.raw = raw
 
     def run(self, work: Callable[[], object]) -> None:
-        with torch.cuda.stream(self.raw):
-            work()
+        try:
+            with torch.cuda.stream(self.raw):
+                work()
+        except RuntimeError as exc:  # a launch the driver refused (e.g. no kernel image for this GPU)
+            raise _fault("launch", exc) from exc
 
     def record(self, timing: bool = False) -> CudaEvent:
         event = torch.cuda.Event(enable_timing=timing)
@@ -96,12 +99,21 @@ def _cudart() -> ctypes.CDLL | None:
             paths = {line.split()[-1] for line in maps if "libcudart" in line}
     except OSError:
         paths = set()
-    for name in (*sorted(paths), "libcudart.so.13", "libcudart.so.12", "libcudart.so"):
+    major = (torch.version.cuda or "").split(".")[0]  # never a second runtime of another version
+    for name in (*sorted(paths), *([f"libcudart.so.{major}"] if major else [])):
         try:
             return ctypes.CDLL(name)
         except OSError:
             continue
     return None
+
+
+def _clear_last_error() -> None:
+    """Reset the calling thread's CUDA "last error" after a failed runtime call we handled:
+    torch checks it after its own kernel launches and would raise our error as theirs."""
+    lib = _cudart()
+    if lib is not None:
+        lib.cudaGetLastError()
 
 
 def device_pointer(address: int) -> int | None:
@@ -117,6 +129,7 @@ def device_pointer(address: int) -> int | None:
 def register(address: int, nbytes: int) -> bool:
     rc = int(torch.cuda.cudart().cudaHostRegister(address, nbytes, REGISTER_FLAGS))
     if rc != 0:
+        _clear_last_error()
         log.warning("tierd: cudaHostRegister of %d bytes failed (cudaError %d); device copies stage through device "
                     "memory", nbytes, rc)
         return False
@@ -133,6 +146,7 @@ def register(address: int, nbytes: int) -> bool:
 def unregister(address: int, nbytes: int) -> None:
     rc = int(torch.cuda.cudart().cudaHostUnregister(address))
     if rc != 0:
+        _clear_last_error()
         log.warning("tierd: cudaHostUnregister of %d bytes at %#x returned cudaError %d", nbytes, address, rc)
 
 
@@ -140,7 +154,13 @@ class CudaDevice:
     kind = "cuda"
 
     def __init__(self, device: torch.device) -> None:
-        self.torch_device = device
+        # Without an index: the calling thread's device now (vLLM's worker has set its rank's).
+        self.torch_device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+    def use(self) -> None:
+        """Make this device current on the calling thread: a thread starts on device 0, and a
+        CUDA call there would open a context on another rank's GPU."""
+        torch.cuda.set_device(self.torch_device)
 
     def stream(self) -> CudaStream:
         return CudaStream(torch.cuda.Stream(self.torch_device))

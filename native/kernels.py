@@ -31,7 +31,7 @@ import numpy as np
 from native.build import device_capability, find_cuda_library, find_nvrtc_module
 from native.cache import PagedCache
 
-ABI = 2
+ABI = 3
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 VECTOR_BYTES = 16
@@ -71,6 +71,13 @@ class CudaKernels:
         fn.argtypes = [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64, ctypes.c_int, _PTR]
         fn.restype = ctypes.c_int
         self._fn = fn
+        self._probe = lib.tierd_cuda_probe
+        self._probe.restype = ctypes.c_int
+
+    def probe(self) -> int:
+        """0 when the library's kernels can run on the current device, else the cudaError (a
+        driver older than the runtime nvcc linked in, no code for this GPU)."""
+        return int(self._probe())
 
     def launch(self, direction: int, ptrs: int, strides: int, layers: range, heads: int, head_dim: int,
                kv_factor: int, itemsize: int, chunk_ptrs: int, chunk_tokens: int, runs: int, num_runs: int,
@@ -193,7 +200,11 @@ def load() -> tuple[CudaKernels | NvrtcKernels | None, str]:
     found = find_cuda_library()
     if found.path is not None:
         try:
-            return CudaKernels(found.path), f"nvcc library {found.path} ({found.how})"
+            library = CudaKernels(found.path)
+            rc = library.probe()
+            if rc == 0:
+                return library, f"nvcc library {found.path} ({found.how})"
+            nvcc_why = f"{found.path} cannot run on this device (cudaError {rc})"
         except (OSError, AttributeError) as exc:
             nvcc_why = f"{found.path} did not load: {exc}"
     else:

@@ -36,41 +36,54 @@ class _Range:
 
 @dataclass(slots=True)
 class PinnedRanges:
-    """Registered ranges by start address (one table per device implementation)."""
+    """Registered ranges by start address (one table per device implementation).
+
+    Registering pins every page (seconds for a large arena) and happens under `_registering`
+    only, so lookups (`covers`, asked by every load) never wait for it. A range the device
+    refused is remembered and not asked again (each connection of the process would)."""
 
     _ranges: dict[int, _Range] = field(default_factory=dict)
     _starts: list[int] = field(default_factory=list)
+    _refused: set[tuple[int, int]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _registering: threading.Lock = field(default_factory=threading.Lock)
     registrations: int = 0  # ranges registered with the device so far (each pinned once)
 
     def pin(self, address: int, nbytes: int, register: Register, unregister: Unregister) -> "PinnedRange | None":
         """A reference to the registered range, registering it on first use; None if the device
         refused (the caller stages its copies instead)."""
-        with self._lock:
-            found = self._ranges.get(address)
-            if found is not None and found.nbytes == nbytes:
-                found.refs += 1
-                return PinnedRange(self, address)
+        with self._registering:
+            with self._lock:
+                found = self._ranges.get(address)
+                if found is not None and found.nbytes == nbytes:
+                    found.refs += 1
+                    return PinnedRange(self, address)
+                refused = (address, nbytes) in self._refused
             if found is not None:
                 log.warning("tierd: %d bytes at %#x asked to be pinned; %d bytes there already are", nbytes, address,
                             found.nbytes)
                 return None
-            if not register(address, nbytes):
+            if refused or not register(address, nbytes):
+                with self._lock:
+                    self._refused.add((address, nbytes))
                 return None
-            self._ranges[address] = _Range(nbytes, 1, unregister)
-            bisect.insort(self._starts, address)
-            self.registrations += 1
+            with self._lock:
+                self._ranges[address] = _Range(nbytes, 1, unregister)
+                bisect.insort(self._starts, address)
+                self.registrations += 1
             return PinnedRange(self, address)
 
     def _release(self, address: int) -> None:
-        with self._lock:
-            found = self._ranges[address]
-            found.refs -= 1
-            if found.refs:
-                return
-            del self._ranges[address]
-            self._starts.remove(address)
-        found.unregister(address, found.nbytes)
+        with self._registering:
+            with self._lock:
+                found = self._ranges[address]
+                found.refs -= 1
+                if found.refs:
+                    return
+            found.unregister(address, found.nbytes)  # before the entry goes: no new holder in between
+            with self._lock:
+                del self._ranges[address]
+                self._starts.remove(address)
 
     def covers(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies inside one registered range."""

@@ -93,10 +93,13 @@ class StagedGather:
     def chunk_bytes(self) -> int:
         return self._staging[0].numel()
 
-    def submit(self, runs: Sequence[np.ndarray], slots: Sequence[Buffer]) -> Event:
-        """Gather chunk i (its runs in `runs[i]`, chunk column 0) into `slots[i]`. Returns an event
-        recorded after the last copy: the blocks must not be reused, nor the slots committed,
-        before it has completed (`event.synchronize()` on the saver thread)."""
+    def submit(self, runs: Sequence[np.ndarray], slots: Sequence[Buffer], after: Event) -> Event:
+        """Gather chunk i (its runs in `runs[i]`, chunk column 0) into `slots[i]`, once `after`
+        (recorded where the KV was written: the engine's compute stream) has completed. Returns an
+        event recorded after the last copy: the blocks must not be reused, nor the slots
+        committed, before it has completed (`event.synchronize()` on the saver thread). `after`
+        is explicit because the caller's thread may not be the engine's: its current stream is
+        not the one that wrote the KV."""
         if len(runs) != len(slots):
             raise ValueError(f"{len(runs)} run lists for {len(slots)} slots")
         out = [as_bytes(slot) for slot in slots]
@@ -104,7 +107,7 @@ class StagedGather:
             if o.numel() != self.chunk_bytes:
                 raise ValueError(f"slot {i} has {o.numel()} bytes, a chunk {self.chunk_bytes}")
         prepared = [self.copier.prepare(r, [self._staging[i % 2]], gather=True) for i, r in enumerate(runs)]
-        self.gather_stream.wait_stream(self.device.current())  # this step's KV is written
+        self.gather_stream.wait(after)  # this step's KV is written
         done = self.copy_stream.record()
         for i, (p, slot) in enumerate(zip(prepared, out)):
             k = i % 2

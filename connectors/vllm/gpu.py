@@ -51,6 +51,7 @@ def pin_arena(device: Device) -> Callable[[Client], Callable[[], None] | None]:
     def on_connect(client: Client) -> Callable[[], None] | None:
         if client.arena is None:
             return None
+        device.use()  # connections are made on the saver thread too, which starts on device 0
         pins = [device.pin(a) for a in client.arena.arrays]
         held = [p for p in pins if p is not None]
         if len(held) < len(pins):  # all or nothing: a chunk is pinned or staged
@@ -59,6 +60,7 @@ def pin_arena(device: Device) -> Callable[[Client], Callable[[], None] | None]:
             return None
 
         def unpin() -> None:
+            device.use()
             for p in held:
                 p.unpin()
         return unpin
@@ -145,13 +147,16 @@ class DeviceSaves:
         return self.device.current().record()
 
     def gather(self, ready: Event | None, chunks: Sequence[tuple[Sequence[int], np.ndarray]]) -> None:
-        """Copy each (block ids, arena slot) chunk in; returns once every byte is in its slot.
-        DeviceFault if a copy faulted (the caller must not commit the slots)."""
+        """Copy each (block ids, arena slot) chunk in, after `ready` (`step_done` of the step that
+        wrote them); returns once every byte is in its slot. DeviceFault if a copy faulted (the
+        caller must not commit the slots)."""
         if not chunks:
             return
+        if ready is None:  # nothing would order the copies after the step that wrote the KV
+            raise ValueError("a device save needs the event of the step that wrote its KV (step_done)")
         paged = self.paged
-        if ready is not None:
-            self.stream.wait(ready)
+        self.device.use()
+        self.stream.wait(ready)
         try:
             if all(_direct(paged, self.device, slot) for _, slot in chunks):
                 runs = native.concat(*(paged.runs(blocks, chunk=i) for i, (blocks, _) in enumerate(chunks)))
@@ -161,8 +166,8 @@ class DeviceSaves:
                 return
             if self._staged is None:
                 self._staged = StagedGather(paged.copier, self.device, paged.layout.chunk_tokens)  # type: ignore[arg-type]
-            self._staged.gather_stream.wait_stream(self.stream)
-            done = self._staged.submit([paged.runs(blocks) for blocks, _ in chunks], [slot for _, slot in chunks])
+            done = self._staged.submit([paged.runs(blocks) for blocks, _ in chunks], [slot for _, slot in chunks],
+                                       after=self.stream.record())
             done.synchronize()
         except DeviceFault:
             self.faulted = True
@@ -181,6 +186,10 @@ class StepTimer:
 
     def begin(self) -> None:
         self._open = self.device.current().record(timing=True)
+
+    def cancel(self) -> None:
+        """Drop the open step: it waited for loads on the compute stream, which are not prefill."""
+        self._open = None
 
     def end(self, start: int, end: int) -> None:
         if self._open is None:

@@ -93,6 +93,7 @@ class WorkerSide:
         self._copying = False  # the layer loader has this step's copies
         self._step_started: float | None = None
         self._step_load = 0.0
+        self._step_loaded = False  # this step loads (its device-timed forward waits for them)
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         first = next(iter(kv_caches.values()))
@@ -149,6 +150,7 @@ class WorkerSide:
         """Called just before the forward pass: start the clock of a lone prefill."""
         self._step_started = time.perf_counter()
         self._step_load = 0.0
+        self._step_loaded = False
         self._held.update(meta.held)
         if self._timer is not None:
             for start, end, seconds in self._timer.completed():
@@ -167,6 +169,7 @@ class WorkerSide:
         """Lease every chunk this step loads, then let the layer loader copy them in."""
         if not meta.loads:
             return
+        self._step_loaded = True
         if self._suspended or self._faulted:  # asleep (vLLM schedules nothing) or faulted: recompute
             for spec in meta.loads:
                 self._load_errors.update(spec.block_ids[spec.start // self.block_size : -(-spec.end // self.block_size)])
@@ -249,8 +252,10 @@ class WorkerSide:
     def wait_for_save(self, meta: TierdConnectorMetadata) -> None:
         self._finish_loads()
         if self._timer is not None:  # the device's own time, read once the step has run
-            if meta.prefill is not None:
+            if meta.prefill is not None and not self._step_loaded:
                 self._timer.end(*meta.prefill)
+            else:  # the forward waited for loads on the compute stream: its time is not prefill's
+                self._timer.cancel()
         elif meta.prefill is not None and self._step_started is not None:
             self._report_prefill(*meta.prefill, time.perf_counter() - self._step_started - self._step_load)
         if self._suspended:
@@ -290,6 +295,10 @@ class WorkerSide:
             del self._ready[older]
         paged = self.paged
         if paged is None or self._faulted:  # suspended (the cache's memory may be gone) or faulted
+            return
+        if self.device_saves is not None and ready is None:
+            log.error("tierd: save %d of request %s has no step event to order its device copies after; not saved",
+                      spec.save_id, spec.req_id)
             return
         c, bs = self.layout.chunk_tokens, self.block_size
         check = isinstance(spec, VerifySpec)

@@ -68,7 +68,17 @@ Kernel pick(int vectorise, int64_t itemsize) {
 
 extern "C" {
 
-int tierd_cuda_abi(void) { return 2; }
+int tierd_cuda_abi(void) { return 3; }
+
+// 0 when this library's kernels can run on the current device (its image loads: the driver is
+// new enough for the runtime linked in, and the image has code for this GPU), else the cudaError.
+// Called once when the library is chosen, so an unusable one is passed over for NVRTC.
+int tierd_cuda_probe(void) {
+  cudaFuncAttributes attributes;
+  const cudaError_t rc = cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(pick(0, 1)));
+  cudaGetLastError();  // the probe's error is answered here, not left for the next launch
+  return static_cast<int>(rc);
+}
 
 // All pointer arrays (ptrs, strides, chunk_ptrs, runs) are device-readable (device memory or
 // mapped pinned host memory). vectorise: 1 when the caller checked that every paged row has

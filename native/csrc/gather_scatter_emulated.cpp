@@ -30,7 +30,9 @@ void emulate(bool gather, const int64_t* ptrs, const int64_t* strides, int64_t l
 
 extern "C" {
 
-int tierd_cuda_abi(void) { return 2; }
+int tierd_cuda_abi(void) { return 3; }
+
+int tierd_cuda_probe(void) { return 0; }  // the host can always run the emulation
 
 int tierd_cuda_gather_scatter(int direction, const int64_t* ptrs, const int64_t* strides, int64_t layer_lo,
                               int64_t layer_hi, int64_t heads, int64_t head_dim, int64_t kv_factor, int64_t itemsize,

@@ -139,6 +139,25 @@ def test_load_prefers_nvccs_library(monkeypatch, fresh_load, tmp_path):
     assert isinstance(got, kernels.CudaKernels) and got.name == "nvcc" and how.startswith("nvcc library")
 
 
+@pytest.mark.gpu  # the CUDA toolchain: a CI machine has NVRTC from pip, not nvcc
+@pytest.mark.skipif(build.nvcc() is None, reason="nvcc not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: its library runs (the real kernels are tested)")
+def test_a_library_that_cannot_run_on_this_device_is_passed_over_for_nvrtc(monkeypatch, fresh_load, tmp_path):
+    """Defect: a library nvcc built that cannot launch (a driver older than the runtime nvcc
+    linked in, as here: no driver at all) was chosen anyway and failed every copy."""
+    flags, _ = build.cuda_library_variants((8, 0), build.nvcc_release(build.nvcc()))[0]
+    out = tmp_path / "libtierd_gs_cuda.so"
+    assert build._compile([build.nvcc(), *flags, str(build.CUDA_SOURCE)], out) is None
+    rc = kernels.CudaKernels(out).probe()
+    assert rc != 0
+    monkeypatch.setattr(kernels, "find_cuda_library", lambda: Found(out, "built by nvcc on first use for sm_80"))
+    monkeypatch.setattr(kernels, "device_capability", lambda: (9, 0))
+    monkeypatch.setattr(build, "device_capability", lambda: (9, 0))
+    monkeypatch.setattr(kernels.NvrtcKernels, "functions", lambda self: (0, {}))  # no driver to load it here
+    got, how = fresh_load()
+    assert isinstance(got, kernels.NvrtcKernels) and f"cannot run on this device (cudaError {rc})" in how
+
+
 def test_load_falls_back_to_nvrtc_where_nvcc_is_absent(monkeypatch, fresh_load):
     monkeypatch.setattr(kernels, "find_cuda_library", lambda: Found(None, "nvcc not found"))
     monkeypatch.setattr(kernels, "device_capability", lambda: (9, 0))

@@ -69,7 +69,7 @@ def test_staged_gather_and_layerwise_scatter_match_the_reference(where, pinned, 
         runs = [block_runs([3 * i, 3 * i + 1], bs) for i in range(3)]
         staged = StagedGather(copier(src.cache), device, T)
         assert staged.chunk_bytes == per_chunk
-        staged.submit(runs, slots).synchronize()
+        staged.submit(runs, slots, after=device.current().record()).synchronize()
         for i, slot in enumerate(slots):
             want = torch.zeros(per_chunk, dtype=torch.uint8, device=where)
             TorchCopier(src.cache).gather(runs[i], [want])
@@ -181,7 +181,10 @@ def test_pins_are_counted_per_range_and_registered_once():
     assert calls == [("register", 4096, 100)] and table.covers(4096, 100)
     second.unpin()
     assert calls[-1] == ("unregister", 4096, 100) and len(table) == 0
-    assert table.pin(8192, 10, lambda a, n: False, unreg) is None and len(table) == 0  # refused: staged
+    asked: list[int] = []
+    refuse = lambda a, n: asked.append(a) and False  # noqa: E731
+    assert table.pin(8192, 10, refuse, unreg) is None and len(table) == 0  # refused: staged
+    assert table.pin(8192, 10, refuse, unreg) is None and asked == [8192]  # and not asked again
 
 
 def test_cuda_registration_is_refused_when_the_device_addresses_it_elsewhere(monkeypatch):
@@ -208,8 +211,10 @@ def test_cuda_registration_is_refused_when_the_device_addresses_it_elsewhere(mon
     monkeypatch.setattr(dc, "device_pointer", lambda address: address + 4096)
     assert dc.CudaDevice(torch.device("cuda", 0)).pin(arena) is None
     assert calls == ["register", "unregister"]
+    assert dc.CudaDevice(torch.device("cuda", 0)).pin(arena) is None and len(calls) == 2  # refused once: not asked again
     monkeypatch.setattr(dc, "device_pointer", lambda address: address)
-    pin = dc.CudaDevice(torch.device("cuda", 0)).pin(arena)
-    assert pin is not None and dc.CudaDevice(torch.device("cuda", 0)).is_pinned(arena[10:20])
+    other = np.zeros(4096, dtype=np.uint8)  # (the refused one stays alive: another address)
+    pin = dc.CudaDevice(torch.device("cuda", 0)).pin(other)
+    assert pin is not None and dc.CudaDevice(torch.device("cuda", 0)).is_pinned(other[10:20])
     pin.unpin()
     assert calls == ["register", "unregister", "register", "unregister"]
