@@ -20,9 +20,10 @@ executed on a machine without a GPU (tests/connectors/test_gpu_copies.py).
   their slots, on a copy stream that first waits for the step that wrote the KV (an event
   recorded in `wait_for_save`), then one synchronize before the commit: a slot is never
   committed before its bytes are in it.
-- A fault of a copy (`DeviceFault`, raised where the host waits for it) fails that load or
-  save; `faulted` tells the worker to stop using the device path (a CUDA context that faulted
-  is unusable).
+- A fault of a copy (`DeviceFault`, raised where the host waits for it or at the launch) fails
+  that load or save; `faulted` tells the worker to stop using the device path. An asynchronous
+  fault is sticky for the CUDA context, so the engine's next CUDA call fails as well: what this
+  guarantees is that no faulted copy is served and the cause is logged, not that the engine lives.
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ The CPU device defers side-stream work until the host needs it, so a layer that
 `wait_for_layer_load` did not bring in has not been copied when the test looks."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -178,5 +180,36 @@ def test_a_worker_of_an_engine_replaying_full_graphs_loads_whole_before_the_forw
     assert all(_layer_equal(src_kv, kv, layer, SRC, DST) for layer in range(L))
     w.wait_for_save(TierdConnectorMetadata())
     assert w.get_block_ids_with_load_errors() == set()
+    src.shutdown()
+    w.shutdown()
+
+
+def test_the_saver_thread_selects_the_device_before_pinning(daemon, monkeypatch):
+    """A thread starts on device 0: the saver's first CUDA call (pinning its connection's arena)
+    would open a context on GPU 0 from every tensor-parallel rank. It selects its device first."""
+    from native.device_cpu import CpuDevice
+
+    threads: list[str] = []
+    monkeypatch.setattr(CpuDevice, "use", lambda self: threads.append(threading.current_thread().name))
+    monkeypatch.setenv("TIERD_CPU_STREAMS", "pinned")
+    src, _, _ = _saved_source(daemon.socket)
+    assert "tierd-saver" in threads
+    src.shutdown()
+
+
+def test_a_step_that_loads_is_not_timed_as_prefill(daemon, monkeypatch):
+    """The device timer spans the forward pass, which waits for the step's loads on the compute
+    stream: such a step would teach the cost model a slower prefill than the device's."""
+    monkeypatch.setenv("TIERD_CPU_STREAMS", "pinned")
+    src, _, keys = _saved_source(daemon.socket)
+    w, _ = _worker(daemon.socket, 2)
+    assert w._timer is not None
+    w.bind(TierdConnectorMetadata())
+    w.start_load_kv(TierdConnectorMetadata(loads=[LoadSpec("r2", keys, 0, 0, 16, DST)]))
+    w.wait_for_save(TierdConnectorMetadata(prefill=(16, 20)))
+    assert w._timer._pending == []
+    w.bind(TierdConnectorMetadata())
+    w.wait_for_save(TierdConnectorMetadata(prefill=(0, 20)))  # a lone prefill with nothing loaded: timed
+    assert [(s, e) for s, e, _ in w._timer.completed()] == [(0, 20)]
     src.shutdown()
     w.shutdown()
