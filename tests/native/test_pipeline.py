@@ -7,6 +7,8 @@ exactly which copies a wait makes happen: a missing or misplaced wait shows as s
 not as a race that passes most of the time."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -218,3 +220,24 @@ def test_cuda_registration_is_refused_when_the_device_addresses_it_elsewhere(mon
     assert pin is not None and dc.CudaDevice(torch.device("cuda", 0)).is_pinned(other[10:20])
     pin.unpin()
     assert calls == ["register", "unregister", "register", "unregister"]
+
+
+def test_lookups_do_not_wait_for_a_registration():
+    """Registering pins every page (seconds for a large arena); every load asks `covers`. Before
+    the fix the table's lock was held across the registration, so the lookup below waited for it
+    (and saw the range registered, after the 10 s timeout)."""
+    table = PinnedRanges()
+    started, go = threading.Event(), threading.Event()
+
+    def slow_register(address: int, nbytes: int) -> bool:
+        started.set()
+        go.wait(10)
+        return True
+
+    t = threading.Thread(target=table.pin, args=(4096, 100, slow_register, lambda a, n: None))
+    t.start()
+    assert started.wait(10)
+    assert table.covers(4096, 10) is False  # answered while the registration runs
+    go.set()
+    t.join(10)
+    assert table.covers(4096, 10) and table.registrations == 1
