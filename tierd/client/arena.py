@@ -25,9 +25,8 @@ import mmap
 import os
 import threading
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -58,38 +57,20 @@ class _MappingTable:
 
     One lock for the table: mapping a region (MAP_POPULATE can take a while for a large one)
     happens under it, so a second connection of the same region waits for that mapping instead
-    of making its own. The lock is re-entrant and releases inside it are deferred: a client
-    collected unclosed releases its hold from a finalizer, which the garbage collector may run
-    in this very thread in the middle of a table operation."""
+    of making its own. A release only queues its holds (`_pending`, appended without the lock);
+    every operation drops the queued holds under the lock, first and last. That is what lets a
+    client collected unclosed release from its finalizer, which the garbage collector may run in
+    this very thread in the middle of an operation."""
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._maps: dict[RegionKey, _Mapping] = {}
-        self._pending: list[RegionKey] = []  # holds to drop at the end of the outermost operation
-        self._busy = False  # an operation is under way (in the thread holding the lock)
-
-    @contextmanager
-    def _operation(self) -> Iterator[list[mmap.mmap]]:
-        """Hold the table, with the pending holds dropped first and last (by the outermost
-        operation only). Yields the list of mappings whose last holder went: the caller closes
-        them after the block."""
-        with self._lock:
-            outer = self._busy
-            self._busy = True
-            unmapped: list[mmap.mmap] = []
-            try:
-                if not outer:
-                    self._drop_pending(unmapped)
-                yield unmapped
-            finally:
-                if not outer:
-                    try:
-                        self._drop_pending(unmapped)
-                    finally:
-                        self._busy = False
+        self._pending: list[RegionKey] = []  # holds released, not yet dropped from `_maps`
 
     def _drop_pending(self, unmapped: list[mmap.mmap]) -> None:
-        while self._pending:  # a release nested in this loop only queues its keys
+        """Under the lock: drop the queued holds; mappings whose last holder went go to `unmapped`
+        (the caller closes them once the lock is released)."""
+        while self._pending:  # a release queued from inside this loop is taken too
             key = self._pending.pop()
             m = self._maps[key]
             m.holders -= 1
@@ -103,26 +84,32 @@ class _MappingTable:
         with one more holder. The caller still closes `fd`."""
         st = os.fstat(fd)
         key = RegionKey(st.st_dev, st.st_ino, size)
-        with self._operation() as unmapped:
+        unmapped: list[mmap.mmap] = []
+        with self._lock:
+            self._drop_pending(unmapped)
             m = self._maps.get(key)
             if m is None:
                 mm = map_fd(fd, size, populate=populate)
                 m = self._maps[key] = _Mapping(mm, np.frombuffer(mm, dtype=np.uint8))
             m.holders += 1
             array = m.array
+            self._drop_pending(unmapped)
         _unmap(unmapped)
         return key, array
 
-    def release(self, keys: list[RegionKey]) -> None:
-        """Drop one hold of each of `keys` (and empty the list); a region's last holder unmaps it."""
-        with self._operation() as unmapped:
-            self._pending.extend(keys)
-            keys.clear()
-        _unmap(unmapped)
+    def release(self, keys: list[RegionKey], *, now: bool = True) -> None:
+        """Drop one hold of each of `keys` (and empty the list); a region's last holder unmaps it.
+        `now=False` (a finalizer) only queues them for the next operation of the table."""
+        self._pending.extend(keys)
+        keys.clear()
+        if now:
+            self.holders()
 
     def holders(self) -> dict[RegionKey, int]:
         """Each mapped region and how many connections of this process hold it."""
-        with self._operation() as unmapped:
+        unmapped: list[mmap.mmap] = []
+        with self._lock:
+            self._drop_pending(unmapped)
             held = {key: m.holders for key, m in self._maps.items()}
         _unmap(unmapped)
         return held
@@ -130,8 +117,7 @@ class _MappingTable:
     def after_fork(self) -> None:
         """A child inherits the mappings (MAP_SHARED, still valid) but not the other threads: a
         lock one of them held would never be released."""
-        self._lock = threading.RLock()
-        self._busy = False
+        self._lock = threading.Lock()
 
 
 def _unmap(mappings: list[mmap.mmap]) -> None:
@@ -168,7 +154,7 @@ class ArenaViews:
         # collected unclosed (a client dropped without close() must not pin the mapping forever).
         self._held: list[RegionKey] = []
         self.closed = False
-        self._release = weakref.finalize(self, _TABLE.release, self._held)
+        self._release = weakref.finalize(self, _TABLE.release, self._held, now=False)
         self._release.atexit = False
         try:
             for region, fd in sorted(zip(regions, fds), key=lambda p: p[0]["base"]):
@@ -208,7 +194,8 @@ class ArenaViews:
         `bases`, `sizes` and `namespaces` still say what the connection held."""
         self.closed = True
         self.arrays.clear()
-        self._release()
+        if self._release.detach() is not None:  # (once: a second close finds it detached)
+            _TABLE.release(self._held)
 
 
 def as_tensor(view: np.ndarray, layout: Layout) -> Any:
