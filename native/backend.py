@@ -25,7 +25,8 @@ from native.cache import PagedCache
 from native.chunks import Buffer
 from native.prepared import Prepared, prepare
 from native.runs import layer_range
-from tierd.errors import InvalidArgumentError
+from native.device import cpu_streams
+from tierd.errors import ConfigError, InvalidArgumentError
 
 BACKENDS = ("auto", "cpp", "cuda", "torch")
 
@@ -142,10 +143,13 @@ def report() -> dict[str, object]:
     else:
         device_backend = "torch"
     version = nvrtc_version()
-    streams = os.environ.get("TIERD_CPU_STREAMS", "").strip().lower()
+    try:
+        streams = cpu_streams()
+    except ConfigError as exc:
+        streams = f"invalid ({exc})"
     if torch.cuda.is_available():
         pipeline = "cuda streams (native.device_cuda): layer-wise loads, saves into the pinned arena"
-    elif streams not in ("", "0", "off", "no", "false"):
+    elif streams is not None:
         pipeline = f"cpu streams (native.device_cpu, TIERD_CPU_STREAMS={streams}): the GPU path run on the CPU"
     else:
         pipeline = "none: CPU caches are copied by the connector's loader and saver threads"

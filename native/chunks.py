@@ -19,6 +19,16 @@ from tierd.errors import InvalidArgumentError
 Buffer = Union[torch.Tensor, np.ndarray]
 
 
+def as_bytes(buf: Buffer) -> torch.Tensor:
+    """`buf` (an arena view or a tensor) as a flat uint8 tensor over the same memory (a leased
+    view is read-only: fine to read from)."""
+    if isinstance(buf, np.ndarray):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(buf.reshape(-1).view(np.uint8))
+    return buf.reshape(-1).view(torch.uint8)
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkBatch:
     """Addresses of a batch of equally sized canonical chunks, and how many tokens each holds."""
@@ -29,15 +39,8 @@ class ChunkBatch:
 
     def tensors(self, cache: PagedCache) -> list[torch.Tensor]:
         """The chunks as torch tensors of raw elements, [layers, 2, tokens, row] (for the reference)."""
-        out = []
-        for b in self.buffers:
-            if isinstance(b, np.ndarray):
-                with warnings.catch_warnings():  # a read-only arena view is fine to read from
-                    warnings.simplefilter("ignore", UserWarning)
-                    b = torch.from_numpy(b.reshape(-1).view(np.uint8))
-            out.append(b.reshape(-1).view(torch.uint8).view(RAW_DTYPES[cache.itemsize])
-                       .view(cache.num_layers, cache.kv_factor, self.tokens, cache.chunk_row))
-        return out
+        return [as_bytes(b).view(RAW_DTYPES[cache.itemsize]).view(cache.num_layers, cache.kv_factor, self.tokens,
+                                                                   cache.chunk_row) for b in self.buffers]
 
     def check_reachable(self, cache: PagedCache) -> None:
         """For device copies: every chunk in device memory or pinned host memory (the kernels

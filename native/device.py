@@ -15,12 +15,13 @@ synchronizes with the work that faulted, never later as a crash elsewhere.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
-from tierd.errors import TierdError
+from tierd.errors import ConfigError, TierdError
 
 
 class DeviceFault(TierdError):
@@ -90,6 +91,23 @@ class Device(Protocol):
 
     def is_pinned(self, array: np.ndarray | torch.Tensor) -> bool:
         """Whether the device's copies may address `array` in place."""
+
+
+#: `TIERD_CPU_STREAMS`: run a CPU cache's copies through the device-stream path of GPU caches
+#: (`connectors/vllm/gpu.py`) on the CPU implementation, with the arena "pinned" (copies address
+#: it in place) or "staged" (copies go through staging buffers). For tests and debugging: it is
+#: how the GPU path's code runs on a machine without a GPU.
+CPU_STREAMS = ("pinned", "staged")
+
+
+def cpu_streams() -> str | None:
+    """The `TIERD_CPU_STREAMS` mode, or None when unset/off; ConfigError on anything else."""
+    value = os.environ.get("TIERD_CPU_STREAMS", "").strip().lower()
+    if value in ("", "0", "off", "no", "false"):
+        return None
+    if value not in CPU_STREAMS:
+        raise ConfigError(f"TIERD_CPU_STREAMS={value!r}: use {' or '.join(CPU_STREAMS)} (or leave it unset)")
+    return value
 
 
 def for_device(device: torch.device, *, pinnable: bool = True) -> Device:

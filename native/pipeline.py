@@ -16,25 +16,13 @@ implementation (deferred streams that run work only when the host needs it).
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from native.backend import Copier
-from native.chunks import Buffer
+from native.chunks import Buffer, as_bytes
 from native.device import Device, Event
-
-
-def as_bytes(buf: Buffer) -> torch.Tensor:
-    """`buf` (an arena view or a tensor) as a flat uint8 tensor over the same memory (a leased
-    view is read-only: fine to copy from)."""
-    if isinstance(buf, np.ndarray):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(buf.reshape(-1).view(np.uint8))
-    return buf.reshape(-1).view(torch.uint8)
 
 
 class LayerwiseScatter:

@@ -101,19 +101,3 @@ class ConnectorConfig:
                    float(flops) if flops is not None else None, bools["mla_on_cpu"], declared, float(sample),
                    float(tolerance) if tolerance is not None else None)
 
-
-#: `TIERD_CPU_STREAMS`: run a CPU cache's copies through the device-stream path of GPU caches
-#: (`connectors/vllm/gpu.py`) on the CPU implementation of the device interface, with the arena
-#: "pinned" (copies address it in place) or "staged" (copies go through staging buffers). For
-#: tests and debugging: it is how the GPU path's code runs on a machine without a GPU.
-CPU_STREAMS = ("pinned", "staged")
-
-
-def cpu_streams() -> str | None:
-    """The `TIERD_CPU_STREAMS` mode, or None when unset/off; ConfigError on anything else."""
-    value = os.environ.get("TIERD_CPU_STREAMS", "").strip().lower()
-    if value in ("", "0", "off", "no", "false"):
-        return None
-    if value not in CPU_STREAMS:
-        raise ConfigError(f"TIERD_CPU_STREAMS={value!r}: use {' or '.join(CPU_STREAMS)} (or leave it unset)")
-    return value

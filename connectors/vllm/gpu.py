@@ -38,7 +38,8 @@ import native
 from connectors.vllm.loader import Piece
 from connectors.vllm.paged import PagedKV
 from native.device import Device, DeviceFault, Event
-from native.pipeline import LayerwiseScatter, StagedGather, as_bytes
+from native.chunks import as_bytes
+from native.pipeline import LayerwiseScatter, StagedGather
 from tierd.client import Client
 
 log = logging.getLogger(__name__)

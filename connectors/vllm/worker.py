@@ -35,13 +35,13 @@ import torch
 
 from connectors.link import DaemonLink
 from connectors.vllm.canary import VerifySpec, log_verified, verify_tolerance
-from connectors.vllm.config import ConnectorConfig, cpu_streams
+from connectors.vllm.config import ConnectorConfig
 from connectors.vllm.cores import move_to_spare_cores
 from connectors.vllm.loader import LayerLoader, Piece
 from connectors.vllm.metadata import LoadSpec, SaveSpec, TierdConnectorMetadata, TierdWorkerMetadata
 from connectors.vllm.paged import PagedKV, check_attention_isa
 from connectors.vllm.saver import SaveQueue
-from native.device import Device, DeviceFault, for_device
+from native.device import Device, DeviceFault, cpu_streams, for_device
 
 if TYPE_CHECKING:
     from connectors.vllm.gpu import DeviceLoader, DeviceSaves, StepTimer
@@ -109,8 +109,8 @@ class WorkerSide:
         if self.device is not None and paged.device.type == self.device.kind and not paged.groups:
             from connectors.vllm.gpu import DeviceLoader, DeviceSaves, StepTimer
 
-            device = for_device(paged.device, pinnable=getattr(self.device, "pinnable", True))
-            device = self.device if device.kind == "cpu" else device  # (the CPU device holds its pins)
+            # The CPU device holds its own pins; a CUDA one is the cache's GPU (pins are per process).
+            device = self.device if self.device.kind == "cpu" else for_device(paged.device)
             self.loader = DeviceLoader(paged, device, layerwise=self.layerwise)
             self.device_saves, self._timer = DeviceSaves(paged, device), StepTimer(device)
             where = (f"{paged.device} streams ({paged.copy_path}, "
@@ -295,10 +295,6 @@ class WorkerSide:
             del self._ready[older]
         paged = self.paged
         if paged is None or self._faulted:  # suspended (the cache's memory may be gone) or faulted
-            return
-        if self.device_saves is not None and ready is None:
-            log.error("tierd: save %d of request %s has no step event to order its device copies after; not saved",
-                      spec.save_id, spec.req_id)
             return
         c, bs = self.layout.chunk_tokens, self.block_size
         check = isinstance(spec, VerifySpec)
