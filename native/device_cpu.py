@@ -57,7 +57,6 @@ class DeferredStream:
         self._queue: deque[Callable[[], object]] = deque()
         self._lock = threading.RLock()
         self.fault: BaseException | None = None
-        self.ran = 0  # work items run so far (tests: what has happened)
 
     def run(self, work: Callable[[], object]) -> None:
         with self._lock:
@@ -89,7 +88,6 @@ class DeferredStream:
                 work = self._queue.popleft()
                 try:
                     work()
-                    self.ran += 1
                 except BaseException as exc:  # noqa: BLE001 (any failure of device work is a fault)
                     self.fault = exc
                     self._queue.clear()
